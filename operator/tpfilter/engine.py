@@ -1,0 +1,216 @@
+"""The reconcile engine: the one writer of the node's filter maps.
+
+Level-triggered: every call is handed the whole current view (all policies, all of this
+node's pods) and makes the kernel maps match it, whatever happened before. It does not
+care which event caused the call, so pod-before-policy, policy-before-pod, relabels,
+restarts, deletions, a relist after a watch error and an agent restart are one code path:
+
+    desired = policies x pods -> containers -> cgroup IDs       (desired, CgroupFinder)
+    actual  = what the kernel maps hold, read back              (FilterMaps.read_all)
+    plan(desired, actual) -> operations, applied one by one     (plan, FilterMaps)
+
+Reading every inner map back on every call would cost O(all entries) syscalls per event,
+so the engine mirrors what it wrote and reads the kernel back only when the mirror may be
+wrong: at start (adopting the pinned maps of a previous agent), after any failed write,
+and whenever :meth:`Engine.check_drift` is called (the agent does so on its resync timer).
+
+Errors never stop the loop and never lose data: a container whose cgroup does not exist
+yet is *pending* (the caller retries), a full map or a failed syscall is reported per
+policy and retried on the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tpfilter import statefile
+from tpfilter.desired import desired_containers
+from tpfilter.ids import PolicyIds
+from tpfilter.interfaces import CgroupFinder, ContainerRef, FilterMaps, InnerMapState, MapFullError
+from tpfilter.models import Policy, PolicyKey
+from tpfilter.plan import Delete, Install, Operation, Update, plan
+from tpfilter.pods import Pod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-node limits. Hitting one is an error in the policy's status, never a drop."""
+
+    max_policies: int = 16384  # outer map max_entries (no-prealloc: buckets only)
+    max_cgroups_per_policy: int = 32768  # the largest inner map the agent will build
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStatus:
+    key: PolicyKey
+    uid: str
+    policy_id: int  # 0: unfiltered, no map
+    cgroups: int  # cgroup IDs wanted in the map
+    pending: int  # selected containers whose cgroup is not there yet
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    operations: int
+    statuses: tuple[PolicyStatus, ...]
+    pending: frozenset[ContainerRef]
+    errors: tuple[str, ...] = ()
+
+    @property
+    def converged(self) -> bool:
+        return not self.pending and not self.errors
+
+
+@dataclass(slots=True)
+class _Pass:
+    """Scratch state of one reconcile pass."""
+
+    desired: dict[int, frozenset[int]] = field(default_factory=dict)
+    pending: dict[int, set[ContainerRef]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        finder: CgroupFinder,
+        maps: FilterMaps,
+        state_path: Path | None = None,
+        limits: Limits = Limits(),
+    ) -> None:
+        self._finder = finder
+        self._maps = maps
+        self._state_path = state_path
+        self._limits = limits
+        self._ids = statefile.load(state_path) if state_path else PolicyIds()
+        self._mirror: dict[int, InnerMapState] | None = None  # None: read the kernel back
+        self._resolved: set[ContainerRef] = set()
+
+    def policy_id(self, uid: str) -> int | None:
+        """The node-local ID of a filtered policy, for the programs that check it."""
+        record = self._ids.get(uid)
+        return record.policy_id if record else None
+
+    @property
+    def records(self) -> PolicyIds:
+        return self._ids
+
+    def check_drift(self) -> None:
+        """Make the next reconcile read the kernel maps back instead of trusting the mirror."""
+        self._mirror = None
+
+    def reconcile(self, policies: Sequence[Policy], pods: Sequence[Pod]) -> ReconcileResult:
+        wanted = desired_containers(policies, pods)
+        filtered = [p for p in policies if p.uid in wanted]
+        before = list(self._ids)
+        for policy in filtered:
+            self._ids.ensure(policy)
+        gone = [r for r in self._ids if r.uid not in wanted]
+        if list(self._ids) != before:
+            self._save()  # before any map exists for a new ID: a crash leaves no orphan
+
+        scratch = self._resolve(filtered, wanted)
+        actual = self._actual()
+        operations = plan(scratch.desired, actual, limit=self._limits.max_cgroups_per_policy)
+        applied = sum(self._apply(op, scratch) for op in operations)
+
+        failed_deletes = {pid for pid in scratch.errors if pid not in scratch.desired}
+        for record in gone:
+            if record.policy_id not in failed_deletes:
+                self._ids.release(record.uid)
+        if gone:
+            self._save()
+        self._forget_unwanted(wanted.values())
+        return self._result(policies, applied, scratch)
+
+    def _resolve(
+        self, policies: Iterable[Policy], wanted: Mapping[str, frozenset[ContainerRef]]
+    ) -> _Pass:
+        scratch = _Pass()
+        limit = self._limits.max_cgroups_per_policy
+        for policy in policies:
+            policy_id = self._ids.ensure(policy).policy_id
+            found: set[int] = set()
+            for ref in wanted[policy.uid]:
+                cgroup_id = self._finder.cgroup_id(ref)
+                if cgroup_id is None:
+                    scratch.pending.setdefault(policy_id, set()).add(ref)
+                else:
+                    found.add(cgroup_id)
+                    self._resolved.add(ref)
+            if len(found) > limit:
+                # Deterministic and loud: the lowest IDs stay, the error names the policy.
+                scratch.errors[policy_id] = (
+                    f"selects {len(found)} containers, over the limit of {limit} per policy;"
+                    f" {len(found) - limit} are not filtered in"
+                )
+                found = set(sorted(found)[:limit])
+            scratch.desired[policy_id] = frozenset(found)
+        return scratch
+
+    def _actual(self) -> Mapping[int, InnerMapState]:
+        if self._mirror is None:
+            self._mirror = dict(self._maps.read_all())
+        return self._mirror
+
+    def _apply(self, op: Operation, scratch: _Pass) -> bool:
+        mirror = self._mirror
+        assert mirror is not None
+        try:
+            match op:
+                case Delete(pid):
+                    self._maps.delete(pid)
+                    mirror.pop(pid, None)
+                case Install(pid, cgroup_ids, max_entries):
+                    self._maps.install(pid, cgroup_ids, max_entries=max_entries)
+                    mirror[pid] = InnerMapState(cgroup_ids, max_entries)
+                case Update(pid, add, remove):
+                    self._maps.update(pid, add=add, remove=remove)
+                    old = mirror[pid]
+                    mirror[pid] = InnerMapState((old.cgroup_ids - remove) | add, old.max_entries)
+        except (MapFullError, OSError) as exc:
+            log.error("policy %d: %s failed: %s", op.policy_id, type(op).__name__, exc)
+            scratch.errors[op.policy_id] = str(exc)
+            self._mirror = None  # the kernel may hold part of it: read back next time
+            return False
+        return True
+
+    def _forget_unwanted(self, wanted: Iterable[frozenset[ContainerRef]]) -> None:
+        still = set().union(*wanted)
+        for ref in self._resolved - still:
+            self._finder.forget(ref)
+        self._resolved &= still
+
+    def _result(self, policies: Sequence[Policy], applied: int, scratch: _Pass) -> ReconcileResult:
+        statuses = []
+        for policy in policies:
+            record = self._ids.get(policy.uid)
+            pid = record.policy_id if record else 0
+            statuses.append(
+                PolicyStatus(
+                    key=policy.key,
+                    uid=policy.uid,
+                    policy_id=pid,
+                    cgroups=len(scratch.desired.get(pid, ())),
+                    pending=len(scratch.pending.get(pid, ())),
+                    error=scratch.errors.get(pid),
+                )
+            )
+        pending = frozenset().union(*scratch.pending.values())
+        names = {r.policy_id: str(r.key) for r in self._ids}
+        errors = tuple(
+            f"{names.get(pid, f'policy {pid}')}: {msg}"
+            for pid, msg in sorted(scratch.errors.items())
+        )
+        return ReconcileResult(applied, tuple(statuses), pending, errors)
+
+    def _save(self) -> None:
+        if self._state_path:
+            statefile.save(self._state_path, self._ids)

@@ -1,0 +1,83 @@
+"""Node-local policy IDs: the u32 keys of the outer map.
+
+Pure. An ID belongs to one policy object (by its UID: a policy deleted and re-created
+under the same name is a new policy with a new ID). ID 0 is reserved for "unfiltered"
+(programs treat it as matching every process), so filtered policies get 1 and up.
+
+IDs are handed out in increasing order and reused only after the counter wraps around
+2**32 - 1, and then only IDs no policy holds. A freed ID is therefore not handed to another
+policy while a BPF program that looked up the old entry might still be running: that
+program finished billions of allocations ago.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tpfilter.models import Policy, PolicyKey, PolicyKind
+
+MAX_ID = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """Who owns a policy ID. Kept on the node so a restarted agent adopts its maps."""
+
+    policy_id: int
+    uid: str
+    kind: str
+    namespace: str | None
+    name: str
+
+    @property
+    def key(self) -> PolicyKey:
+        return PolicyKey(kind=PolicyKind(self.kind), namespace=self.namespace, name=self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PolicyIds:
+    def __init__(self, records: Iterable[PolicyRecord] = (), *, next_id: int = 1) -> None:
+        self._by_uid = {r.uid: r for r in records}
+        self._taken = {r.policy_id for r in self._by_uid.values()}
+        self._next = max([next_id, *(i + 1 for i in self._taken)])
+
+    def __iter__(self) -> Iterator[PolicyRecord]:
+        return iter(sorted(self._by_uid.values(), key=lambda r: r.policy_id))
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
+
+    @property
+    def next_id(self) -> int:
+        return self._next
+
+    def get(self, uid: str) -> PolicyRecord | None:
+        return self._by_uid.get(uid)
+
+    def ensure(self, policy: Policy) -> PolicyRecord:
+        """The policy's record, allocating an ID if it has none; names follow renames."""
+        key = policy.key
+        old = self._by_uid.get(policy.uid)
+        policy_id = old.policy_id if old else self._allocate()
+        record = PolicyRecord(policy_id, policy.uid, key.kind.value, key.namespace, key.name)
+        self._by_uid[policy.uid] = record
+        self._taken.add(policy_id)
+        return record
+
+    def release(self, uid: str) -> None:
+        record = self._by_uid.pop(uid, None)
+        if record:
+            self._taken.discard(record.policy_id)
+
+    def _allocate(self) -> int:
+        if len(self._taken) >= MAX_ID:
+            raise RuntimeError("no free policy ID")
+        while self._next > MAX_ID or self._next in self._taken:
+            self._next = 1 if self._next > MAX_ID else self._next + 1
+        policy_id = self._next
+        self._next += 1
+        return policy_id
