@@ -36,13 +36,16 @@ from tpfilter.pods import Pod
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_POLICIES = 16384
+DEFAULT_MAX_CGROUPS = 32768  # Tetragon's fixed inner size, here only a ceiling
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-node limits. Hitting one is an error in the policy's status, never a drop."""
 
-    max_policies: int = 16384  # outer map max_entries (no-prealloc: buckets only)
-    max_cgroups_per_policy: int = 32768  # the largest inner map the agent will build
+    max_policies: int = DEFAULT_MAX_POLICIES  # outer map max_entries (no-prealloc)
+    max_cgroups_per_policy: int = DEFAULT_MAX_CGROUPS  # the largest inner map it builds
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tpfilter.ids import PolicyIds, PolicyRecord
 
 FORMAT = 1
+STATE_FILE = "policies.json"  # policy ID records (this module)
+STATUS_FILE = "status.json"  # the agent's last reconcile result (tpfilter.agent)
 
 
 def load(path: Path) -> PolicyIds:
@@ -36,8 +39,13 @@ def load(path: Path) -> PolicyIds:
 
 
 def save(path: Path, ids: PolicyIds) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "next_id": ids.next_id, "policies": [r.to_json() for r in ids]}
+    write_json(path, data)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:

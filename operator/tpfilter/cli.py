@@ -1,0 +1,228 @@
+"""``tpfilter``: the node agent and the commands that inspect a node.
+
+* ``tpfilter agent``: the DaemonSet's process (kopf, standalone, cluster-wide).
+* ``tpfilter status``: per policy on this node, its ID, kind, name, cgroups held, inner
+  map size and kernel memory, as a table or ``--json``. It reads the pinned maps and the
+  agent's state files directly, so it works without API access (e.g. ``kubectl exec``).
+* ``tpfilter probe``: what this node's kernel supports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tpfilter import statefile
+from tpfilter.engine import DEFAULT_MAX_CGROUPS, DEFAULT_MAX_POLICIES, Limits
+
+DEFAULT_STATE_DIR = Path("/run/tpfilter")
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/tpfilter")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.func(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tpfilter", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    agent = sub.add_parser("agent", help="run the node agent")
+    agent.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME"),
+        help="this node's name (default: $NODE_NAME, as a DaemonSet passes it)",
+    )
+    _paths(agent)
+    agent.add_argument(
+        "--cgroup-root",
+        type=Path,
+        default=None,
+        help="cgroup v2 mount (default: found in /proc/self/mountinfo)",
+    )
+    agent.add_argument(
+        "--kubepods-root",
+        action="append",
+        type=Path,
+        default=None,
+        help="kubelet's kubepods cgroup, repeatable (default: discovered)",
+    )
+    agent.add_argument("--max-policies", type=int, default=DEFAULT_MAX_POLICIES)
+    agent.add_argument("--max-cgroups-per-policy", type=int, default=DEFAULT_MAX_CGROUPS)
+    agent.add_argument("--resync-seconds", type=float, default=300.0)
+    agent.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="kopf liveness endpoint URL ('' to disable)",
+    )
+    agent.add_argument("-v", "--verbose", action="store_true")
+    agent.set_defaults(func=_agent)
+
+    status = sub.add_parser("status", help="show this node's policies and their maps")
+    _paths(status)
+    status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    status.set_defaults(func=_status)
+
+    probe = sub.add_parser("probe", help="show what this node's kernel supports")
+    probe.add_argument("--json", action="store_true")
+    probe.set_defaults(func=_probe)
+    return parser
+
+
+def _paths(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pin-dir", type=Path, default=DEFAULT_PIN_DIR, help="bpffs directory of the pinned maps"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="host directory of the agent's bookkeeping",
+    )
+
+
+def _agent(args: argparse.Namespace) -> int:
+    if not args.node_name:
+        print("tpfilter agent: --node-name or $NODE_NAME is required", file=sys.stderr)
+        return 2
+    from tpfilter.runner import AgentConfig, run_agent
+
+    config = AgentConfig(
+        node_name=args.node_name,
+        pin_dir=args.pin_dir,
+        state_dir=args.state_dir,
+        cgroup_root=args.cgroup_root,
+        kubepods_roots=args.kubepods_root,
+        limits=Limits(args.max_policies, args.max_cgroups_per_policy),
+        resync_seconds=args.resync_seconds,
+        liveness=args.liveness or None,
+    )
+    asyncio.run(run_agent(config))
+    return 0
+
+
+def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
+    """Join the agent's last result, its ID records and the kernel's own map accounting."""
+    from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+
+    records = {r.policy_id: r for r in statefile.load(state_dir / statefile.STATE_FILE)}
+    try:
+        last = json.loads((state_dir / statefile.STATUS_FILE).read_text())
+    except FileNotFoundError:
+        last = {}
+    by_id = {p["policy_id"]: p for p in last.get("policies", []) if p["policy_id"]}
+    usage = {}
+    if (pin_dir / OUTER_PIN_NAME).exists():
+        maps = PinnedFilterMaps(pin_dir=pin_dir)
+        try:
+            usage = {u.policy_id: u for u in maps.usage()}
+        finally:
+            maps.close()
+    rows = []
+    for pid in sorted(records.keys() | usage.keys()):
+        record, reported, used = records.get(pid), by_id.get(pid, {}), usage.get(pid)
+        rows.append(
+            {
+                "policy_id": pid,
+                "kind": record.kind if record else None,
+                "namespace": record.namespace if record else None,
+                "name": record.name if record else None,
+                "cgroups": used.entries if used else 0,
+                "pending": reported.get("pending", 0),
+                "max_entries": used.max_entries if used else None,
+                "memlock": used.memlock if used else None,
+                "map_id": used.map_id if used else None,
+                "error": reported.get("error") or (None if used else "no map in the kernel"),
+            }
+        )
+    unfiltered = [p for p in last.get("policies", []) if not p["policy_id"]]
+    return {
+        "node": last.get("node"),
+        "synced": last.get("synced", False),
+        "policies": rows,
+        "unfiltered": unfiltered,
+        "invalid": last.get("invalid", []),
+        "total_memlock": sum(u.memlock for u in usage.values()),
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = collect_status(pin_dir=args.pin_dir, state_dir=args.state_dir)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    header = (
+        "ID",
+        "KIND",
+        "NAMESPACE/NAME",
+        "CGROUPS",
+        "PENDING",
+        "MAX_ENTRIES",
+        "MEMLOCK",
+        "ERROR",
+    )
+    rows = [header]
+    for p in status["policies"]:
+        name = f"{p['namespace']}/{p['name']}" if p["namespace"] else (p["name"] or "?")
+        rows.append(
+            (
+                str(p["policy_id"]),
+                p["kind"] or "?",
+                name,
+                str(p["cgroups"]),
+                str(p["pending"]),
+                str(p["max_entries"] or "-"),
+                _bytes(p["memlock"]),
+                p["error"] or "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(f"total kernel memory of inner maps: {_bytes(status['total_memlock'])}")
+    for p in status["unfiltered"]:
+        lines.append(f"unfiltered (every process, no map): {p['kind']}/{p['name']}")
+    for p in status["invalid"]:
+        lines.append(f"invalid, not loaded: {p['kind']}/{p['name']}: {p['error']}")
+    return "\n".join(lines)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB"
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tpfilter.bpfmaps import probe
+
+    support = probe()
+    if args.json:
+        print(json.dumps(asdict(support), indent=2, default=str))
+    else:
+        for key, value in asdict(support).items():
+            print(f"{key:32} {value}")
+    return 0 if support.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Wiring: the real cgroup finder, the real maps, the API lister and kopf, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kopf
+
+from tpfilter import statefile
+from tpfilter.agent import Agent
+from tpfilter.bpfmaps import PinnedFilterMaps
+from tpfilter.cgroups import CgroupFsFinder
+from tpfilter.engine import Engine, Limits
+from tpfilter.handlers import build_registry
+from tpfilter.kube import load_api_client, make_lister
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    node_name: str
+    pin_dir: Path = Path("/sys/fs/bpf/tpfilter")
+    state_dir: Path = Path("/run/tpfilter")
+    cgroup_root: Path | None = None
+    kubepods_roots: list[Path] | None = None
+    limits: Limits = field(default_factory=Limits)
+    resync_seconds: float = 300.0
+    liveness: str | None = "http://0.0.0.0:8080/healthz"
+
+
+def build_agent(config: AgentConfig) -> Agent:
+    maps = PinnedFilterMaps(pin_dir=config.pin_dir, max_policies=config.limits.max_policies)
+    finder = CgroupFsFinder(cgroup_root=config.cgroup_root, kubepods_roots=config.kubepods_roots)
+    engine = Engine(
+        finder=finder,
+        maps=maps,
+        state_path=config.state_dir / statefile.STATE_FILE,
+        limits=config.limits,
+    )
+    lister = make_lister(api_client=load_api_client(), node_name=config.node_name)
+    return Agent(
+        node_name=config.node_name,
+        engine=engine,
+        lister=lister,
+        state_dir=config.state_dir,
+        resync_seconds=config.resync_seconds,
+    )
+
+
+async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run until kopf stops (SIGTERM/SIGINT) or ``stop`` is set; the maps stay pinned."""
+    agent = build_agent(config)
+    log.info("tpfilter agent on node %s, maps pinned in %s", config.node_name, config.pin_dir)
+    stop_flag: asyncio.Event = stop or asyncio.Event()
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=build_registry(agent),
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=config.liveness,
+            stop_flag=stop_flag,
+        )
+    )
+    loop = asyncio.create_task(agent.run())
+    try:
+        done, _ = await asyncio.wait({operator, loop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # surface a crash of either side
+    finally:
+        stop_flag.set()
+        for task in (operator, loop):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
