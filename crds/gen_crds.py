@@ -103,6 +103,8 @@ CONTAINER_LABELS: Final = ("name", "repo")
 # unanchored so the Python twins can fullmatch them; schema patterns and CEL get ^...$.
 LABEL_VALUE_BODY: Final = r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"
 LABEL_VALUE_MAX: Final = 63
+CONTAINER_VALUE_BODY: Final = r"[A-Za-z0-9][-A-Za-z0-9_.:/]*"
+CONTAINER_VALUE_MAX: Final = 255
 # A qualified name: an optional DNS-1123 subdomain prefix and '/', then a 1-63 character
 # name. The name's length is in the regex; the prefix's (<= 253) is checked separately.
 QUALIFIED_NAME_BODY: Final = (
@@ -188,7 +190,7 @@ RULE_CONTAINER_LABEL_KEYS: Final = Rule(
 
 
 def _absent_or_empty(field: str) -> Rule:
-    """``spec.<field>`` is not set (or is an empty list/object, which selects nothing)."""
+    """``spec.<field>`` is not set, or is an empty list (which hooks nothing)."""
     return Rule(
         f"!has(self.{field}) || size(self.{field}) == 0",
         lambda s: len(s.get(field) or ()) == 0,
@@ -603,6 +605,14 @@ def label_selector(field: str, description: str, *, keys: Sequence[str] | None =
     selector it is about even where the API server's path is only a list index.
     """
     value = string("A label value.", pattern=f"^{LABEL_VALUE_BODY}$", max_length=LABEL_VALUE_MAX)
+    if keys is not None:
+        # Container pseudo-labels hold a container name or an image repository such as
+        # "registry.example:5000/team/app", which no label value could hold.
+        value = string(
+            "A container name or image repository (no tag, no digest).",
+            pattern=f"^{CONTAINER_VALUE_BODY}$",
+            max_length=CONTAINER_VALUE_MAX,
+        )
     if keys is None:
         key = string("The label key.", max_length=QUALIFIED_NAME_MAX)
         key_rules = [
@@ -747,7 +757,13 @@ def spec_schema() -> Schema:
 
 
 def status_schema() -> Schema:
-    """Per-node state written by the node agents; open to fields added later."""
+    """Per-node state written by the node agents; open to fields added later.
+
+    ``nodes`` is a list-map keyed by ``node`` so that each node's agent can server-side
+    apply its own entry with its own field manager, without conflicts or read-modify-write
+    races with the other nodes. ``readyNodes``/``totalNodes`` summarise it for the printer
+    columns, which cannot count; whoever aggregates (the operator) writes them.
+    """
     node_state = obj(
         "The policy's state on one node.",
         {
@@ -775,6 +791,8 @@ def status_schema() -> Schema:
         {
             "observedGeneration": integer("Generation the operator has processed.", fmt="int64"),
             "nodes": nodes,
+            "readyNodes": integer("Entries of nodes whose state is Ready.", fmt="int64"),
+            "totalNodes": integer("Entries of nodes.", fmt="int64"),
         },
         preserve_unknown=True,
     )
@@ -837,6 +855,8 @@ NAMESPACED: Final = Kind(
 )
 KINDS: Final = (CLUSTER, NAMESPACED)
 
+# JSONPath columns print one value (the API server keeps the first match of a [*]), so
+# per-node states cannot be shown or counted from status.nodes; the counts are fields.
 PRINTER_COLUMNS: Final = (
     {
         "name": "Pod-Selector",
@@ -852,10 +872,16 @@ PRINTER_COLUMNS: Final = (
         "priority": 1,
     },
     {
-        "name": "Node-States",
-        "type": "string",
-        "jsonPath": ".status.nodes[*].state",
-        "description": "The policy's state on each node.",
+        "name": "Ready",
+        "type": "integer",
+        "jsonPath": ".status.readyNodes",
+        "description": "Nodes where the policy is Ready.",
+    },
+    {
+        "name": "Nodes",
+        "type": "integer",
+        "jsonPath": ".status.totalNodes",
+        "description": "Nodes that report a state for the policy.",
         "priority": 1,
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

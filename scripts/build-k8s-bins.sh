@@ -70,10 +70,15 @@ version_ok() {
     kube-apiserver) out=$("$path" --version 2>&1) && [[ $out == "Kubernetes $KUBE_VERSION" ]] ;;
     etcd)           out=$("$path" --version 2>&1) && [[ $out == *"etcd Version: ${ETCD_VERSION#v}"* ]] ;;
     helm)           out=$("$path" version --short 2>&1) && [[ $out == "$HELM_VERSION"* ]] ;;
+    kubectl)        out=$("$path" version --client 2>&1) && [[ $out == *"Client Version: $KUBE_VERSION"* ]] ;;
   esac
 }
 
-build_kube_apiserver() { # $1: output path
+build_kube_apiserver() { build_kube_cmd kube-apiserver "$1"; }
+# kubectl from the same module and version: the machine's own kubectl may be missing or old.
+build_kubectl() { build_kube_cmd kubectl "$1"; }
+
+build_kube_cmd() { # $1: command under k8s.io/kubernetes/cmd, $2: output path
   local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
   local ld="-s -w"
   ld+=" -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION"
@@ -85,7 +90,7 @@ build_kube_apiserver() { # $1: output path
   ld+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   (cd "$MODDIR/kube-apiserver" &&
     GOFLAGS="-mod=readonly -buildvcs=false" "$GO" build -p 2 -trimpath -ldflags "$ld" \
-      -o "$1" k8s.io/kubernetes/cmd/kube-apiserver)
+      -o "$2" "k8s.io/kubernetes/cmd/$1")
 }
 
 build_etcd() {
@@ -140,7 +145,8 @@ total=$SECONDS
 ensure kube-apiserver "$KUBE_VERSION" build_kube_apiserver
 ensure etcd "$ETCD_VERSION" build_etcd
 ensure helm "$HELM_VERSION" build_helm
+ensure kubectl "$KUBE_VERSION" build_kubectl
 echo "build-k8s-bins: done in $((SECONDS - total))s; binaries:"
-for name in kube-apiserver etcd helm; do
+for name in kube-apiserver etcd helm kubectl; do
   echo "  $BIN/$name -> $(readlink "$BIN/$name")"
 done

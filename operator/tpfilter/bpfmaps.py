@@ -20,6 +20,11 @@ Why it looks like this:
   instead of Tetragon's fixed 32,768 preallocated entries (~2.6 MB per policy).
 * Resizing is "build a new inner map, fill it, swap the outer slot in one update": a BPF
   program sees the old map or the new full one, never a half-filled one.
+* Writes to the outer map are dear, writes to inner maps are cheap. The kernel ends every
+  update or delete on a map-of-maps with ``synchronize_rcu()`` (so that on return no
+  running program still uses the old inner map): ~10-13 ms each here, against ~6 us for
+  an inner-map element. Hence in-place ``update()`` for membership changes and
+  ``install()`` only to create or resize (which :mod:`tpfilter.sizing` keeps rare).
 
 Not thread-safe: the engine is the one writer. All errors are :class:`OSError` with the
 errno and what was attempted, except capacity problems, which are
@@ -28,6 +33,7 @@ errno and what was attempted, except capacity problems, which are
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -121,7 +127,7 @@ class PinnedFilterMaps:
         self._outer_id = info.id
         self._max_policies = info.max_entries
         if adopted and info.max_entries != max_policies:
-            log.warning(
+            log.info(
                 "adopted %s with max_entries %d (asked for %d); keeping the pinned map",
                 self._pin_path,
                 info.max_entries,
@@ -308,6 +314,7 @@ class PinnedFilterMaps:
             try:
                 # One update of the slot is the atomic swap. The kernel takes a reference
                 # on the new map and drops the old one's; our fd keeps the new one open.
+                # It returns after an RCU grace period: no program still reads the old.
                 bpfsys.map_update(
                     outer, _POLICY_KEY.pack(policy_id), _MAP_ID.pack(fd), bpfsys.BPF_ANY
                 )
@@ -345,14 +352,18 @@ class PinnedFilterMaps:
         Removals go first so that an update which swaps IDs works on a full map. If an add
         raises :class:`MapFullError`, the removals and earlier adds have been applied
         (each cgroup is either in the map or not; the engine reads back and rebuilds).
-        Raises :class:`KeyError` if the policy has no inner map (``install`` it first).
+        Raises :class:`FileNotFoundError` (an OSError, ENOENT) if the policy has no inner
+        map: ``install`` it first.
         """
         _check_policy_id(policy_id)
         for cgroup_id in (*add, *remove):
             _check_cgroup_id(cgroup_id)
         inner = self._inner(policy_id)
         if inner is None:
-            raise KeyError(f"policy {policy_id} has no inner map in {self._pin_path}")
+            raise OSError(
+                errno.ENOENT,
+                f"update policy {policy_id}: no inner map in {self._pin_path} (install it first)",
+            )
         for cgroup_id in remove:
             bpfsys.map_delete(inner.fd, _CGROUP_KEY.pack(cgroup_id))
         for cgroup_id in add:
@@ -422,9 +433,11 @@ class PinnedFilterMaps:
         self.close()
 
     def __del__(self) -> None:
-        # A safety net for fds, not the way to release them: call close().
+        # A safety net for fds, not the way to release them: call close(). Never raise
+        # from here (e.g. at interpreter shutdown).
         if getattr(self, "_outer_fd", -1) >= 0:
-            self.close()
+            with contextlib.suppress(Exception):
+                self.close()
 
 
 # -- feature probe ----------------------------------------------------------------------

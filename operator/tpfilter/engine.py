@@ -120,9 +120,11 @@ class Engine:
             self._save()  # before any map exists for a new ID: a crash leaves no orphan
 
         scratch = self._resolve(filtered, wanted)
-        actual = self._actual()
-        operations = plan(scratch.desired, actual, limit=self._limits.max_cgroups_per_policy)
-        applied = sum(self._apply(op, scratch) for op in operations)
+        mirror = dict(self._actual())
+        operations = plan(scratch.desired, mirror, limit=self._limits.max_cgroups_per_policy)
+        applied = sum(self._apply(op, scratch, mirror) for op in operations)
+        # After a failed write the kernel may hold part of it: read it back next time.
+        self._mirror = mirror if applied == len(operations) else None
 
         failed_deletes = {pid for pid in scratch.errors if pid not in scratch.desired}
         for record in gone:
@@ -163,9 +165,8 @@ class Engine:
             self._mirror = dict(self._maps.read_all())
         return self._mirror
 
-    def _apply(self, op: Operation, scratch: _Pass) -> bool:
-        mirror = self._mirror
-        assert mirror is not None
+    def _apply(self, op: Operation, scratch: _Pass, mirror: dict[int, InnerMapState]) -> bool:
+        """Apply one operation and record it in ``mirror``; a failure is reported, not raised."""
         try:
             match op:
                 case Delete(pid):
@@ -181,7 +182,6 @@ class Engine:
         except (MapFullError, OSError) as exc:
             log.error("policy %d: %s failed: %s", op.policy_id, type(op).__name__, exc)
             scratch.errors[op.policy_id] = str(exc)
-            self._mirror = None  # the kernel may hold part of it: read back next time
             return False
         return True
 

@@ -40,10 +40,16 @@ class PolicyRecord:
 
 
 class PolicyIds:
-    def __init__(self, records: Iterable[PolicyRecord] = (), *, next_id: int = 1) -> None:
+    def __init__(self, records: Iterable[PolicyRecord] = (), *, next_id: int | None = None) -> None:
+        """``next_id`` is the saved counter; without one, counting resumes above every held ID.
+
+        A saved counter is taken as it is even when it is below a held ID: after a wrap-around
+        that is where allocation was, and jumping above the held IDs would wrap again at once
+        and hand out the lowest, most recently freed IDs.
+        """
         self._by_uid = {r.uid: r for r in records}
         self._taken = {r.policy_id for r in self._by_uid.values()}
-        self._next = max([next_id, *(i + 1 for i in self._taken)])
+        self._next = next_id if next_id is not None else max([1, *(i + 1 for i in self._taken)])
 
     def __iter__(self) -> Iterator[PolicyRecord]:
         return iter(sorted(self._by_uid.values(), key=lambda r: r.policy_id))

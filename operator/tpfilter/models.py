@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from tpfilter.selectors import (
     Operator,
+    container_value_error,
     label_key_error,
     label_value_error,
     requirement_error,
@@ -124,15 +125,35 @@ class LabelSelector(_Model):
         )
 
 
-class ContainerSelector(LabelSelector):
-    """A label selector over the container's ``name`` and ``repo`` pseudo-labels."""
+class ContainerSelectorRequirement(LabelSelectorRequirement):
+    key: Literal["name", "repo"]
 
-    @model_validator(mode="after")
-    def _known_keys(self) -> ContainerSelector:
-        keys = set(self.match_labels) | {r.key for r in self.match_expressions}
-        if unknown := keys - {"name", "repo"}:
-            raise ValueError(f"unknown container label(s) {sorted(unknown)}: use name or repo")
-        return self
+    @field_validator("values")
+    @classmethod
+    def _valid_values(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if error := container_value_error(value):
+                raise ValueError(error)
+        return values
+
+
+class ContainerSelector(LabelSelector):
+    """A label selector over the container's ``name`` and ``repo`` pseudo-labels.
+
+    Its values are container names and image repositories, not label values: a repository
+    such as ``registry.example:5000/team/app`` must be expressible.
+    """
+
+    match_labels: dict[Literal["name", "repo"], str] = Field(default_factory=dict)  # type: ignore[assignment]
+    match_expressions: tuple[ContainerSelectorRequirement, ...] = ()
+
+    @field_validator("match_labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for value in labels.values():
+            if error := container_value_error(value):
+                raise ValueError(error)
+        return labels
 
 
 class PolicySpec(_Model):
@@ -196,23 +217,24 @@ def parse_policy(body: Mapping[str, Any]) -> Policy:
     if kind is PolicyKind.NAMESPACED and not namespace:
         raise PolicyError("metadata.namespace: required for TracingPolicyNamespaced")
     try:
-        return Policy(
-            key=PolicyKey(kind=kind, namespace=namespace, name=metadata.get("name", "")),
-            uid=metadata.get("uid", ""),
-            resource_version=metadata.get("resourceVersion", ""),
-            spec=PolicySpec.model_validate(body.get("spec") or {}),
-        )
+        key = PolicyKey(kind=kind, namespace=namespace, name=metadata.get("name"))
     except ValidationError as exc:
-        raise PolicyError(_describe(exc)) from None
+        raise PolicyError(_describe(exc, "metadata")) from None
+    try:
+        spec = PolicySpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise PolicyError(_describe(exc, "spec")) from None
+    return Policy(
+        key=key,
+        uid=str(metadata.get("uid", "")),
+        resource_version=str(metadata.get("resourceVersion", "")),
+        spec=spec,
+    )
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, prefix: str) -> str:
     parts = []
     for error in exc.errors():
-        loc = error["loc"]
-        path = ".".join(str(p) for p in loc)
-        if path and not path.startswith(("key", "uid")):
-            path = f"spec.{path}"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{path}: {message}" if path else message)
+        path = ".".join([prefix, *(str(p) for p in error["loc"])])
+        parts.append(f"{path}: {str(error['msg']).removeprefix('Value error, ')}")
     return "; ".join(parts)

@@ -23,10 +23,13 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_NAME_RE = re.compile(rf"^{_NAME}$")
+# fullmatch, never "^...$": "$" also matches before a trailing newline, which the API
+# server's (Go) regexps do not accept.
+_NAME_RE = re.compile(_NAME)
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN_RE = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
-_LABEL_VALUE_RE = re.compile(rf"^({_NAME})?$")
+_DNS1123_SUBDOMAIN_RE = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+_LABEL_VALUE_RE = re.compile(rf"({_NAME})?")
+_CONTAINER_VALUE_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.:/]*")
 
 
 class Operator(StrEnum):
@@ -41,9 +44,9 @@ def label_key_error(key: str) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash and not prefix:
         return f"label key {key!r}: prefix must be non-empty"
-    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN_RE.match(prefix)):
+    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN_RE.fullmatch(prefix)):
         return f"label key {key!r}: prefix must be a DNS subdomain of at most 253 characters"
-    if not name or len(name) > 63 or not _NAME_RE.match(name):
+    if not name or len(name) > 63 or not _NAME_RE.fullmatch(name):
         return (
             f"label key {key!r}: name must be 1-63 characters, alphanumeric, '-', '_' or '.',"
             " starting and ending with an alphanumeric character"
@@ -53,10 +56,24 @@ def label_key_error(key: str) -> str | None:
 
 def label_value_error(value: str) -> str | None:
     """Why ``value`` is not a valid label value, or None if it is (``""`` is valid)."""
-    if len(value) > 63 or not _LABEL_VALUE_RE.match(value):
+    if len(value) > 63 or not _LABEL_VALUE_RE.fullmatch(value):
         return (
             f"label value {value!r}: must be at most 63 characters, alphanumeric, '-', '_'"
             " or '.', starting and ending with an alphanumeric character"
+        )
+    return None
+
+
+def container_value_error(value: str) -> str | None:
+    """Why ``value`` is not a container name or image repository, or None if it is.
+
+    containerSelector matches the pseudo-labels ``name`` and ``repo``; a repository such as
+    ``registry.example:5000/team/app`` is no valid label value, so these get their own rule.
+    """
+    if len(value) > 255 or not _CONTAINER_VALUE_RE.fullmatch(value):
+        return (
+            f"container value {value!r}: must be a container name or image repository of at"
+            " most 255 characters: alphanumerics, '-', '_', '.', ':' or '/'"
         )
     return None
 

@@ -34,7 +34,7 @@ def load(path: Path) -> PolicyIds:
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown state format {data.get('format')!r}")
     return PolicyIds(
-        (PolicyRecord(**r) for r in data.get("policies", [])), next_id=data.get("next_id", 1)
+        (PolicyRecord(**r) for r in data.get("policies", [])), next_id=data.get("next_id")
     )
 
 

@@ -21,6 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The API server derives status.qosClass from the resources (and then never lets it change).
+RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    "Guaranteed": {
+        "requests": {"cpu": "10m", "memory": "16Mi"},
+        "limits": {"cpu": "10m", "memory": "16Mi"},
+    },
+    "Burstable": {"requests": {"cpu": "10m"}},
+    "BestEffort": {},
+}
 QOS_SLICES = {"Guaranteed": "", "Burstable": "burstable", "BestEffort": "besteffort"}
 RUNTIMES = ("containerd", "cri-o", "docker")
 DRIVERS = ("systemd", "cgroupfs")
@@ -113,7 +122,9 @@ class Kubelet:
             "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
             "spec": {
                 "nodeName": self.node_name,
-                "containers": [{"name": n, "image": i} for n, i in specs],
+                "containers": [
+                    {"name": n, "image": i, "resources": RESOURCES[qos]} for n, i in specs
+                ],
             },
         }
         created = self.core.create_namespaced_pod(namespace, body)
@@ -175,7 +186,6 @@ class Kubelet:
             {
                 "status": {
                     "phase": "Running" if running else "Pending",
-                    "qosClass": pod.qos,
                     "containerStatuses": statuses,
                 }
             },

@@ -51,6 +51,7 @@ class FakeFilterMaps:
         self.inner: dict[int, FakeInnerMap] = {}
         self.calls: Counter[str] = Counter()
         self._faults: dict[str, list[BaseException]] = {}
+        self.faults_raised = 0
         self._next_map_id = 1
 
     # --- test helpers -------------------------------------------------------------------
@@ -58,6 +59,9 @@ class FakeFilterMaps:
     def fail_next(self, method: str, exc: BaseException) -> None:
         """Make the next call of ``method`` raise ``exc`` (before changing anything)."""
         self._faults.setdefault(method, []).append(exc)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
 
     def contents(self) -> dict[int, frozenset[int]]:
         return {pid: frozenset(m.entries) for pid, m in self.inner.items()}
@@ -78,13 +82,13 @@ class FakeFilterMaps:
         self.calls[method] += 1
         queued = self._faults.get(method)
         if queued:
+            self.faults_raised += 1
             raise queued.pop(0)
 
     def read_all(self) -> Mapping[int, InnerMapState]:
         self._enter("read_all")
         return {
-            pid: InnerMapState(frozenset(m.entries), m.max_entries)
-            for pid, m in self.inner.items()
+            pid: InnerMapState(frozenset(m.entries), m.max_entries) for pid, m in self.inner.items()
         }
 
     def install(self, policy_id: int, cgroup_ids: Collection[int], *, max_entries: int) -> None:

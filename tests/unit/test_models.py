@@ -242,9 +242,9 @@ def test_container_selector_keys_are_name_and_repo() -> None:
 
 @pytest.mark.parametrize("key", ["image", "Name", "app", "example.com/name", "repository"])
 def test_container_selector_other_keys_rejected(key: str) -> None:
-    with pytest.raises(PolicyError, match="spec.containerSelector"):
+    with pytest.raises(PolicyError, match=r"spec\.containerSelector"):
         parse_policy(body({"containerSelector": {"matchLabels": {key: "x"}}}))
-    with pytest.raises(PolicyError, match="spec.containerSelector"):
+    with pytest.raises(PolicyError, match=r"spec\.containerSelector"):
         parse_policy(
             body({"containerSelector": {"matchExpressions": [{"key": key, "operator": "Exists"}]}})
         )

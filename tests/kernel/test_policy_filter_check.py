@@ -1,0 +1,303 @@
+"""policy_filter_check() in a real BPF program, against real cgroups, as root.
+
+tests/kernel/bpf/check_exec.c runs on every exec (raw tracepoint sched_process_exec) and
+records, for policy IDs 0..4 and the exec'ing task's cgroup ID, what policy_filter_check()
+answered. Each test makes fresh cgroups under the cgroup v2 mount, fills the maps through
+PinnedFilterMaps, execs /bin/true inside a chosen cgroup (the child writes its own PID to
+cgroup.procs between fork and exec) and reads the answers back. The program is compiled
+with bcc exactly as the agent's programs are: tpfilter.bpfsrc.bcc_source().
+
+Fixtures remove the cgroups (rmdir), detach programs and unpin maps whatever happens.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tpfilter import bpfsys
+from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps, probe
+from tpfilter.bpfsrc import bcc_source, cflags
+
+BPF_ROOT = Path("/sys/fs/bpf")
+CHECK_EXEC = Path(__file__).parent / "bpf" / "check_exec.c"
+POLICIES = range(0, 5)  # check_exec.c's default TPF_TEST_MAX_POLICY is 4
+
+
+def _cgroup2_mount() -> Path | None:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+CGROUP2 = _cgroup2_mount()
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to load BPF programs, pin maps and create cgroups"
+    support = probe(BPF_ROOT)
+    if not support.ok:
+        return f"kernel/machine lacks: {support.reason}"
+    if CGROUP2 is None:
+        return "no cgroup v2 filesystem mounted"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc Python bindings (Debian python3-bpfcc) not importable"
+    build = Path("/lib/modules") / os.uname().release / "build"
+    if not build.exists():
+        return f"bcc needs kernel headers at {build}"
+    return None
+
+
+SKIP_REASON = _skip_reason()
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
+]
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[Path]:
+    path = BPF_ROOT / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield path
+    finally:
+        if path.exists():
+            for entry in path.iterdir():
+                entry.unlink()
+            path.rmdir()
+
+
+@pytest.fixture
+def cgroups() -> Iterator[Callable[[], tuple[Path, int]]]:
+    """Makes empty cgroups under the cgroup v2 mount: (directory, cgroup ID)."""
+    assert CGROUP2 is not None
+    made: list[Path] = []
+
+    def make() -> tuple[Path, int]:
+        path = CGROUP2 / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        made.append(path)
+        # The directory's inode number is the ID bpf_get_current_cgroup_id() returns.
+        return path, os.stat(path).st_ino
+
+    try:
+        yield make
+    finally:
+        for path in reversed(made):
+            _rmdir_cgroup(path)
+
+
+def _rmdir_cgroup(path: Path) -> None:
+    # The exec'd children have been reaped, but a cgroup can report busy for a moment
+    # while the kernel finishes their exit.
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.02)
+    path.rmdir()
+
+
+class Programs:
+    """Compiles and attaches check_exec.c; detaches everything at teardown."""
+
+    def __init__(self) -> None:
+        self._loaded: list[Any] = []
+
+    def load(self, pin_dir: Path) -> Any:
+        from bcc import BPF
+
+        src = bcc_source(CHECK_EXEC, pin_dir=pin_dir)
+        bpf = BPF(text=src.text.encode(), cflags=src.cflags)
+        self._loaded.append(bpf)
+        return bpf
+
+    def unload(self, bpf: Any) -> None:
+        self._loaded.remove(bpf)
+        bpf.cleanup()
+
+    def close(self) -> None:
+        while self._loaded:
+            self._loaded.pop().cleanup()
+
+
+@pytest.fixture
+def programs() -> Iterator[Programs]:
+    p = Programs()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def exec_in(cgroup: Path) -> None:
+    """Run /bin/true as a process of ``cgroup`` (moved there before its exec)."""
+    procs = cgroup / "cgroup.procs"
+
+    def enter() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    subprocess.run(["/bin/true"], preexec_fn=enter, check=True)
+
+
+def answers(bpf: Any, cgroup_id: int) -> dict[int, bool]:
+    """What policy_filter_check() said for each policy in the last exec in the cgroup."""
+    got = {
+        int(k.policy_id): int(v.value) == 2
+        for k, v in bpf[b"check_results"].items()
+        if int(k.cgroup_id) == cgroup_id
+    }
+    assert set(got) == set(POLICIES), f"no exec recorded for cgroup {cgroup_id}: {got}"
+    return got
+
+
+def observe(bpf: Any, *cgroups: tuple[Path, int]) -> list[dict[int, bool]]:
+    """Exec once in each cgroup (after forgetting older answers) and return the answers."""
+    bpf[b"check_results"].clear()
+    for path, _ in cgroups:
+        exec_in(path)
+    return [answers(bpf, cgroup_id) for _, cgroup_id in cgroups]
+
+
+def expect(true_for: set[int]) -> dict[int, bool]:
+    """Policy 0 (no podSelector) always applies; the others as listed."""
+    return {p: p == 0 or p in true_for for p in POLICIES}
+
+
+def outer_map_id_of(bpf: Any) -> int:
+    return bpfsys.map_info(bpf[b"policy_filter_maps"].map_fd).id
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_selected_cgroup_matches_and_others_do_not(
+    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+) -> None:
+    a, b, c = cgroups(), cgroups(), cgroups()
+    with PinnedFilterMaps(pin_dir=pin_dir) as maps:
+        maps.install(1, {a[1]}, max_entries=8)
+        maps.install(2, {b[1]}, max_entries=8)
+        maps.install(3, {a[1], b[1]}, max_entries=8)
+        maps.install(4, set(), max_entries=8)  # selects nothing on this node
+        bpf = programs.load(pin_dir)
+        assert outer_map_id_of(bpf) == maps.outer_map_id  # bcc opened the pinned map
+
+        in_a, in_b, in_c = observe(bpf, a, b, c)
+        assert in_a == expect({1, 3})
+        assert in_b == expect({2, 3})
+        assert in_c == expect(set())  # only policy 0
+
+
+def test_in_place_updates_and_deletes_are_seen(
+    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+) -> None:
+    a, b = cgroups(), cgroups()
+    with PinnedFilterMaps(pin_dir=pin_dir) as maps:
+        maps.install(1, {a[1]}, max_entries=8)
+        maps.install(2, {b[1]}, max_entries=8)
+        bpf = programs.load(pin_dir)
+        assert observe(bpf, a, b) == [expect({1}), expect({2})]
+
+        maps.update(2, add={a[1]}, remove={b[1]})
+        maps.delete(1)
+        assert observe(bpf, a, b) == [expect({2}), expect(set())]
+
+
+def test_resize_swap_keeps_answers(
+    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+) -> None:
+    a, b = cgroups(), cgroups()
+    with PinnedFilterMaps(pin_dir=pin_dir) as maps:
+        maps.install(1, {a[1]}, max_entries=8)
+        bpf = programs.load(pin_dir)
+        assert observe(bpf, a, b) == [expect({1}), expect(set())]
+        old = maps.read_all()[1]
+
+        maps.install(1, old.cgroup_ids | {b[1]}, max_entries=1024)
+        assert maps.read_all()[1].max_entries == 1024
+        assert observe(bpf, a, b) == [expect({1}), expect({1})]
+
+
+def test_agent_restart_and_recompiled_program(
+    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+) -> None:
+    a, b = cgroups(), cgroups()
+    maps = PinnedFilterMaps(pin_dir=pin_dir)
+    maps.install(1, {a[1]}, max_entries=8)
+    maps.install(2, {a[1], b[1]}, max_entries=8)
+    bpf = programs.load(pin_dir)
+    before = observe(bpf, a, b)
+    assert before == [expect({1, 2}), expect({2})]
+    # The agent and its program go away; only the pin holds the maps now.
+    programs.unload(bpf)
+    maps.close()
+
+    with PinnedFilterMaps(pin_dir=pin_dir) as again:
+        assert again.adopted
+        bpf = programs.load(pin_dir)
+        assert outer_map_id_of(bpf) == again.outer_map_id
+        assert observe(bpf, a, b) == before
+        # The adopted maps are the ones the new program reads.
+        again.update(1, add={b[1]}, remove=set())
+        assert observe(bpf, a, b) == [expect({1, 2}), expect({1, 2})]
+
+
+def test_program_first_then_agent_adopts_the_map_bcc_pinned(
+    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+) -> None:
+    # Nothing pinned yet: bcc creates the outer map from the header's declaration. The
+    # agent must be able to adopt it and put its own inner maps in, which only works if
+    # the header declares exactly the shape PinnedFilterMaps makes (flags included).
+    a = cgroups()
+    bpf = programs.load(pin_dir)
+    assert (pin_dir / OUTER_PIN_NAME).exists()
+    with PinnedFilterMaps(pin_dir=pin_dir) as maps:
+        assert maps.adopted
+        assert maps.outer_map_id == outer_map_id_of(bpf)
+        maps.install(3, {a[1]}, max_entries=8)
+        assert observe(bpf, a) == [expect({3})]
+
+
+def test_a_real_include_is_refused_with_a_reason(
+    pin_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from bcc import BPF
+
+    prog = tmp_path / "prog.c"
+    prog.write_text(
+        '#include "policy_filter.h"\n'
+        "RAW_TRACEPOINT_PROBE(sched_process_exec) { return policy_filter_check(1); }\n"
+    )
+    with pytest.raises(Exception, match="compile"):
+        BPF(src_file=str(prog).encode(), cflags=cflags(pin_dir))
+    assert "must be inlined" in capfd.readouterr().err

@@ -1,0 +1,323 @@
+"""The Helm chart in charts/tpfilter: its CRDs match crds/, it lints, and it renders right.
+
+The CRD check needs nothing. The rest runs ``helm lint`` and ``helm template`` and parses
+what they print: helm comes from ``scripts/build-k8s-bins.sh`` (cached in
+``${TPFILTER_CACHE:-/var/cache/tpfilter}/bin``) or PATH; the tests skip only when neither
+has one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "tpfilter"
+CACHED_HELM = Path(os.environ.get("TPFILTER_CACHE", "/var/cache/tpfilter")) / "bin" / "helm"
+
+RELEASE = "tpf"
+NAMESPACE = "tpfilter-system"
+READ_VERBS = {"get", "list", "watch"}
+GUARDED = {"pods", "tracingpolicies", "tracingpoliciesnamespaced"}
+
+Doc = dict[str, Any]
+
+
+# -- CRDs (no helm needed) ---------------------------------------------------------------
+
+
+def test_chart_crds_are_identical_to_generated_crds() -> None:
+    generated = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
+    in_chart = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    assert generated, "no crds/*.yaml"
+    assert in_chart.keys() == generated.keys(), "run scripts/sync-chart-crds.sh"
+    drifted = [name for name in generated if in_chart[name] != generated[name]]
+    assert not drifted, f"{drifted} differ from crds/: run scripts/sync-chart-crds.sh"
+    assert {p.name for p in (CHART / "crds").iterdir()} == generated.keys(), (
+        "charts/tpfilter/crds holds files that are not generated CRDs"
+    )
+
+
+# -- helm --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    if os.access(CACHED_HELM, os.X_OK):
+        return str(CACHED_HELM)
+    found = shutil.which("helm")
+    if found is None:
+        pytest.skip(f"helm not found ({CACHED_HELM} or PATH): run scripts/build-k8s-bins.sh")
+    return found
+
+
+def _run(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _set_args(values: Mapping[str, str]) -> list[str]:
+    return [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
+
+
+def render(
+    helm: str,
+    values: Mapping[str, str] | None = None,
+    *,
+    extra: Sequence[str] = (),
+) -> list[Doc]:
+    result = _run(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        *_set_args(values or {}),
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def only(docs: Sequence[Doc], kind: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind}s rendered"
+    return found[0]
+
+
+def agent_container(docs: Sequence[Doc]) -> Doc:
+    containers = only(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["agent"]
+    result: Doc = containers[0]
+    return result
+
+
+def mounts(docs: Sequence[Doc]) -> dict[str, tuple[Doc, Doc]]:
+    """mountPath -> (volumeMount, volume)."""
+    pod = only(docs, "DaemonSet")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in agent_container(docs)["volumeMounts"]}
+
+
+def rules(docs: Sequence[Doc]) -> Iterator[tuple[str, str, set[str]]]:
+    for rule in only(docs, "ClusterRole")["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                yield group, resource, set(rule["verbs"])
+
+
+def test_lint(helm: str) -> None:
+    for values in ({}, {"cgroupRoot": "/sys/fs/cgroup/unified", "tracefs": "true"}):
+        result = _run(helm, "lint", "--strict", str(CHART), *_set_args(values))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_render_objects_and_labels(helm: str) -> None:
+    docs = render(helm)
+    assert sorted(d["kind"] for d in docs) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "ServiceAccount",
+    ]
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "tpfilter"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"].startswith("tpfilter-")
+        if doc["kind"] in ("ServiceAccount", "DaemonSet"):
+            assert doc["metadata"]["namespace"] == NAMESPACE
+    ds = only(docs, "DaemonSet")
+    selector = ds["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert "app.kubernetes.io/version" not in selector  # the selector is immutable
+
+    account = only(docs, "ServiceAccount")["metadata"]["name"]
+    binding = only(docs, "ClusterRoleBinding")
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == account
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["name"] == only(docs, "ClusterRole")["metadata"]["name"]
+
+
+def test_default_daemonset(helm: str) -> None:
+    docs = render(helm)
+    ds = only(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    agent = agent_container(docs)
+
+    assert agent["image"] == "tpfilter:0.1.0"
+    assert agent["args"] == [
+        "agent",
+        "--pin-dir=/sys/fs/bpf/tpfilter",
+        "--state-dir=/run/tpfilter",
+        "--max-policies=16384",
+        "--max-cgroups-per-policy=32768",
+        "--resync-seconds=300",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
+    assert "command" not in agent  # the image's entrypoint script must run
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+    assert agent["securityContext"]["privileged"] is True
+    assert pod["hostPID"] is False
+    assert pod.get("hostNetwork", False) is False
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    assert agent["resources"]["requests"].keys() == {"cpu", "memory"}
+    assert "memory" in agent["resources"]["limits"]
+
+    port = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    assert port == {"healthz": 8080}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+
+    m = mounts(docs)
+    bpf_mount, bpf_vol = m["/sys/fs/bpf"]
+    assert bpf_mount["mountPropagation"] == "Bidirectional"
+    assert bpf_vol["hostPath"] == {"path": "/sys/fs/bpf", "type": "DirectoryOrCreate"}
+    cg_mount, cg_vol = m["/sys/fs/cgroup"]
+    assert cg_mount["readOnly"] is True
+    assert cg_mount.get("mountPropagation") in (None, "HostToContainer")
+    assert cg_vol["hostPath"]["path"] == "/sys/fs/cgroup"
+    state_mount, state_vol = m["/run/tpfilter"]
+    assert not state_mount.get("readOnly", False)
+    assert state_vol["hostPath"] == {"path": "/run/tpfilter", "type": "DirectoryOrCreate"}
+    for host_dir in ("/lib/modules", "/usr/src"):
+        mount, volume = m[f"/host{host_dir}"]
+        assert mount["readOnly"] is True
+        assert volume["hostPath"]["path"] == host_dir
+    assert "/sys/kernel/tracing" not in m
+    assert env["TPFILTER_HOST_ROOT"]["value"] == "/host"
+    assert env["TPFILTER_MOUNT_BPFFS"]["value"] == "1"
+
+
+def test_overrides(helm: str) -> None:
+    docs = render(
+        helm,
+        {
+            "image.repository": "registry.example/tpfilter",
+            "image.tag": "e2e",
+            "image.pullPolicy": "Never",
+            "pinDir": "/sys/fs/bpf/other/",
+            "stateDir": "/var/run/tpf",
+            "cgroupRoot": "/sys/fs/cgroup/unified",
+            "kubepodsRoots[0]": "kubepods.slice",
+            "kubepodsRoots[1]": "kubelet.slice/kubelet-kubepods.slice",
+            "limits.maxPolicies": "100000",
+            "limits.maxCgroupsPerPolicy": "4096",
+            "resyncSeconds": "60",
+            "livenessPort": "9876",
+            "livenessBindAddress": "::",
+            "verbose": "true",
+            "extraArgs[0]": "--something=1",
+            "hostKernelHeaders": "false",
+            "tracefs": "true",
+            "mountBpffs": "false",
+            "priorityClassName": "",
+            "nodeSelector.pool": "bpf",
+        },
+        extra=["--set-json", "tolerations=[]"],
+    )
+    pod = only(docs, "DaemonSet")["spec"]["template"]["spec"]
+    agent = agent_container(docs)
+    assert agent["image"] == "registry.example/tpfilter:e2e"
+    assert agent["imagePullPolicy"] == "Never"
+    assert agent["args"] == [
+        "agent",
+        "--pin-dir=/sys/fs/bpf/other",
+        "--state-dir=/var/run/tpf",
+        "--max-policies=100000",  # not 1e+05: large numbers must stay integers
+        "--max-cgroups-per-policy=4096",
+        "--resync-seconds=60",
+        "--liveness=http://[::]:9876/healthz",
+        "--cgroup-root=/sys/fs/cgroup/unified",
+        "--kubepods-root=kubepods.slice",
+        "--kubepods-root=kubelet.slice/kubelet-kubepods.slice",
+        "--verbose",
+        "--something=1",
+    ]
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"healthz": 9876}
+    m = mounts(docs)
+    assert m["/var/run/tpf"][1]["hostPath"]["path"] == "/var/run/tpf"
+    assert "/run/tpfilter" not in m
+    assert not any(path.startswith("/host/") for path in m)
+    assert m["/sys/kernel/tracing"][1]["hostPath"]["path"] == "/sys/kernel/tracing"
+    assert m["/sys/fs/bpf"][0]["mountPropagation"] == "Bidirectional"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["TPFILTER_HOST_ROOT"]["value"] == ""
+    assert env["TPFILTER_MOUNT_BPFFS"]["value"] == "0"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert "priorityClassName" not in pod
+    assert "tolerations" not in pod
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "bpf"}
+
+
+def test_cluster_role_is_read_only_on_pods_and_policies(helm: str) -> None:
+    granted = list(rules(render(helm)))
+    for group, resource, verbs in granted:
+        assert "*" not in verbs and resource != "*" and group != "*", (group, resource, verbs)
+        if resource in GUARDED or resource.split("/")[0] in GUARDED:
+            assert verbs <= READ_VERBS, f"write verbs on {resource}: {verbs - READ_VERBS}"
+    by_resource = {(g, r): v for g, r, v in granted}
+    assert by_resource[("", "pods")] >= {"list", "watch"}
+    for plural in ("tracingpolicies", "tracingpoliciesnamespaced"):
+        assert by_resource[("cilium.io", plural)] >= {"list", "watch"}
+    # kopf's resource observer watches CRDs; posting is disabled, so no events.
+    assert by_resource[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
+    assert ("", "events") not in by_resource
+    assert ("events.k8s.io", "events") not in by_resource
+
+
+def test_rbac_and_account_can_be_disabled(helm: str) -> None:
+    docs = render(
+        helm, {"rbac.create": "false", "serviceAccount.create": "false", "serviceAccount.name": "x"}
+    )
+    assert [d["kind"] for d in docs] == ["DaemonSet"]
+    assert only(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "x"
+
+
+def test_crds_are_shipped(helm: str) -> None:
+    docs = render(helm, extra=["--include-crds"])
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert crds == {"tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"pinDir": "/var/lib/tpfilter"}, "pinDir must be a directory under /sys/fs/bpf"),
+        ({"stateDir": "run/tpfilter"}, "stateDir must be an absolute host path"),
+        (
+            {"serviceAccount.create": "false"},
+            "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+    ],
+)
+def test_bad_values_fail(helm: str, values: dict[str, str], message: str) -> None:
+    result = _run(helm, "template", RELEASE, str(CHART), *_set_args(values))
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_kube_version_constraint(helm: str) -> None:
+    ok = _run(helm, "template", RELEASE, str(CHART), "--kube-version", "1.27.0")
+    assert ok.returncode == 0, ok.stderr
+    old = _run(helm, "template", RELEASE, str(CHART), "--kube-version", "1.26.15")
+    assert old.returncode != 0
+    assert "kubeVersion" in old.stderr or "incompatible" in old.stderr
