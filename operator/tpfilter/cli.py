@@ -124,13 +124,11 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         last = {}
     by_id = {p["policy_id"]: p for p in last.get("policies", []) if p["policy_id"]}
-    usage = {}
+    usage, held = {}, {}
     if (pin_dir / OUTER_PIN_NAME).exists():
-        maps = PinnedFilterMaps(pin_dir=pin_dir)
-        try:
+        with PinnedFilterMaps(pin_dir=pin_dir) as maps:
             usage = {u.policy_id: u for u in maps.usage()}
-        finally:
-            maps.close()
+            held = {pid: sorted(inner.cgroup_ids) for pid, inner in maps.read_all().items()}
     rows = []
     for pid in sorted(records.keys() | usage.keys()):
         record, reported, used = records.get(pid), by_id.get(pid, {}), usage.get(pid)
@@ -141,6 +139,7 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
                 "namespace": record.namespace if record else None,
                 "name": record.name if record else None,
                 "cgroups": used.entries if used else 0,
+                "cgroup_ids": held.get(pid, []),
                 "pending": reported.get("pending", 0),
                 "max_entries": used.max_entries if used else None,
                 "memlock": used.memlock if used else None,

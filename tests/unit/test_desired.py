@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tpfilter.desired import desired_containers, selected_containers, selects_pod
 from tpfilter.interfaces import ContainerRef
 from tpfilter.models import Policy, parse_policy
@@ -139,16 +137,19 @@ def test_pod_and_container_selector_both_apply() -> None:
     assert cids(selected_containers(p, PODS)) == {"default-web-side"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ContainerSelector inherits label-VALUE validation, which forbids '/', so"
-    " a containerSelector on repo can never name a real image repository"
-    " (kubelet reports e.g. docker.io/library/nginx:1.27 -> repo docker.io/library/nginx);"
-    " parse_policy rejects such a policy although Tetragon (pkg/labels, no value"
-    " validation) accepts it.",
-)
 def test_container_selector_by_full_repository() -> None:
-    pods = [pod("x", {}, [("main", "docker.io/library/nginx:1.27"), ("b", "quay.io/a/b:1")])]
+    pods = [
+        pod(
+            "x",
+            {},
+            [
+                ("main", "docker.io/library/nginx:1.27"),
+                ("b", "quay.io/a/b:1"),
+                ("c", "localhost:5000/docker.io/library/nginx:1.27"),
+                ("d", "docker.io/library/nginx-extra:1"),
+            ],
+        )
+    ]
     p = policy(
         "p",
         {"containerSelector": {"matchLabels": {"repo": "docker.io/library/nginx"}}},
@@ -203,3 +204,21 @@ def test_pod_without_running_containers_contributes_nothing() -> None:
     p = policy("p", {"podSelector": {"matchLabels": {"app": "web"}}})
     assert selects_pod(p, empty)
     assert selected_containers(p, [empty]) == frozenset()
+
+
+def test_container_selector_repo_with_registry_port() -> None:
+    pods = [
+        pod("x", {}, [("a", "localhost:5000/app:v1"), ("b", "localhost:5000/app@sha256:00")]),
+        pod("y", {}, [("a", "localhost:5001/app:v1"), ("b", "app:v1")]),
+    ]
+    p = policy(
+        "p",
+        {
+            "containerSelector": {
+                "matchExpressions": [
+                    {"key": "repo", "operator": "In", "values": ["localhost:5000/app"]}
+                ]
+            }
+        },
+    )
+    assert cids(selected_containers(p, pods)) == {"default-x-a", "default-x-b"}

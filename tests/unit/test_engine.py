@@ -630,14 +630,6 @@ def test_failed_read_back_propagates_and_recovers(node: Node) -> None:
     assert r.converged and node.held(pol) == frozenset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Engine._apply sets self._mirror = None when an operation fails; the next"
-    " operation of the same plan then hits `assert mirror is not None` (or, under -O,"
-    " calls .pop/[] on None), so reconcile() raises instead of reporting the one failed"
-    " policy and applying the rest.",
-)
 def test_one_failure_does_not_stop_the_other_operations(node: Node) -> None:
     add_container(node, "c://1", 101)
     pods = [mkpod("a", {"app": "a"}, {"m": "c://1"})]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,14 @@ def test_missing_spec_is_empty_spec() -> None:
             {"containerSelector": {"matchExpressions": [{"key": "name", "operator": "In"}]}},
             "spec.containerSelector.matchExpressions.0",
         ),
-        ({"containerSelector": {"matchLabels": {"image": "x"}}}, "spec.containerSelector"),
+        (
+            {"containerSelector": {"matchLabels": {"image": "x"}}},
+            "spec.containerSelector.matchLabels.image",
+        ),
+        (
+            {"containerSelector": {"matchExpressions": [{"key": "image", "operator": "Exists"}]}},
+            "spec.containerSelector.matchExpressions.0.key",
+        ),
         ({"podSelector": {"matchLabel": {"a": "b"}}}, "spec.podSelector.matchLabel"),
     ],
 )
@@ -186,7 +194,8 @@ def test_errors_name_the_field_path(spec: dict[str, Any], path: str) -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(body(spec))
     message = str(info.value)
-    assert message.startswith(path + ":") or f"; {path}:" in message, message
+    # pydantic names a bad dict key as "<key>.[key]"
+    assert re.match(rf"{re.escape(path)}(\.\[key\])?: ", message), message
 
 
 def test_several_errors_are_all_reported() -> None:
@@ -205,18 +214,34 @@ def test_policy_error_is_a_value_error() -> None:
         parse_policy(body({"podSelector": {"matchLabels": {"-": "x"}}}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models._describe prefixes every error path not starting with 'key'/'uid'"
-    " with 'spec.', so a bad metadata.name (e.g. null) is reported as 'spec.name: Input"
-    " should be a valid string' instead of naming metadata.name.",
-)
-def test_bad_metadata_name_is_reported_as_metadata() -> None:
+@pytest.mark.parametrize("name", [None, 5, "absent"])
+def test_bad_metadata_name_is_reported_as_metadata(name: object) -> None:
     b = body({})
-    b["metadata"]["name"] = None
+    if name == "absent":
+        del b["metadata"]["name"]
+    else:
+        b["metadata"]["name"] = name
     with pytest.raises(PolicyError) as info:
         parse_policy(b)
-    assert str(info.value).startswith("metadata.name"), str(info.value)
+    assert str(info.value).startswith("metadata.name: "), str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: parse_policy does str(metadata.get('uid', '')), so `uid: null` becomes the"
+    " literal UID 'None' (and resourceVersion null becomes 'None'); two such policies would"
+    " share one UID and one policy ID. Treat null as absent or reject it.",
+)
+@pytest.mark.parametrize("field", ["uid", "resourceVersion"])
+def test_null_uid_is_not_the_string_none(field: str) -> None:
+    b = body({"podSelector": {}})
+    b["metadata"][field] = None
+    try:
+        p = parse_policy(b)
+    except PolicyError as exc:
+        assert f"metadata.{field}" in str(exc)
+    else:
+        assert (p.uid, p.resource_version)[field == "resourceVersion"] == ""
 
 
 # --- containerSelector ------------------------------------------------------------------
@@ -248,6 +273,73 @@ def test_container_selector_other_keys_rejected(key: str) -> None:
         parse_policy(
             body({"containerSelector": {"matchExpressions": [{"key": key, "operator": "Exists"}]}})
         )
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "nginx",
+        "docker.io/library/nginx",
+        "registry.example.com:5000/team/app",
+        "localhost:5000/app",
+        "quay.io/cilium/tetragon",
+        "ghcr.io/org/img_name",
+    ],
+)
+def test_container_selector_repo_values_are_repositories(repo: str) -> None:
+    for spec in (
+        {"containerSelector": {"matchLabels": {"repo": repo}}},
+        {
+            "containerSelector": {
+                "matchExpressions": [{"key": "repo", "operator": "In", "values": ["other", repo]}]
+            }
+        },
+    ):
+        cs = parse_policy(body(spec)).spec.container_selector
+        assert cs is not None
+        assert cs.matches({"name": "main", "repo": repo})
+        assert not cs.matches({"name": "main", "repo": repo + "x"})
+
+
+@pytest.mark.parametrize(
+    "value", ["", " nginx", "nginx ", "a b", "nginx\n", "/nginx", "nginx@sha256", "x" * 256]
+)
+def test_container_selector_bad_values_rejected(value: str) -> None:
+    with pytest.raises(PolicyError, match=r"spec\.containerSelector\.matchLabels"):
+        parse_policy(body({"containerSelector": {"matchLabels": {"repo": value}}}))
+    with pytest.raises(PolicyError, match=r"spec\.containerSelector\.matchExpressions\.0\.values"):
+        parse_policy(
+            body(
+                {
+                    "containerSelector": {
+                        "matchExpressions": [
+                            {"key": "name", "operator": "NotIn", "values": [value]}
+                        ]
+                    }
+                }
+            )
+        )
+
+
+def test_container_selector_still_checks_operators() -> None:
+    with pytest.raises(PolicyError, match=r"spec\.containerSelector\.matchExpressions\.0"):
+        parse_policy(
+            body(
+                {
+                    "containerSelector": {
+                        "matchExpressions": [
+                            {"key": "repo", "operator": "Exists", "values": ["nginx"]}
+                        ]
+                    }
+                }
+            )
+        )
+
+
+def test_pod_selector_values_remain_label_values() -> None:
+    # the relaxed rule is for containerSelector only
+    with pytest.raises(PolicyError, match=r"spec\.podSelector"):
+        parse_policy(body({"podSelector": {"matchLabels": {"app": "docker.io/library/nginx"}}}))
 
 
 def test_pod_selector_keys_are_not_limited() -> None:

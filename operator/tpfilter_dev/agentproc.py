@@ -1,0 +1,112 @@
+"""``tpfilter agent`` as a separate process, the way a DaemonSet runs it on a node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from tpfilter_dev.controlplane import free_port
+
+T = TypeVar("T")
+TPFILTER = Path(sys.executable).parent / "tpfilter"
+
+
+def eventually(
+    check: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
+
+
+@dataclass
+class AgentProcess:
+    """``tpfilter agent`` for one node, as a DaemonSet would run it."""
+
+    kubeconfig: Path
+    node_name: str
+    pin_dir: Path
+    state_dir: Path
+    cgroup_root: Path
+    log_path: Path
+    resync_seconds: float = 300.0
+    process: subprocess.Popen[bytes] | None = None
+    port: int = field(default_factory=free_port)
+
+    def start(self, *, wait: bool = True) -> None:
+        argv = [
+            str(TPFILTER),
+            "agent",
+            "--node-name",
+            self.node_name,
+            "--pin-dir",
+            str(self.pin_dir),
+            "--state-dir",
+            str(self.state_dir),
+            "--cgroup-root",
+            str(self.cgroup_root),
+            "--resync-seconds",
+            str(self.resync_seconds),
+            "--liveness",
+            f"http://127.0.0.1:{self.port}/healthz",
+            "-v",
+        ]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        log = open(self.log_path, "ab")  # noqa: SIM115 (lives with the process)
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            eventually(self.synced, timeout=60, what=f"agent {self.node_name} synced")
+
+    def health(self) -> dict[str, object] | None:
+        try:
+            url = f"http://127.0.0.1:{self.port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                data: dict[str, object] = json.loads(response.read())
+                return data
+        except OSError:
+            return None
+
+    def synced(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"agent exited with {self.process.returncode}:\n{self.log()}")
+        health = self.health()
+        agent = health.get("agent") if health else None
+        return isinstance(agent, dict) and bool(agent.get("synced"))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self, lines: int = 80) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,145 @@
+"""The whole system on this machine, in one command (``scripts/run-local.sh``).
+
+Builds or reuses the control-plane binaries, starts etcd + kube-apiserver on loopback,
+installs the CRDs, starts ``tpfilter agent`` for this machine as a node, applies the
+user's seed policy, starts a pod the policy selects and one it does not (real cgroups with
+real processes, reported through the API as a kubelet would), and shows with
+``tpfilter status`` which cgroups each policy holds and their kernel memory.
+Ctrl-C stops everything and removes the cgroups and pins it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+from tpfilter.cgroups import find_cgroup2_mount
+from tpfilter.cli import collect_status, format_status
+from tpfilter_dev.agentproc import AgentProcess, eventually
+from tpfilter_dev.controlplane import ControlPlane
+from tpfilter_dev.kubelet import Kubelet, remove_cgroup_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run-local", description=__doc__.split("\n")[0])
+    parser.add_argument("--policy", type=Path, default=_seed(), help="policy YAML to apply")
+    parser.add_argument("--once", action="store_true", help="show the status and stop")
+    args = parser.parse_args(argv)
+
+    import kubernetes
+
+    work = Path(tempfile.mkdtemp(prefix="tpfilter-demo-"))
+    node_name = socket.gethostname().lower()
+    cgroup_root = find_cgroup2_mount() / "tpfilter-demo"
+    pin_dir = Path("/sys/fs/bpf/tpfilter-demo")
+    cgroup_root.mkdir(exist_ok=True)
+    step = _Steps()
+    with ControlPlane() as plane:
+        step(f"control plane up: {plane.url} (KUBECONFIG={plane.kubeconfig})")
+        _kubectl(plane, "apply", "-f", str(ROOT / "crds"))
+        _kubectl(
+            plane,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/tracingpolicies.cilium.io",
+            "crd/tracingpoliciesnamespaced.cilium.io",
+        )
+        step("CRDs installed")
+        api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
+        kubelet = Kubelet(api_client=api, node_name=node_name, cgroup_root=cgroup_root)
+        agent = AgentProcess(
+            kubeconfig=plane.kubeconfig,
+            node_name=node_name,
+            pin_dir=pin_dir,
+            state_dir=work / "state",
+            cgroup_root=cgroup_root,
+            log_path=work / "agent.log",
+        )
+        try:
+            kubelet.register_node({"kubernetes.io/hostname": node_name})
+            agent.start()
+            step(f"agent running for node {node_name} (log: {agent.log_path})")
+            print(_kubectl(plane, "apply", "-f", str(args.policy)).strip())
+            selected = kubelet.create_pod(
+                "default",
+                "ubuntu",
+                labels={"app": "ubuntu"},
+                containers=[("ubuntu", "docker.io/library/ubuntu:24.04")],
+            )
+            other = kubelet.create_pod(
+                "default",
+                "nginx",
+                labels={"app": "nginx"},
+                containers=[("nginx", "docker.io/library/nginx:1.27")],
+            )
+            step(
+                f"pod default/ubuntu (selected): cgroup {selected.containers['ubuntu'].cgroup_id}"
+                f"; pod default/nginx (not selected): cgroup {other.containers['nginx'].cgroup_id}"
+            )
+            want = selected.containers["ubuntu"].cgroup_id
+
+            def holds_selected() -> bool:
+                status = collect_status(pin_dir=pin_dir, state_dir=agent.state_dir)
+                return any(p["cgroups"] == 1 for p in status["policies"])
+
+            eventually(holds_selected, timeout=30, what="the policy's map holds the ubuntu pod")
+            print()
+            print(format_status(collect_status(pin_dir=pin_dir, state_dir=agent.state_dir)))
+            print(f"\n(cgroup {want} is the ubuntu container; bpftool map show shows the maps)")
+            if not args.once:
+                step("running; Ctrl-C stops everything and cleans up")
+                _wait_for_interrupt()
+        finally:
+            agent.stop()
+            kubelet.close()
+            remove_cgroup_tree(cgroup_root)
+            if (pin_dir / OUTER_PIN_NAME).exists():
+                with PinnedFilterMaps(pin_dir=pin_dir) as maps:
+                    maps.remove_pins()
+            step("stopped; cgroups and pins removed")
+    return 0
+
+
+def _seed() -> Path:
+    shared = ROOT.parent / "shared" / "examples" / "seed-policy.yaml"
+    return shared if shared.exists() else ROOT / "examples" / "seed-policy.yaml"
+
+
+def _kubectl(plane: ControlPlane, *args: str) -> str:
+    return subprocess.run(
+        ["kubectl", f"--kubeconfig={plane.kubeconfig}", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, text: str) -> None:
+        self.n += 1
+        print(f"[{self.n}] {text}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The engine with its real parts: real cgroups, the real finder, the real pinned maps.
+
+Covers the node agent's reconcile semantics without an API server: pod before policy and
+policy before pod, relabel, container restart, pod and policy deletion, growth and shrink
+of inner maps (rebuild + swap), an agent restart that adopts the pins and the state file,
+and `tpfilter status` reading it all back with the kernel's own memory accounting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tpfilter import sizing
+from tpfilter.bpfmaps import PinnedFilterMaps, probe
+from tpfilter.cgroups import CgroupFsFinder, find_cgroup2_mount
+from tpfilter.engine import Engine, Limits
+from tpfilter.models import Policy, PolicyKind, parse_policy
+from tpfilter.pods import Pod, parse_pod
+from tpfilter.statefile import STATE_FILE
+from tpfilter_dev.kubelet import container_cgroup, remove_cgroup_tree
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: creates cgroups and BPF maps"
+    support = probe()
+    return None if support.ok else f"kernel lacks BPF map support: {support.reason}"
+
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or ""),
+]
+
+
+class Node:
+    """Real cgroup dirs in a scratch tree laid out as kubelet (systemd) + containerd would."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pods: dict[str, dict[str, object]] = {}
+
+    def pod(
+        self, name: str, labels: dict[str, str], containers: int = 1, namespace: str = "default"
+    ) -> dict[str, object]:
+        uid = f"{secrets.token_hex(4)}-0000-4000-8000-{secrets.token_hex(6)}"
+        statuses = []
+        for i in range(containers):
+            cid = secrets.token_hex(32)
+            container_cgroup(
+                self.root,
+                driver="systemd",
+                runtime="containerd",
+                qos="BestEffort",
+                pod_uid=uid,
+                container_id=cid,
+            ).mkdir(parents=True)
+            statuses.append(
+                {
+                    "name": f"c{i}",
+                    "image": "busybox",
+                    "containerID": f"containerd://{cid}",
+                    "state": {"running": {}},
+                }
+            )
+        body = {
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": labels},
+            "spec": {"nodeName": "n"},
+            "status": {"qosClass": "BestEffort", "containerStatuses": statuses},
+        }
+        self.pods[name] = body
+        return body
+
+    def cgroup_ids(self, *names: str) -> frozenset[int]:
+        ids = set()
+        for name in names:
+            body = self.pods[name]
+            for cs in body["status"]["containerStatuses"]:  # type: ignore[index]
+                path = container_cgroup(
+                    self.root,
+                    driver="systemd",
+                    runtime="containerd",
+                    qos="BestEffort",
+                    pod_uid=body["metadata"]["uid"],  # type: ignore[index]
+                    container_id=cs["containerID"].split("://")[1],
+                )
+                ids.add(os.stat(path).st_ino)
+        return frozenset(ids)
+
+    def parsed(self) -> list[Pod]:
+        return [parse_pod(b) for b in self.pods.values()]
+
+
+def policy(name: str, spec: dict[str, object], uid: str | None = None) -> Policy:
+    return parse_policy(
+        {
+            "kind": PolicyKind.CLUSTER.value,
+            "metadata": {"name": name, "uid": uid or f"uid-{name}"},
+            "spec": spec,
+        }
+    )
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[tuple[Node, Path, Path]]:
+    token = secrets.token_hex(4)
+    root = find_cgroup2_mount() / f"tpf-k-{token}"
+    root.mkdir()
+    pin_dir = Path("/sys/fs/bpf") / f"tpf-k-{token}"
+    try:
+        yield Node(root), pin_dir, tmp_path / STATE_FILE
+    finally:
+        remove_cgroup_tree(root)
+        if (pin_dir / "policy_filter_maps").exists():
+            with PinnedFilterMaps(pin_dir=pin_dir) as maps:
+                maps.remove_pins()
+
+
+def engine_for(
+    node: Node, pin_dir: Path, state: Path, **limits: int
+) -> tuple[Engine, PinnedFilterMaps]:
+    maps = PinnedFilterMaps(pin_dir=pin_dir)
+    finder = CgroupFsFinder(cgroup_root=node.root)
+    return Engine(finder=finder, maps=maps, state_path=state, limits=Limits(**limits)), maps
+
+
+def held(maps: PinnedFilterMaps, engine: Engine, uid: str) -> frozenset[int]:
+    pid = engine.policy_id(uid)
+    assert pid is not None
+    return maps.read_all()[pid].cgroup_ids
+
+
+def test_reconcile_follows_pods_and_policies(scratch: tuple[Node, Path, Path]) -> None:
+    node, pin_dir, state = scratch
+    engine, maps = engine_for(node, pin_dir, state)
+    with maps:
+        node.pod("early", {"app": "web"})
+        web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+        assert engine.reconcile([web], node.parsed()).converged
+        assert held(maps, engine, web.uid) == node.cgroup_ids("early")
+
+        node.pod("late", {"app": "web"}, containers=2)
+        node.pod("db", {"app": "db"})
+        engine.reconcile([web], node.parsed())
+        assert held(maps, engine, web.uid) == node.cgroup_ids("early", "late")
+
+        node.pods["db"]["metadata"]["labels"] = {"app": "web"}  # type: ignore[index]
+        del node.pods["early"]
+        engine.reconcile([web], node.parsed())
+        assert held(maps, engine, web.uid) == node.cgroup_ids("late", "db")
+
+        engine.reconcile([], node.parsed())
+        assert maps.read_all() == {}
+        assert json.loads(state.read_text())["policies"] == []
+
+
+def test_inner_maps_grow_and_shrink_to_their_content(scratch: tuple[Node, Path, Path]) -> None:
+    node, pin_dir, state = scratch
+    engine, maps = engine_for(node, pin_dir, state)
+    with maps:
+        for i in range(40):
+            node.pod(f"p{i}", {"app": "web"})
+        web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+        engine.reconcile([web], node.parsed())
+        (usage,) = maps.usage()
+        assert usage.entries == 40
+        assert usage.max_entries == sizing.target_capacity(40, limit=32768) == 128
+        assert usage.memlock == sizing.kernel_bytes(128, 40)
+        for i in range(38):
+            del node.pods[f"p{i}"]
+        engine.reconcile([web], node.parsed())
+        (usage,) = maps.usage()
+        assert (usage.entries, usage.max_entries) == (2, 8)
+        assert held(maps, engine, web.uid) == node.cgroup_ids("p38", "p39")
+
+
+def test_limit_per_policy_is_a_visible_error(scratch: tuple[Node, Path, Path]) -> None:
+    node, pin_dir, state = scratch
+    engine, maps = engine_for(node, pin_dir, state, max_cgroups_per_policy=8)
+    with maps:
+        for i in range(10):
+            node.pod(f"p{i}", {"app": "web"})
+        web = policy("web", {"podSelector": {}})
+        result = engine.reconcile([web], node.parsed())
+        assert not result.converged
+        assert "over the limit of 8" in (result.statuses[0].error or "")
+        assert len(held(maps, engine, web.uid)) == 8
+
+
+def test_restart_adopts_pins_and_state_without_rewriting(scratch: tuple[Node, Path, Path]) -> None:
+    node, pin_dir, state = scratch
+    engine, maps = engine_for(node, pin_dir, state)
+    node.pod("a", {"app": "web"})
+    web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+    with maps:
+        engine.reconcile([web], node.parsed())
+        before = {u.policy_id: u.map_id for u in maps.usage()}
+    # A new process: new Engine, new map wrapper, same pins and state file.
+    engine2, maps2 = engine_for(node, pin_dir, state)
+    with maps2:
+        result = engine2.reconcile([web], node.parsed())
+        assert result.operations == 0
+        assert {u.policy_id: u.map_id for u in maps2.usage()} == before
+        # an orphan map (its owner unknown to the state file) is removed
+        maps2.install(999, [12345], max_entries=8)
+        engine2.check_drift()
+        engine2.reconcile([web], node.parsed())
+        assert set(maps2.read_all()) == set(before)
+
+
+def test_status_command_reports_policies_and_kernel_memory(
+    scratch: tuple[Node, Path, Path],
+) -> None:
+    node, pin_dir, state = scratch
+    engine, maps = engine_for(node, pin_dir, state)
+    for i in range(8):
+        node.pod(f"p{i}", {"app": "web"})
+    web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+    with maps:
+        engine.reconcile([web], node.parsed())
+    cmd = [
+        sys.executable,
+        "-m",
+        "tpfilter.cli",
+        "status",
+        "--pin-dir",
+        str(pin_dir),
+        "--state-dir",
+        str(state.parent),
+    ]
+    data = json.loads(
+        subprocess.run([*cmd, "--json"], check=True, capture_output=True, text=True).stdout
+    )
+    (row,) = data["policies"]
+    assert (row["kind"], row["name"], row["cgroups"], row["max_entries"]) == (
+        "TracingPolicy",
+        "web",
+        8,
+        16,
+    )
+    assert row["memlock"] == sizing.kernel_bytes(16, 8) == 1728
+    assert frozenset(row["cgroup_ids"]) == node.cgroup_ids(*(f"p{i}" for i in range(8)))
+    table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "ID  KIND" in table and "web" in table and "1,728 B" in table
