@@ -38,23 +38,23 @@ ENV VIRTUAL_ENV=/opt/tpfilter \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TPFILTER_BPF_INCLUDE=/usr/share/tpfilter/bpf
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what the package needs (not operator/tpfilter_dev, the test-only control plane), so
-# that edits elsewhere in the repository do not invalidate this layer.
+# that edits elsewhere in the repository do not invalidate this layer. bpf/ is there for
+# operator/tpfilter/bpf (a symlink to it): the wheel ships policy_filter.h as package data,
+# where tpfilter.bpfsrc finds it; the check below fails the build if it does not.
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY bpf ./bpf
 COPY operator/tpfilter ./operator/tpfilter
 RUN /usr/bin/python3 -m venv --system-site-packages "$VIRTUAL_ENV" \
     && "$VIRTUAL_ENV/bin/pip" install . \
-    && "$VIRTUAL_ENV/bin/python" -c "import bcc, kopf, kubernetes, pydantic, tpfilter.runner" \
-    && rm -rf /src
+    && cd / && rm -rf /src \
+    && "$VIRTUAL_ENV/bin/python" -c "import bcc, kopf, kubernetes, pydantic, tpfilter.runner; \
+from tpfilter.bpfsrc import include_dir; print('policy_filter.h in', include_dir())"
 WORKDIR /
 
-# The header BPF programs include to consult the pinned map (tpfilter.bpfsrc finds it
-# through $TPFILTER_BPF_INCLUDE).
-COPY bpf/policy_filter.h /usr/share/tpfilter/bpf/policy_filter.h
 COPY scripts/agent-entrypoint.sh /usr/local/bin/agent-entrypoint.sh
 RUN chmod 0755 /usr/local/bin/agent-entrypoint.sh
 

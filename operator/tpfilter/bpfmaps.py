@@ -377,6 +377,13 @@ class PinnedFilterMaps:
         # the inner map once running BPF programs are done with it (after RCU).
         self._forget(policy_id)
 
+    def contains(self, policy_id: int, cgroup_id: int) -> bool:
+        """Whether the policy's inner map holds ``cgroup_id``: the lookup a BPF program makes."""
+        inner = self._inner(policy_id)
+        return inner is not None and (
+            bpfsys.map_lookup(inner.fd, _CGROUP_KEY.pack(cgroup_id), 1) is not None
+        )
+
     def usage(self) -> list[MapUsage]:
         result: list[MapUsage] = []
         for policy_id in sorted(self._policy_ids()):

@@ -1,0 +1,15 @@
+# Entry points only; the scripts do the work. `make test` runs what CI runs (.ci/run).
+.PHONY: install test run e2e crds lint
+
+install:  ## apt + venv + project (Debian 12, root)
+	bash scripts/install.sh
+test:     ## install, ruff, mypy, every pytest suite (e2e skips without Docker)
+	bash scripts/test.sh
+run:      ## the agent against a local control plane
+	bash scripts/run-local.sh
+e2e:      ## kind cluster + image + chart + tests/e2e (needs Docker)
+	bash scripts/e2e-kind.sh
+crds:     ## regenerate crds/ and copy them into the chart
+	.venv/bin/python crds/gen_crds.py && bash scripts/sync-chart-crds.sh
+lint:
+	.venv/bin/ruff check . && .venv/bin/mypy
