@@ -1,6 +1,9 @@
-# The tpfilter agent image (charts/tpfilter deploys it as a DaemonSet):
-#   docker build -t tpfilter:dev .
-#   docker run --rm tpfilter:dev status --json     # any `tpfilter` subcommand; default: agent
+# The tpfilter agent image (charts/tpfilter deploys it as a DaemonSet). Build it from a
+# context of only the files used (as scripts/e2e-kind.sh does; the repository has no
+# .dockerignore, and `docker build .` would send .venv and the caches):
+#   tar -c Dockerfile pyproject.toml README.md operator/tpfilter bpf scripts/agent-entrypoint.sh |
+#     docker build -t tpfilter:dev -
+#   docker run --rm tpfilter:dev probe       # any `tpfilter` subcommand; the default: agent
 #
 # Debian bookworm because bcc's Python bindings are Debian's python3-bpfcc (PyPI's "bcc" is
 # an unrelated package), built for bookworm's /usr/bin/python3 (3.11); the project lives in

@@ -173,8 +173,10 @@ def main() -> None:
                     (agent.state_dir / statefile.STATE_FILE).unlink()
                 start = time.monotonic()
                 agent.start(wait=False)
+                # Right maps are not enough (a warm restart starts with them): the agent must
+                # also have listed the cluster and reconciled, i.e. be in charge again.
                 eventually(
-                    lambda: entries() == expected_entries,
+                    lambda: agent.synced() and entries() == expected_entries,
                     timeout=300,
                     interval=0.01,
                     what="convergence after restart",

@@ -7,6 +7,7 @@
  *
  *     outer: u32 policy ID -> inner map      (BPF_F_NO_PREALLOC)
  *     inner: u64 cgroup ID -> u8 1           (BPF_F_NO_PREALLOC, sized to its content)
+ *     levels: [0] -> u64 bitmask             (cgroup depths to walk, see below)
  *
  * and a program that enforces or traces for a policy calls policy_filter_check(id) first.
  *
@@ -63,6 +64,64 @@ BPF_TABLE_PINNED("hash_of_maps$tpf_inner_template", u32, int, policy_filter_maps
                  TPF_MAX_POLICIES, TPF_FILTER_PIN, BPF_F_NO_PREALLOC);
 
 /*
+ * Child cgroups. A process in a selected container may create a cgroup below the
+ * container's (where it can write its cgroup directory) and move into it; its cgroup ID
+ * is then in no inner map. So the container's processes are those whose cgroup *or an
+ * ancestor of it* is in the map. bpf_get_current_ancestor_cgroup_id(level) gives the
+ * current cgroup's ancestor at an absolute depth (0 = root), and the agent keeps in this
+ * pinned one-element array a bitmask of the depths at which cgroups in any inner map are
+ * (tpfilter/descendants.py): bit L = "look at the ancestor at level L", bit 63 = "a
+ * depth is unknown, look at every level". Kubepods containers sit at 3 to 5 levels, so
+ * a miss costs one or two helper calls; there is no per-cgroup state to go stale or to
+ * fill up, and it works for cgroups made before the agent started.
+ *
+ * The array is pinned next to the outer map (TPF_FILTER_PIN "_levels"), created by
+ * whichever comes first, the agent or a program (same shape either way), like the outer
+ * map. The agent sets a level's bit before it puts a cgroup of that level in a map.
+ */
+#define TPF_LEVELS_WALK_ALL (1ULL << 63)
+#define TPF_MAX_LEVEL 62
+
+#ifndef TPF_LEVELS_PIN
+#define TPF_LEVELS_PIN TPF_FILTER_PIN "_levels"
+#endif
+
+BPF_TABLE_PINNED("array", u32, u64, policy_filter_levels, 1, TPF_LEVELS_PIN);
+
+/*
+ * true if the current task's cgroup, or one of its ancestors at a level the agent named,
+ * is in `inner` (a policy's inner map). Levels are tried from the root down; the walk
+ * stops at the first level deeper than the task's own cgroup (the helper returns 0, or
+ * the task's own ID at its own level, already looked up exactly).
+ */
+static __always_inline bool tpf_current_cgroup_in(void *inner)
+{
+	u64 cgroup_id = bpf_get_current_cgroup_id();
+	u64 ancestor, mask, *levels;
+	u32 zero = 0;
+	int level;
+
+	if (bpf_map_lookup_elem(inner, &cgroup_id))
+		return true;
+	levels = policy_filter_levels.lookup(&zero);
+	if (!levels)
+		return false;
+	mask = *levels;
+	if (mask & TPF_LEVELS_WALK_ALL)
+		mask = ~0ULL;
+	for (level = 0; level <= TPF_MAX_LEVEL && mask; level++, mask >>= 1) {
+		if (!(mask & 1))
+			continue;
+		ancestor = bpf_get_current_ancestor_cgroup_id(level);
+		if (!ancestor || ancestor == cgroup_id)
+			return false;
+		if (bpf_map_lookup_elem(inner, &ancestor))
+			return true;
+	}
+	return false;
+}
+
+/*
  * true if policy `policy_id` applies to the current task.
  *
  * - 0 is the ID of a policy without a podSelector: it applies to every process, and has
@@ -70,28 +129,27 @@ BPF_TABLE_PINNED("hash_of_maps$tpf_inner_template", u32, int, policy_filter_maps
  * - An ID absent from the outer map selects no pod on this node, or the agent has not
  *   written it yet: false. A filter fails closed; it never widens a policy to every
  *   process because a map is missing.
- * - Otherwise the answer is whether the task's cgroup v2 ID is in the policy's inner map.
+ * - Otherwise the answer is whether the task's cgroup v2 ID, or that of an ancestor (a
+ *   child cgroup the container made), is in the policy's inner map (see above).
  *   bpf_get_current_cgroup_id() is the ID of the task's cgroup in the unified hierarchy,
- *   the inode number of the container's cgroup directory that the agent stored. It is a
- *   helper, not a read of kernel structs, so it is right whatever kernel headers bcc
+ *   the inode number of the container's cgroup directory that the agent stored. Both are
+ *   helpers, not reads of kernel structs, so they are right whatever kernel headers bcc
  *   compiled against.
  *
- * Both lookups are RCU-protected hash lookups: the inner map pointer stays valid for the
- * rest of the program even if the agent swaps the slot meanwhile (resize), and the
- * answer comes from the old or the new map, both complete.
+ * The lookups are RCU-protected: the inner map pointer stays valid for the rest of the
+ * program even if the agent swaps the slot meanwhile (resize), and the answer comes from
+ * the old or the new map, both complete.
  */
 static __always_inline bool policy_filter_check(u32 policy_id)
 {
 	void *inner;
-	u64 cgroup_id;
 
 	if (policy_id == 0)
 		return true;
 	inner = policy_filter_maps.lookup(&policy_id);
 	if (!inner)
 		return false;
-	cgroup_id = bpf_get_current_cgroup_id();
-	return bpf_map_lookup_elem(inner, &cgroup_id) != NULL;
+	return tpf_current_cgroup_in(inner);
 }
 
 #endif /* TPF_POLICY_FILTER_H */

@@ -36,9 +36,12 @@ BPF_MAP_CREATE = 0
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_MAP_GET_FD_BY_ID = 14
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
 
 # enum bpf_map_type
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_HASH_OF_MAPS = 13
 
 # map_flags and update flags
@@ -94,6 +97,21 @@ class _GetIdAttr(ct.Structure):
     )
 
 
+class _BatchAttr(ct.Structure):
+    """The BPF_MAP_*_BATCH member (``keys``/``values`` are user pointers as u64)."""
+
+    _fields_ = (
+        ("in_batch", ct.c_uint64),
+        ("out_batch", ct.c_uint64),
+        ("keys", ct.c_uint64),
+        ("values", ct.c_uint64),
+        ("count", ct.c_uint32),
+        ("map_fd", ct.c_uint32),
+        ("elem_flags", ct.c_uint64),
+        ("flags", ct.c_uint64),
+    )
+
+
 class _BpfAttr(ct.Union):
     """``union bpf_attr``, reduced to the members used here.
 
@@ -106,6 +124,7 @@ class _BpfAttr(ct.Union):
         ("map_create", _MapCreateAttr),
         ("obj", _ObjAttr),
         ("get_id", _GetIdAttr),
+        ("batch", _BatchAttr),
     )
 
 
@@ -309,6 +328,68 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
             _check_bcc(ret, f"iterate keys of map fd {fd}")
         yield nxt.raw
         prev = nxt
+
+
+class BatchError(OSError):
+    """A batch command stopped at an element: ``done`` elements before it were applied.
+
+    The element at index ``done`` is the one that failed (errno); the ones after it were
+    not attempted.
+    """
+
+    def __init__(self, err: int, message: str, *, done: int) -> None:
+        super().__init__(err, message)
+        self.done = done
+
+
+def _batch(
+    cmd: int, name: str, fd: int, keys: bytes, values: bytes | None, count: int, flags: int
+) -> None:
+    if count <= 0:
+        return
+    kbuf = ct.create_string_buffer(keys, len(keys))
+    vbuf = None if values is None else ct.create_string_buffer(values, len(values))
+    attr = _BpfAttr()
+    b = attr.batch
+    b.keys = ct.addressof(kbuf)
+    b.values = 0 if vbuf is None else ct.addressof(vbuf)
+    b.count = count
+    b.map_fd = fd
+    b.elem_flags = flags
+    what = f"bpf({name}) of {count} elements in map fd {fd}"
+    try:
+        _sys_bpf(cmd, attr, what)
+    except OSError as e:
+        # The kernel writes back how many elements it applied before the failing one.
+        done = int(b.count)
+        raise BatchError(
+            e.errno,
+            f"{what}: element {done} failed: {os.strerror(e.errno)} ({errno_name(e.errno)})",
+            done=done,
+        ) from None
+
+
+def map_update_batch(
+    fd: int, keys: bytes, values: bytes, *, key_size: int, value_size: int, flags: int = BPF_ANY
+) -> None:
+    """BPF_MAP_UPDATE_BATCH: ``keys``/``values`` are the packed arrays of one batch.
+
+    On a map-of-maps the kernel waits for one RCU grace period for the whole batch instead
+    of one per element. Raises :class:`BatchError` (with ``done``) if an element fails.
+    """
+    count = len(keys) // key_size
+    if len(keys) != count * key_size or len(values) != count * value_size:
+        raise ValueError("batch keys/values are not whole elements of the same count")
+    _batch(BPF_MAP_UPDATE_BATCH, "BPF_MAP_UPDATE_BATCH", fd, keys, values, count, flags)
+
+
+def map_delete_batch(fd: int, keys: bytes, *, key_size: int) -> None:
+    """BPF_MAP_DELETE_BATCH: delete every key of the packed array; a missing key stops the
+    batch with ENOENT (:class:`BatchError`, ``done`` = keys deleted before it)."""
+    count = len(keys) // key_size
+    if len(keys) != count * key_size:
+        raise ValueError("batch keys are not whole elements")
+    _batch(BPF_MAP_DELETE_BATCH, "BPF_MAP_DELETE_BATCH", fd, keys, None, count, 0)
 
 
 def map_info(fd: int) -> MapInfo:

@@ -94,7 +94,11 @@ class Engine:
         self._limits = limits
         self._ids = statefile.load(state_path) if state_path else PolicyIds()
         self._mirror: dict[int, InnerMapState] | None = None  # None: read the kernel back
-        self._resolved: set[ContainerRef] = set()
+        # Container -> cgroup ID, for every selected container found so far. A container ID
+        # is never reused (a restart brings a new one) and cgroup v2 IDs are never reused
+        # either, so an answer stays right for the container's life; check_drift() drops
+        # them all anyway, so the periodic resync re-resolves from scratch.
+        self._cgroup_of: dict[ContainerRef, int] = {}
 
     def policy_id(self, uid: str) -> int | None:
         """The node-local ID of a filtered policy, for the programs that check it."""
@@ -106,8 +110,11 @@ class Engine:
         return self._ids
 
     def check_drift(self) -> None:
-        """Make the next reconcile read the kernel maps back instead of trusting the mirror."""
+        """Make the next reconcile read the kernel maps back and look every cgroup up again."""
         self._mirror = None
+        for ref in self._cgroup_of:
+            self._finder.forget(ref)
+        self._cgroup_of.clear()
 
     def reconcile(self, policies: Sequence[Policy], pods: Sequence[Pod]) -> ReconcileResult:
         wanted = desired_containers(policies, pods)
@@ -144,12 +151,12 @@ class Engine:
             policy_id = self._ids.ensure(policy).policy_id
             found: set[int] = set()
             for ref in wanted[policy.uid]:
-                cgroup_id = self._finder.cgroup_id(ref)
+                cgroup_id = self._cgroup_of.get(ref) or self._finder.cgroup_id(ref)
                 if cgroup_id is None:
                     scratch.pending.setdefault(policy_id, set()).add(ref)
                 else:
                     found.add(cgroup_id)
-                    self._resolved.add(ref)
+                    self._cgroup_of[ref] = cgroup_id
             if len(found) > limit:
                 # Deterministic and loud: the lowest IDs stay, the error names the policy.
                 scratch.errors[policy_id] = (
@@ -187,9 +194,9 @@ class Engine:
 
     def _forget_unwanted(self, wanted: Iterable[frozenset[ContainerRef]]) -> None:
         still = set().union(*wanted)
-        for ref in self._resolved - still:
+        for ref in self._cgroup_of.keys() - still:
             self._finder.forget(ref)
-        self._resolved &= still
+            del self._cgroup_of[ref]
 
     def _result(self, policies: Sequence[Policy], applied: int, scratch: _Pass) -> ReconcileResult:
         statuses = []

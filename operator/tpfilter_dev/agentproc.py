@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from tpfilter.statefile import STATUS_FILE
 from tpfilter_dev.controlplane import free_port
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class AgentProcess:
     log_path: Path
     resync_seconds: float = 300.0
     process: subprocess.Popen[bytes] | None = None
+    _started: float = 0.0
     port: int = field(default_factory=free_port)
 
     def start(self, *, wait: bool = True) -> None:
@@ -72,6 +74,7 @@ class AgentProcess:
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives with the process)
+        self._started = time.time()
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait:
             eventually(self.synced, timeout=60, what=f"agent {self.node_name} synced")
@@ -86,12 +89,19 @@ class AgentProcess:
             return None
 
     def synced(self) -> bool:
+        """The agent has listed the cluster and finished a reconcile since it last started.
+
+        Read from the status file the agent writes after each reconcile, not from the
+        liveness endpoint: kopf caches probe results for 10 seconds.
+        """
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"agent exited with {self.process.returncode}:\n{self.log()}")
-        health = self.health()
-        agent = health.get("agent") if health else None
-        return isinstance(agent, dict) and bool(agent.get("synced"))
+        try:
+            status = json.loads((self.state_dir / STATUS_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return bool(status.get("synced")) and status.get("time", 0) >= self._started
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:

@@ -152,7 +152,11 @@ def test_policy_holds_exactly_the_selected_pods_cgroup(
     assert row["map_id"]
     assert row["cgroups"] == 1  # ubuntu-selected's one container; ubuntu-other not counted
 
+    # What the kernel holds, read by bpftool (independent of tpfilter's own map code), is
+    # what tpfilter status reports, and it is the selected container's cgroup.
     held = agents.inner_map_keys(workload.node, row["map_id"])
+    if "cgroup_ids" in row:
+        assert held == set(row["cgroup_ids"])
     selected = container_cgroup_id(kube, workload.namespace, workload.selected)
     other = container_cgroup_id(kube, workload.namespace, workload.other)
     if selected is not None and other is not None:

@@ -301,8 +301,14 @@ def test_crds_are_shipped(helm: str) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"pinDir": "/var/lib/tpfilter"}, "pinDir must be a directory under /sys/fs/bpf"),
-        ({"stateDir": "run/tpfilter"}, "stateDir must be an absolute host path"),
+        # values.schema.json
+        ({"pinDir": "/var/lib/tpfilter"}, "at '/pinDir'"),
+        ({"pinDir": "/sys/fs/bpf"}, "at '/pinDir'"),
+        ({"stateDir": "run/tpfilter"}, "at '/stateDir'"),
+        ({"limits.maxPolicy": "5"}, "additional properties 'maxPolicy' not allowed"),
+        ({"resyncSeconds": "0"}, "at '/resyncSeconds'"),
+        ({"image.pullPolicy": "Sometimes"}, "at '/image/pullPolicy'"),
+        # the templates
         (
             {"serviceAccount.create": "false"},
             "serviceAccount.name is required when serviceAccount.create is false",

@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tpf_programs.h - the data layout shared by tpf_programs.c (the generic policy programs)
+ * and the agent (tpfilter.programs), which fills the maps declared in the program.
+ *
+ * Types and constants only, no map calls: this header may be #included normally (bcc
+ * rewrites map calls in the main file only, so those stay in tpf_programs.c).
+ *
+ * Every size below can be overridden with -D; tpfilter.programs.layout passes the values
+ * it uses, so the Python side and the compiled program always agree.
+ *
+ * How a policy becomes map entries (see tpf_programs.c for how they are read):
+ *
+ *   tpf_hook_n[hook]              number of live slots of a hook
+ *   tpf_slots{hook, slot}         -> {config ID, policy ID, number of selectors, ...}
+ *   tpf_sels{config, selector}    -> the selector: binaries operator, actions, matchArgs
+ *   tpf_strs{0, config, sel, arg, string}    string sets (Equal/NotEqual, In/NotIn)
+ *   tpf_prefix{len, config, sel, arg, str}   Prefix sets (LPM trie)
+ *   tpf_postfix{len, config, sel, arg, rev}  Postfix sets (LPM trie of reversed strings)
+ *   tpf_ints{config, sel, arg, value}        integer sets (Equal/NotEqual)
+ *
+ * A hook is a small integer: a syscall number for syscalls/sys_enter_*, TPF_HOOK_EXEC for
+ * sched/sched_process_exec. A config is one hook entry of one policy (its ID is
+ * allocated by the agent); a slot is its place in the hook's list.
+ */
+#ifndef TPF_PROGRAMS_H
+#define TPF_PROGRAMS_H
+
+#ifndef TPF_NR_HOOKS
+#define TPF_NR_HOOKS 1024
+#endif
+#ifndef TPF_HOOK_EXEC
+#define TPF_HOOK_EXEC (TPF_NR_HOOKS - 1)
+#endif
+#ifndef TPF_MAX_SLOTS /* configs (policy hook entries) evaluated per hook */
+#define TPF_MAX_SLOTS 128
+#endif
+#ifndef TPF_MAX_SELECTORS
+#define TPF_MAX_SELECTORS 8
+#endif
+#ifndef TPF_MAX_ARGS /* matchArgs entries per selector */
+#define TPF_MAX_ARGS 5
+#endif
+#ifndef TPF_NR_VALUES /* integer values of an event: exec pid, old_pid / syscall nr + 6 args */
+#define TPF_NR_VALUES 8
+#endif
+
+#define TPF_STR_MAX 256     /* string buffer, NUL included: 255 bytes compared at most */
+#define TPF_LPM_STR_MAX 248 /* string part of an LPM key: data is 8 + 248 = 256 bytes */
+
+/* tpf_arg.kind */
+#define TPF_KIND_INT 1      /* values[src], normalised by .type */
+#define TPF_KIND_PATH 2     /* the binary / exec filename (kernel string) */
+#define TPF_KIND_USER_STR 3 /* a user-space string at the pointer values[src] */
+
+/* tpf_arg.type (integers) */
+#define TPF_T_S64 1
+#define TPF_T_U64 2
+#define TPF_T_S32 3
+#define TPF_T_U32 4
+
+/* tpf_arg.op */
+#define TPF_OP_EQ 1
+#define TPF_OP_NE 2
+#define TPF_OP_PREFIX 3
+#define TPF_OP_POSTFIX 4
+#define TPF_OP_GT 5
+#define TPF_OP_LT 6
+#define TPF_OP_MASK 7
+
+/* tpf_sel.bin_op */
+#define TPF_BIN_NONE 0
+#define TPF_BIN_IN 1
+#define TPF_BIN_NOTIN 2
+
+/* actions (bits) */
+#define TPF_ACT_POST 1
+#define TPF_ACT_SIGKILL 2
+
+/* tpf_stats key: (config << 8) | counter */
+#define TPF_STAT_MATCH 0   /* a selector matched (whatever the actions) */
+#define TPF_STAT_POST 1    /* an event went to the ring buffer */
+#define TPF_STAT_SIGKILL 2 /* bpf_send_signal(SIGKILL) succeeded */
+#define TPF_STAT_DROP 3    /* the ring buffer was full: event lost */
+#define TPF_STAT_ERROR 4   /* an action failed (e.g. bpf_send_signal) */
+
+/* The argument index a string set entry uses for matchBinaries. */
+#define TPF_ARG_BINARY 0xff
+
+struct tpf_slot_key {
+	u32 hook;
+	u32 slot;
+};
+
+struct tpf_slot {
+	u32 config;    /* config ID: key of its selectors and sets */
+	u32 policy_id; /* for policy_filter_check(); 0 = every process */
+	u32 nsel;      /* 0: no selectors, every call is posted */
+	u32 capture;   /* values[] index of a user string to put in events, 0xff: none */
+};
+
+struct tpf_sel_key {
+	u32 config;
+	u32 sel;
+};
+
+struct tpf_arg {
+	u8 kind;   /* TPF_KIND_* */
+	u8 src;    /* index into the event's values[] (INT, USER_STR) */
+	u8 type;   /* TPF_T_* (INT) */
+	u8 op;     /* TPF_OP_* */
+	u32 pad;
+	u64 imm;   /* GT/LT bound, Mask bits */
+};
+
+struct tpf_sel {
+	u8 nargs;   /* matchArgs entries used, <= TPF_MAX_ARGS */
+	u8 bin_op;  /* TPF_BIN_* */
+	u8 actions; /* TPF_ACT_* bits */
+	u8 pad[5];
+	struct tpf_arg args[TPF_MAX_ARGS];
+};
+
+/*
+ * A string with the header of a set key in front of it, so that one buffer is the key of
+ * an equality lookup (word0 = 0, all TPF_STR_MAX bytes) and of an LPM lookup (word0 = the
+ * prefix length in bits, the first TPF_LPM_STR_MAX bytes).
+ */
+struct tpf_strbuf {
+	u32 word0;
+	u32 config;
+	u8 sel;
+	u8 arg;
+	u8 pad[2];
+	char s[TPF_STR_MAX];
+};
+
+struct tpf_lpm_key {
+	u32 prefixlen;
+	u32 config;
+	u8 sel;
+	u8 arg;
+	u8 pad[2];
+	char s[TPF_LPM_STR_MAX];
+};
+
+struct tpf_int_key {
+	u32 config;
+	u8 sel;
+	u8 arg;
+	u8 pad[2];
+	u64 value;
+};
+
+/* What the agent reads from the ring buffer. */
+struct tpf_event {
+	u64 ktime_ns;  /* bpf_ktime_get_boot_ns() */
+	u64 cgroup_id;
+	u32 pid;       /* thread group ID (the process) */
+	u32 tid;
+	u32 config;
+	u32 policy_id;
+	u32 hook;
+	u8 sel;        /* index of the selector that matched, 0xff: no selectors */
+	u8 actions;    /* TPF_ACT_* taken */
+	u8 flags;      /* TPF_EV_* */
+	u8 pad;
+	u64 values[TPF_NR_VALUES];
+	char comm[16];
+	char path[TPF_STR_MAX]; /* the exec filename (sched_process_exec) */
+	char str[TPF_STR_MAX];  /* the captured user string argument, if any */
+};
+
+#define TPF_EV_PATH_LONG 1 /* path was longer than TPF_STR_MAX - 1 bytes: truncated */
+#define TPF_EV_STR_SET 2   /* str holds the captured argument */
+#define TPF_EV_KILL_FAILED 4
+
+/* A string read once per event (and its reverse, made on demand for Postfix). */
+struct tpf_str {
+	struct tpf_strbuf fwd;
+	struct tpf_strbuf rev;
+	s32 len;      /* bytes before the NUL; < 0: not readable */
+	u8 too_long;  /* the source did not fit: only Prefix and NotEqual can be answered */
+	u8 rev_ready;
+	u8 src;       /* which values[] pointer (user strings), 0xff: none loaded */
+	u8 pad;
+};
+
+struct tpf_scratch {
+	struct tpf_event ev;
+	struct tpf_str path;
+	struct tpf_str ustr;
+};
+
+#endif /* TPF_PROGRAMS_H */
