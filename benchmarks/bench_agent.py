@@ -61,6 +61,7 @@ def main() -> None:
 
     token = secrets.token_hex(4)
     work = Path(tempfile.mkdtemp(prefix="tpf-bench-"))
+    print(f"work dir (agent log): {work}", flush=True)
     cgroup_root = find_cgroup2_mount() / f"tpf-bench-{token}"
     cgroup_root.mkdir()
     pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{token}"

@@ -283,6 +283,9 @@ static __always_inline void tpf_act(void *ctx, struct tpf_work *w, u32 hook, str
 	struct tpf_event *ev = &w->sc.ev;
 	u32 config = slot->config;
 
+#ifdef EXP_NOACT
+	return;
+#endif
 	tpf_count(config, TPF_STAT_MATCH);
 	ev->flags = 0;
 	if (actions & TPF_ACT_SIGKILL) {
@@ -320,11 +323,13 @@ static __always_inline void tpf_act(void *ctx, struct tpf_work *w, u32 hook, str
 		tpf_count(config, TPF_STAT_DROP);
 }
 
-/* Pass 1: which slots apply to this task; returns how many. */
-static __always_inline u32 tpf_filter(struct tpf_work *w, u32 hook, u32 n)
+/*
+ * Pass 1: which slots apply to this task, as bits in w->keep. Nothing here returns a
+ * count: a register compared with 0 after the loop would be marked precise by the
+ * verifier, which then could no longer prune the paths of the loop (exponential).
+ */
+static __always_inline void tpf_filter(struct tpf_work *w, u32 hook, u32 n)
 {
-	u32 kept = 0;
-
 #pragma unroll
 	for (int k = 0; k < TPF_SLOT_WORDS; k++)
 		w->keep[k] = 0;
@@ -345,9 +350,17 @@ static __always_inline u32 tpf_filter(struct tpf_work *w, u32 hook, u32 n)
 		/* A copy: pass 3 must see the slot this pass tested, even if it changes. */
 		w->slots[i & (TPF_MAX_SLOTS - 1)] = *slot;
 		w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] |= 1ULL << (i % 64);
-		kept++;
 	}
-	return kept;
+}
+
+static __always_inline bool tpf_any_kept(struct tpf_work *w)
+{
+	u64 any = 0;
+
+#pragma unroll
+	for (int k = 0; k < TPF_SLOT_WORDS; k++)
+		any |= w->keep[k];
+	return any != 0;
 }
 
 /* Pass 2: the strings this hook's selectors compare, read once. */
@@ -373,6 +386,9 @@ static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook
 static __always_inline void tpf_select(void *ctx, struct tpf_work *w, u32 hook, u32 n,
 				       struct tpf_hook *h)
 {
+#ifdef EXP_NOSELECT
+	return;
+#endif
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < TPF_MAX_SLOTS; i++) {
 		struct tpf_slot *slot = &w->slots[i & (TPF_MAX_SLOTS - 1)];
@@ -415,17 +431,19 @@ static __always_inline void tpf_select(void *ctx, struct tpf_work *w, u32 hook, 
 
 static __always_inline int tpf_run(void *ctx, struct tpf_work *w, u32 hook, struct tpf_hook *h)
 {
-	u32 n = h->n;
-
-	if (n > TPF_MAX_SLOTS)
-		n = TPF_MAX_SLOTS;
-	if (tpf_filter(w, hook, n) == 0)
+	/*
+	 * Each pass reads the slot count from the map itself: a register shared by the two
+	 * loops would carry a range narrowed differently by each exit of the first loop,
+	 * which the second loop's bound test makes precise, and pruning fails (quadratic).
+	 */
+	tpf_filter(w, hook, h->n);
+	if (!tpf_any_kept(w))
 		return 0;
 	w->sc.ev.pid = bpf_get_current_pid_tgid() >> 32;
 	w->sc.ev.tid = (u32)bpf_get_current_pid_tgid();
 	bpf_get_current_comm(w->sc.ev.comm, sizeof(w->sc.ev.comm));
 	tpf_load_strings(w, h);
-	tpf_select(ctx, w, hook, n, h);
+	tpf_select(ctx, w, hook, h->n, h);
 	return 0;
 }
 

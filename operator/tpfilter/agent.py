@@ -149,6 +149,7 @@ class Agent:
 
     async def _reconcile_once(self) -> None:
         policies, pods = self.store.policies(), self.store.pods()
+        started = time.perf_counter()
         try:
             result = await asyncio.to_thread(self.engine.reconcile, policies, pods)
         except Exception as exc:  # a bug or an unexpected kernel answer: report, go on
@@ -156,6 +157,14 @@ class Agent:
             self.health.last_error = f"reconcile failed: {exc}"
             self.engine.check_drift()
             return
+        log.debug(
+            "reconciled %d policies x %d pods: %d operations, %d pending, in %.1f ms",
+            len(policies),
+            len(pods),
+            result.operations,
+            len(result.pending),
+            (time.perf_counter() - started) * 1000,
+        )
         self.health.reconciles += 1
         self.health.last_reconcile = time.monotonic()
         self.health.last_result = result

@@ -10,8 +10,9 @@ Layout (the contract of :class:`tpfilter.interfaces.FilterMaps`)::
 
 Why it looks like this:
 
-* Only the outer map is pinned. It is what BPF programs compiled later (with
-  ``bpf/policy_filter.h``) and a restarted agent find by path; inner maps are reachable
+* Only the outer map (and the levels array below) is pinned. It is what BPF programs
+  compiled later (with ``bpf/policy_filter.h``) and a restarted agent find by path; inner
+  maps are reachable
   through it (a userspace lookup returns the inner map *ID*, turned into an fd with
   BPF_MAP_GET_FD_BY_ID). Deleting a policy therefore leaves no pin behind: the kernel
   frees the inner map with its last reference.
@@ -26,6 +27,17 @@ Why it looks like this:
   an inner-map element. Hence in-place ``update()`` for membership changes and
   ``install()`` only to create or resize (which :mod:`tpfilter.sizing` keeps rare).
 
+* Many outer writes at once go in one ``BPF_MAP_UPDATE_BATCH`` / ``BPF_MAP_DELETE_BATCH``
+  (:meth:`PinnedFilterMaps.install_many`, :meth:`PinnedFilterMaps.delete_many`): the
+  kernel waits for one grace period per batch, so loading 10,000 policies takes well under
+  a second instead of two minutes.
+* Next to the outer map, ``<pin_dir>/policy_filter_maps_levels`` (an array of one u64)
+  holds the cgroup depths at which the BPF check also looks at the task's ancestors, so
+  that child cgroups a container makes are matched (:mod:`tpfilter.descendants`). Every
+  write that publishes a cgroup ID first makes sure its level's bit is set.
+* At most 256 inner map fds are kept open (least recently used first out), so 10,000
+  policies do not need 10,000 fds; an evicted policy costs one BPF_MAP_GET_FD_BY_ID later.
+
 Not thread-safe: the engine is the one writer. All errors are :class:`OSError` with the
 errno and what was attempted, except capacity problems, which are
 :class:`~tpfilter.interfaces.MapFullError` (the engine must see them, never lose an ID).
@@ -38,18 +50,22 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Collection, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from tpfilter import bpfsys
+from tpfilter.descendants import CgroupFsLevels, LevelResolver, mask_for
 from tpfilter.interfaces import InnerMapState, MapFullError, MapUsage
 
 __all__ = [
     "DEFAULT_MAX_POLICIES",
     "DEFAULT_PIN_DIR",
+    "LEVELS_PIN_NAME",
     "OUTER_PIN_NAME",
+    "InstallItem",
     "KernelSupport",
     "PinnedFilterMaps",
     "PinnedMapMismatchError",
@@ -60,9 +76,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/tpfilter")
 OUTER_PIN_NAME = "policy_filter_maps"
+LEVELS_PIN_NAME = OUTER_PIN_NAME + "_levels"  # policy_filter.h: TPF_FILTER_PIN "_levels"
 DEFAULT_MAX_POLICIES = 16384
 
 _OUTER_MAP_NAME = "tpf_policy_map"  # kernel map names are at most 15 characters
+_LEVELS_MAP_NAME = "tpf_levels"
+_LEVELS_KEY = struct.pack("=I", 0)
+_MASK = struct.Struct("=Q")
+_FD_CACHE_LIMIT = 256  # open inner map fds kept (LRU); a miss costs GET_FD_BY_ID + INFO
+_BATCH_CHUNK = 1024  # policies per outer batch: bounds the fds held at once
 _POLICY_KEY = struct.Struct("=I")  # host order: what the BPF program's u32 key is
 _CGROUP_KEY = struct.Struct("=Q")
 _MAP_ID = struct.Struct("=I")  # an outer value read from userspace is the inner map ID
@@ -71,6 +93,10 @@ _U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 # The kernel's two answers to "this map cannot take another element".
 _FULL_ERRNOS = frozenset({errno.E2BIG, errno.ENOMEM})
+# A kernel without batch operations for this map type (ENOTSUPP is the kernel's 524).
+_NO_BATCH_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+
+InstallItem = tuple[int, Collection[int], int]  # (policy ID, cgroup IDs, max_entries)
 
 
 class PinnedMapMismatchError(RuntimeError):
@@ -103,24 +129,37 @@ class PinnedFilterMaps:
 
     Construction adopts ``pin_dir/policy_filter_maps`` if it exists (an agent restart loses
     nothing and re-creates nothing; ``max_policies`` is then the pinned map's, whatever was
-    passed), else creates and pins it.
+    passed), else creates and pins it; the same for the levels array beside it.
+
+    ``levels`` tells the depth of a cgroup ID (for the child-cgroup walk, see
+    :mod:`tpfilter.descendants`); by default the cgroup2 mount of this machine is asked.
     """
 
     def __init__(
-        self, *, pin_dir: Path = DEFAULT_PIN_DIR, max_policies: int = DEFAULT_MAX_POLICIES
+        self,
+        *,
+        pin_dir: Path = DEFAULT_PIN_DIR,
+        max_policies: int = DEFAULT_MAX_POLICIES,
+        levels: LevelResolver | None = None,
     ) -> None:
         if not 0 < max_policies <= _U32_MAX:
             raise ValueError(f"max_policies must be positive, got {max_policies}")
         self._pin_dir = Path(pin_dir)
         self._pin_path = self._pin_dir / OUTER_PIN_NAME
-        self._inners: dict[int, _Inner] = {}
+        self._levels_path = self._pin_dir / LEVELS_PIN_NAME
+        self._inners: OrderedDict[int, _Inner] = OrderedDict()
         self._outer_fd = -1
-        fd, adopted = self._open_or_create(max_policies)
+        self._levels_fd = -1
+        self._resolver: LevelResolver = levels if levels is not None else CgroupFsLevels()
+        fd, adopted = self._open_or_create(self._pin_path, lambda: self._create_outer(max_policies))
         self._outer_fd = fd
         self._adopted = adopted
         try:
             info = bpfsys.map_info(fd)
             self._check_outer(info)
+            self._levels_fd, _ = self._open_or_create(self._levels_path, self._create_levels)
+            self._check_levels(bpfsys.map_info(self._levels_fd))
+            self._mask = self._read_mask()
         except BaseException:
             self.close()
             raise
@@ -136,17 +175,17 @@ class PinnedFilterMaps:
 
     # -- construction -------------------------------------------------------------------
 
-    def _open_or_create(self, max_policies: int) -> tuple[int, bool]:
-        """(outer fd, adopted?). Loops once at most: losing a pin race means adopting."""
+    def _open_or_create(self, path: Path, create: Callable[[], int]) -> tuple[int, bool]:
+        """(map fd, adopted?). Loops once at most: losing a pin race means adopting."""
         for _ in range(2):
             try:
-                return bpfsys.obj_get(self._pin_path), True
+                return bpfsys.obj_get(path), True
             except FileNotFoundError:
                 pass
-            fd = self._create_outer(max_policies)
+            fd = create()
             self._pin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
-                bpfsys.obj_pin(fd, self._pin_path)
+                bpfsys.obj_pin(fd, path)
             except FileExistsError:
                 # Another process pinned its map between our OBJ_GET and OBJ_PIN: use
                 # theirs, so that there is exactly one outer map on the node.
@@ -156,7 +195,7 @@ class PinnedFilterMaps:
                 os.close(fd)
                 raise
             return fd, False
-        raise OSError(errno.EAGAIN, f"adopt or create {self._pin_path}: pin kept changing")
+        raise OSError(errno.EAGAIN, f"adopt or create {path}: pin kept changing")
 
     @staticmethod
     def _create_outer(max_policies: int) -> int:
@@ -184,6 +223,29 @@ class PinnedFilterMaps:
             )
         finally:
             os.close(template)
+
+    @staticmethod
+    def _create_levels() -> int:
+        # What policy_filter.h declares: BPF_TABLE_PINNED("array", u32, u64, ..., 1, ...).
+        return bpfsys.create_map(
+            bpfsys.BPF_MAP_TYPE_ARRAY,
+            name=_LEVELS_MAP_NAME,
+            key_size=len(_LEVELS_KEY),
+            value_size=_MASK.size,
+            max_entries=1,
+            flags=0,
+        )
+
+    def _check_levels(self, info: bpfsys.MapInfo) -> None:
+        want = (bpfsys.BPF_MAP_TYPE_ARRAY, len(_LEVELS_KEY), _MASK.size, 1)
+        have = (info.type, info.key_size, info.value_size, info.max_entries)
+        if have != want:
+            raise PinnedMapMismatchError(
+                f"{self._levels_path} is map id {info.id} of type {info.type}, key "
+                f"{info.key_size} B, value {info.value_size} B, max_entries "
+                f"{info.max_entries}; expected a one-element u32 -> u64 array. Remove the "
+                f"pin to let tpfilter create its own."
+            )
 
     def _check_outer(self, info: bpfsys.MapInfo) -> None:
         if "map_type" not in bpfsys.fdinfo(self._outer_fd):
@@ -219,6 +281,43 @@ class PinnedFilterMaps:
         """True if construction found the outer map already pinned."""
         return self._adopted
 
+    @property
+    def levels_path(self) -> Path:
+        """Where the levels array is pinned (``TPF_FILTER_PIN "_levels"`` for programs)."""
+        return self._levels_path
+
+    # -- levels of the child-cgroup walk --------------------------------------------------
+
+    def _read_mask(self) -> int:
+        raw = bpfsys.map_lookup(self._levels(), _LEVELS_KEY, _MASK.size)
+        return 0 if raw is None else int(_MASK.unpack(raw)[0])
+
+    def levels_mask(self) -> int:
+        """The bitmask BPF programs read now (bit L: depth L; bit 63: every depth)."""
+        return self._read_mask()
+
+    def _levels(self) -> int:
+        if self._levels_fd < 0:
+            raise ValueError("PinnedFilterMaps is closed")
+        return self._levels_fd
+
+    def _cover(self, cgroup_ids: Iterable[int]) -> None:
+        """Set the level bits of ``cgroup_ids`` before any of them is published.
+
+        Bits are only ever added: a level with no container left costs a BPF check one
+        helper call on a miss, while a bit missing would let a child cgroup escape. Kube
+        nodes have containers at two or three depths, so the mask settles at once.
+        """
+        need = 0
+        for cgroup_id in cgroup_ids:
+            need |= mask_for(self._resolver.level(cgroup_id))
+        if need & ~self._mask:
+            # Re-read: the mask is ours, but a pin made by a program at the same time as
+            # this agent started may hold bits from a previous agent's maps.
+            mask = self._read_mask() | self._mask | need
+            bpfsys.map_update(self._levels(), _LEVELS_KEY, _MASK.pack(mask), bpfsys.BPF_ANY)
+            self._mask = mask
+
     # -- inner map fds ------------------------------------------------------------------
 
     def _outer(self) -> int:
@@ -239,6 +338,7 @@ class PinnedFilterMaps:
             return None
         (map_id,) = _MAP_ID.unpack(raw)
         if cached is not None and cached.map_id == map_id:
+            self._inners.move_to_end(policy_id)
             return cached
         self._forget(policy_id)
         try:
@@ -253,8 +353,15 @@ class PinnedFilterMaps:
             os.close(fd)
             raise
         inner = _Inner(map_id=map_id, fd=fd, max_entries=info.max_entries)
-        self._inners[policy_id] = inner
+        self._remember(policy_id, inner)
         return inner
+
+    def _remember(self, policy_id: int, inner: _Inner) -> None:
+        self._forget(policy_id)
+        self._inners[policy_id] = inner
+        while len(self._inners) > _FD_CACHE_LIMIT:
+            _, old = self._inners.popitem(last=False)
+            os.close(old.fd)
 
     def _forget(self, policy_id: int) -> None:
         old = self._inners.pop(policy_id, None)
@@ -281,22 +388,28 @@ class PinnedFilterMaps:
             inner = self._inner(policy_id)
             if inner is not None:
                 result[policy_id] = InnerMapState(self._cgroup_ids(inner), inner.max_entries)
+        # Repair: maps written before the levels array existed, or by another writer.
+        self._cover(cgroup_id for state in result.values() for cgroup_id in state.cgroup_ids)
         return result
 
-    def install(self, policy_id: int, cgroup_ids: Collection[int], *, max_entries: int) -> None:
+    @staticmethod
+    def _checked(policy_id: int, cgroup_ids: Collection[int], max_entries: int) -> set[int]:
         _check_policy_id(policy_id)
         if not 0 < max_entries <= _U32_MAX:
             raise ValueError(f"max_entries must be positive, got {max_entries}")
         wanted = set(cgroup_ids)
         for cgroup_id in wanted:
             _check_cgroup_id(cgroup_id)
+        return wanted
+
+    def _new_inner(self, policy_id: int, wanted: set[int], max_entries: int) -> int:
+        """A new inner map holding ``wanted``, not yet published; returns its fd."""
         if len(wanted) > max_entries:
             # Checked up front: the kernel would say E2BIG only after we filled a map.
             raise MapFullError(
                 f"policy {policy_id}: {len(wanted)} cgroup IDs do not fit in a new inner "
                 f"map of max_entries {max_entries}"
             )
-        outer = self._outer()
         fd = bpfsys.create_map(
             bpfsys.BPF_MAP_TYPE_HASH,
             name=f"tpf_p{policy_id}",
@@ -306,10 +419,30 @@ class PinnedFilterMaps:
             flags=bpfsys.BPF_F_NO_PREALLOC,
         )
         try:
-            # Fill before publishing: until the outer update below no BPF program can
-            # reach this map, so it is never seen half-filled.
+            # Fill before publishing: until the outer update no BPF program can reach
+            # this map, so it is never seen half-filled.
             for cgroup_id in wanted:
                 self._insert(fd, policy_id, cgroup_id, max_entries, map_id=None)
+        except BaseException:
+            os.close(fd)  # the kernel frees the never-published map with this last fd
+            raise
+        return fd
+
+    def _outer_error(self, policy_id: int, e: OSError) -> MapFullError | OSError:
+        if e.errno in _FULL_ERRNOS:
+            return MapFullError(
+                f"policy {policy_id}: the outer map {self._pin_path} (max_entries "
+                f"{self._max_policies}) cannot take another policy "
+                f"({bpfsys.errno_name(e.errno or 0)})"
+            )
+        return e
+
+    def install(self, policy_id: int, cgroup_ids: Collection[int], *, max_entries: int) -> None:
+        wanted = self._checked(policy_id, cgroup_ids, max_entries)
+        outer = self._outer()
+        fd = self._new_inner(policy_id, wanted, max_entries)
+        try:
+            self._cover(wanted)
             info = bpfsys.map_info(fd)
             try:
                 # One update of the slot is the atomic swap. The kernel takes a reference
@@ -319,18 +452,123 @@ class PinnedFilterMaps:
                     outer, _POLICY_KEY.pack(policy_id), _MAP_ID.pack(fd), bpfsys.BPF_ANY
                 )
             except OSError as e:
-                if e.errno in _FULL_ERRNOS:
-                    raise MapFullError(
-                        f"policy {policy_id}: the outer map {self._pin_path} (max_entries "
-                        f"{self._max_policies}) cannot take another policy "
-                        f"({bpfsys.errno_name(e.errno)})"
-                    ) from e
-                raise
+                error = self._outer_error(policy_id, e)
+                if error is e:
+                    raise
+                raise error from e
         except BaseException:
             os.close(fd)  # the kernel frees the never-published map with this last fd
             raise
-        self._forget(policy_id)
-        self._inners[policy_id] = _Inner(map_id=info.id, fd=fd, max_entries=info.max_entries)
+        self._remember(policy_id, _Inner(map_id=info.id, fd=fd, max_entries=info.max_entries))
+
+    def install_many(self, items: Sequence[InstallItem]) -> dict[int, MapFullError | OSError]:
+        """:meth:`install` for many policies, with one outer-map write per 1,024 of them.
+
+        Each item is ``(policy_id, cgroup_ids, max_entries)`` and is installed exactly as
+        :meth:`install` would (a new map, filled, then swapped into the slot), all of a
+        chunk's slots in one BPF_MAP_UPDATE_BATCH: one RCU grace period (~10 ms) for the
+        chunk instead of one per policy. Items are independent: the ones that fail are
+        returned ``{policy_id: error}`` (MapFullError for a full map, OSError otherwise)
+        and left as they were; every other item is installed. Invalid arguments (IDs out
+        of range, a policy twice) raise ValueError before anything changes.
+        """
+        checked: list[tuple[int, set[int], int]] = []
+        seen: set[int] = set()
+        for policy_id, cgroup_ids, max_entries in items:
+            wanted = self._checked(policy_id, cgroup_ids, max_entries)
+            if policy_id in seen:
+                raise ValueError(f"policy {policy_id} is twice in one install_many")
+            seen.add(policy_id)
+            checked.append((policy_id, wanted, max_entries))
+        self._outer()
+        failures: dict[int, MapFullError | OSError] = {}
+        for start in range(0, len(checked), _BATCH_CHUNK):
+            self._install_chunk(checked[start : start + _BATCH_CHUNK], failures)
+        return failures
+
+    def _install_chunk(
+        self,
+        chunk: Sequence[tuple[int, set[int], int]],
+        failures: dict[int, MapFullError | OSError],
+    ) -> None:
+        # Inner maps made but not (yet) published: their fds are ours to close. Publishing
+        # hands an fd to the fd cache (which may close it at once, when full).
+        made: dict[int, tuple[int, bpfsys.MapInfo]] = {}  # policy ID -> (fd, its info)
+        try:
+            for policy_id, wanted, max_entries in chunk:
+                try:
+                    fd = self._new_inner(policy_id, wanted, max_entries)
+                except (MapFullError, OSError) as e:
+                    failures[policy_id] = e
+                    continue
+                try:
+                    info = bpfsys.map_info(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                made[policy_id] = (fd, info)
+            try:
+                self._cover(c for _, wanted, _ in chunk for c in wanted)
+            except OSError as e:
+                for policy_id in made:
+                    failures[policy_id] = e
+                return
+            self._publish(made, failures)
+        finally:
+            for fd, _ in made.values():
+                os.close(fd)
+
+    def _publish(
+        self,
+        made: dict[int, tuple[int, bpfsys.MapInfo]],
+        failures: dict[int, MapFullError | OSError],
+    ) -> None:
+        """Put the inner maps in their slots, batch by batch, past any failing element.
+
+        Removes from ``made`` every map it published (its fd now belongs to the cache).
+        """
+        outer = self._outer()
+        pending = list(made)
+        while pending:
+            keys = b"".join(_POLICY_KEY.pack(policy_id) for policy_id in pending)
+            values = b"".join(_MAP_ID.pack(made[policy_id][0]) for policy_id in pending)
+            failed: bpfsys.BatchError | None = None
+            try:
+                bpfsys.map_update_batch(
+                    outer, keys, values, key_size=_POLICY_KEY.size, value_size=_MAP_ID.size
+                )
+                done = len(pending)
+            except bpfsys.BatchError as e:
+                done, failed = e.done, e
+            if failed is not None and done == 0 and failed.errno in _NO_BATCH_ERRNOS:
+                self._publish_one_by_one(pending, made, failures)
+                return
+            for policy_id in pending[:done]:
+                fd, info = made.pop(policy_id)
+                self._remember(policy_id, _Inner(info.id, fd, info.max_entries))
+            if failed is None:
+                return
+            policy_id = pending[done]
+            failures[policy_id] = self._outer_error(policy_id, failed)
+            pending = pending[done + 1 :]
+
+    def _publish_one_by_one(
+        self,
+        pending: Sequence[int],
+        made: dict[int, tuple[int, bpfsys.MapInfo]],
+        failures: dict[int, MapFullError | OSError],
+    ) -> None:
+        """For kernels without batch operations on a hash-of-maps."""
+        outer = self._outer()
+        for policy_id in pending:
+            fd, info = made[policy_id]
+            try:
+                bpfsys.map_update(outer, _POLICY_KEY.pack(policy_id), _MAP_ID.pack(fd))
+            except OSError as e:
+                failures[policy_id] = self._outer_error(policy_id, e)
+                continue
+            del made[policy_id]
+            self._remember(policy_id, _Inner(info.id, fd, info.max_entries))
 
     def _insert(
         self, fd: int, policy_id: int, cgroup_id: int, max_entries: int, *, map_id: int | None
@@ -366,6 +604,7 @@ class PinnedFilterMaps:
             )
         for cgroup_id in remove:
             bpfsys.map_delete(inner.fd, _CGROUP_KEY.pack(cgroup_id))
+        self._cover(add)
         for cgroup_id in add:
             self._insert(inner.fd, policy_id, cgroup_id, inner.max_entries, map_id=inner.map_id)
 
@@ -376,6 +615,44 @@ class PinnedFilterMaps:
         # Our cached fd is the last userspace reference; closing it lets the kernel free
         # the inner map once running BPF programs are done with it (after RCU).
         self._forget(policy_id)
+
+    def delete_many(self, policy_ids: Iterable[int]) -> dict[int, OSError]:
+        """:meth:`delete` for many policies, with one outer-map write per 1,024 of them.
+
+        Absent policies are not an error (they are skipped before the batch: a missing key
+        would stop a kernel batch). Returns ``{policy_id: error}`` for slots that could
+        not be deleted; every other one is gone, and on return no BPF program still uses
+        its inner map (the kernel waited for one grace period per batch), so its policy
+        ID may be handed out again.
+        """
+        wanted = list(dict.fromkeys(policy_ids))
+        for policy_id in wanted:
+            _check_policy_id(policy_id)
+        outer = self._outer()
+        present = [p for p in wanted if bpfsys.map_lookup(outer, _POLICY_KEY.pack(p), _MAP_ID.size)]
+        failures: dict[int, OSError] = {}
+        for start in range(0, len(present), _BATCH_CHUNK):
+            pending = present[start : start + _BATCH_CHUNK]
+            while pending:
+                keys = b"".join(_POLICY_KEY.pack(p) for p in pending)
+                try:
+                    bpfsys.map_delete_batch(outer, keys, key_size=_POLICY_KEY.size)
+                    break
+                except bpfsys.BatchError as e:
+                    if e.done == 0 and e.errno in _NO_BATCH_ERRNOS:
+                        for policy_id in pending:
+                            try:
+                                bpfsys.map_delete(outer, _POLICY_KEY.pack(policy_id))
+                            except OSError as one:
+                                failures[policy_id] = one
+                        break
+                    if e.errno != errno.ENOENT:  # gone meanwhile is what we wanted
+                        failures[pending[e.done]] = e
+                    pending = pending[e.done + 1 :]
+        for policy_id in wanted:
+            if policy_id not in failures:
+                self._forget(policy_id)
+        return failures
 
     def contains(self, policy_id: int, cgroup_id: int) -> bool:
         """Whether the policy's inner map holds ``cgroup_id``: the lookup a BPF program makes."""
@@ -414,6 +691,9 @@ class PinnedFilterMaps:
         if self._outer_fd >= 0:
             os.close(self._outer_fd)
             self._outer_fd = -1
+        if self._levels_fd >= 0:
+            os.close(self._levels_fd)
+            self._levels_fd = -1
 
     def remove_pins(self) -> None:
         """Unpin the outer map (and drop the pin dir if empty): for tests and uninstall.
@@ -422,6 +702,7 @@ class PinnedFilterMaps:
         kernel frees the outer map and with it every inner map.
         """
         self._pin_path.unlink(missing_ok=True)
+        self._levels_path.unlink(missing_ok=True)
         try:
             self._pin_dir.rmdir()
         except OSError as e:

@@ -362,9 +362,10 @@ def _batch(
     except OSError as e:
         # The kernel writes back how many elements it applied before the failing one.
         done = int(b.count)
+        err = e.errno or errno.EIO
         raise BatchError(
-            e.errno,
-            f"{what}: element {done} failed: {os.strerror(e.errno)} ({errno_name(e.errno)})",
+            err,
+            f"{what}: element {done} failed: {os.strerror(err)} ({errno_name(err)})",
             done=done,
         ) from None
 

@@ -37,6 +37,7 @@ hierarchy root (its inode is 1, the root cgroup's ID) for levels to be absolute.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import functools
@@ -70,7 +71,8 @@ GONE: Final = -1  # the cgroup does not exist (removed): no process can be in it
 UNKNOWN: Final = -2  # cannot tell (no permission, namespaced mount, ...): walk every level
 
 _FILEID_KERNFS = 0xFE  # include/linux/exportfs.h: a kernfs handle is the u64 node ID
-_GONE_ERRNOS = frozenset({errno.ESTALE, errno.ENOENT})
+# ENOTDIR: the ID is a kernfs *file* (e.g. a cgroup.procs), not a cgroup: holds no process.
+_GONE_ERRNOS = frozenset({errno.ESTALE, errno.ENOENT, errno.ENOTDIR})
 _CACHE_LIMIT = 65536
 
 
@@ -200,7 +202,5 @@ class CgroupFsLevels:
 
     def __del__(self) -> None:
         if getattr(self, "_mount_fd", -1) >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._mount_fd)
-            except OSError:
-                pass

@@ -42,3 +42,38 @@ def desired_containers(
     """
     pod_list = list(pods)
     return {p.uid: selected_containers(p, pod_list) for p in policies if p.filtered}
+
+
+class Selection:
+    """:func:`desired_containers` for a long-lived caller, without redoing unchanged work.
+
+    The store hands out the *same* Pod and Policy objects until they change, so a pod whose
+    object is the one seen last time, under the same policies, is not matched again: after
+    one pod event a reconcile matches that one pod against the policies, not every pod.
+    The result is always the full desired state (the engine stays level-triggered).
+    """
+
+    def __init__(self) -> None:
+        self._policies: tuple[Policy, ...] = ()
+        self._by_pod: dict[str, tuple[Pod, dict[str, frozenset[ContainerRef]]]] = {}
+
+    def desired(
+        self, policies: Iterable[Policy], pods: Iterable[Pod]
+    ) -> dict[str, frozenset[ContainerRef]]:
+        filtered = tuple(p for p in policies if p.filtered)
+        if len(filtered) != len(self._policies) or any(
+            new is not old for new, old in zip(filtered, self._policies, strict=True)
+        ):
+            self._policies, self._by_pod = filtered, {}
+        wanted: dict[str, set[ContainerRef]] = {p.uid: set() for p in filtered}
+        seen: dict[str, tuple[Pod, dict[str, frozenset[ContainerRef]]]] = {}
+        for pod in pods:
+            cached = self._by_pod.get(pod.uid)
+            if cached is None or cached[0] is not pod:
+                per_policy = {p.uid: selected_containers(p, (pod,)) for p in filtered}
+                cached = (pod, {uid: refs for uid, refs in per_policy.items() if refs})
+            seen[pod.uid] = cached
+            for uid, refs in cached[1].items():
+                wanted[uid].update(refs)
+        self._by_pod = seen
+        return {uid: frozenset(refs) for uid, refs in wanted.items()}

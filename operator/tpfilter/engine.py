@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tpfilter import statefile
-from tpfilter.desired import desired_containers
+from tpfilter.desired import Selection
 from tpfilter.ids import PolicyIds
 from tpfilter.interfaces import CgroupFinder, ContainerRef, FilterMaps, InnerMapState, MapFullError
 from tpfilter.models import Policy, PolicyKey
@@ -99,6 +99,7 @@ class Engine:
         # either, so an answer stays right for the container's life; check_drift() drops
         # them all anyway, so the periodic resync re-resolves from scratch.
         self._cgroup_of: dict[ContainerRef, int] = {}
+        self._selection = Selection()
 
     def policy_id(self, uid: str) -> int | None:
         """The node-local ID of a filtered policy, for the programs that check it."""
@@ -117,7 +118,7 @@ class Engine:
         self._cgroup_of.clear()
 
     def reconcile(self, policies: Sequence[Policy], pods: Sequence[Pod]) -> ReconcileResult:
-        wanted = desired_containers(policies, pods)
+        wanted = self._selection.desired(policies, pods)
         filtered = [p for p in policies if p.uid in wanted]
         before = list(self._ids)
         for policy in filtered:

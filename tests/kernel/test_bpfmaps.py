@@ -20,6 +20,7 @@ import pytest
 
 from tpfilter import bpfsys
 from tpfilter.bpfmaps import (
+    LEVELS_PIN_NAME,
     OUTER_PIN_NAME,
     PinnedFilterMaps,
     PinnedMapMismatchError,
@@ -110,7 +111,8 @@ def _wait_map_gone(map_id: int, timeout: float = 5.0) -> bool:
 
 def test_creates_a_pinned_no_prealloc_hash_of_maps(maps: PinnedFilterMaps, pin_dir: Path) -> None:
     assert not maps.adopted
-    assert sorted(p.name for p in pin_dir.iterdir()) == [OUTER_PIN_NAME]
+    # The outer map and the levels array of the child-cgroup walk (tpfilter.descendants).
+    assert sorted(p.name for p in pin_dir.iterdir()) == sorted([OUTER_PIN_NAME, LEVELS_PIN_NAME])
     fd = bpfsys.obj_get(pin_dir / OUTER_PIN_NAME)
     try:
         info = bpfsys.map_info(fd)
@@ -276,11 +278,12 @@ def test_delete_leaves_no_pin_and_the_kernel_frees_the_inner_map(
     maps.install(1, [5, 6], max_entries=8)
     maps.install(2, [7], max_entries=8)
     inner_id = _map_ids(maps)[1]
-    assert sorted(p.name for p in pin_dir.iterdir()) == [OUTER_PIN_NAME]
+    pins = sorted([OUTER_PIN_NAME, LEVELS_PIN_NAME])  # no pin per policy
+    assert sorted(p.name for p in pin_dir.iterdir()) == pins
     assert _map_exists(inner_id)
 
     maps.delete(1)
-    assert sorted(p.name for p in pin_dir.iterdir()) == [OUTER_PIN_NAME]
+    assert sorted(p.name for p in pin_dir.iterdir()) == pins
     assert _wait_map_gone(inner_id), f"inner map id {inner_id} still in the kernel"
     assert _map_exists(_map_ids(maps)[2])
 

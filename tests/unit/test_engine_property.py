@@ -94,23 +94,31 @@ def make_spec(pod_sel: Any, cont_sel: Any) -> dict[str, Any]:
 LABELS = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES), max_size=3)
 POD = st.sampled_from(POD_NAMES)
 CONTAINER = st.sampled_from(CONTAINER_NAMES)
+IMAGE = st.sampled_from(sorted(IMAGES))
 
+POD_EVENT = st.tuples(st.just("pod"), POD, st.sampled_from(NAMESPACES), LABELS, IMAGE)
+ADD_CONTAINER = st.tuples(st.just("add_container"), POD, CONTAINER, IMAGE, st.booleans())
+POLICY_EVENT = st.tuples(
+    st.just("policy"),
+    st.sampled_from(POLICY_NAMES),
+    st.sampled_from([CLUSTER, NAMESPACED]),
+    st.sampled_from(NAMESPACES),
+    st.builds(make_spec, POD_SELECTOR, CONTAINER_SELECTOR),
+)
+# Creations and updates weigh more than removals, so that the node is seldom empty.
 _EVENT = st.one_of(
-    st.tuples(st.just("pod"), POD, st.sampled_from(NAMESPACES), LABELS),
+    POD_EVENT,
+    POD_EVENT,
+    POD_EVENT,
+    ADD_CONTAINER,
+    ADD_CONTAINER,
+    POLICY_EVENT,
+    POLICY_EVENT,
+    POLICY_EVENT,
     st.tuples(st.just("pod_delete"), POD),
-    st.tuples(
-        st.just("add_container"), POD, CONTAINER, st.sampled_from(sorted(IMAGES)), st.booleans()
-    ),
     st.tuples(st.just("remove_container"), POD, CONTAINER),
     st.tuples(st.just("restart_container"), POD, CONTAINER, st.booleans()),
     st.tuples(st.just("cgroup_appears"), st.integers(0, 20)),
-    st.tuples(
-        st.just("policy"),
-        st.sampled_from(POLICY_NAMES),
-        st.sampled_from([CLUSTER, NAMESPACED]),
-        st.sampled_from(NAMESPACES),
-        st.builds(make_spec, POD_SELECTOR, CONTAINER_SELECTOR),
-    ),
     st.tuples(st.just("policy_delete"), st.sampled_from(POLICY_NAMES)),
     st.tuples(st.just("restart")),
 )
@@ -120,7 +128,12 @@ FAULT = st.tuples(
     st.sampled_from([OSError(5, "EIO"), OSError(12, "ENOMEM")]),
 )
 # Several events between two reconciles, as after a burst of watch events or a relist.
-BATCH = st.lists(_EVENT, min_size=1, max_size=4)
+BATCH = st.lists(_EVENT, min_size=1, max_size=5)
+# A whole node at once: pods with containers, then policies, for one reconcile.
+SNAPSHOT = st.tuples(
+    st.lists(st.one_of(POD_EVENT, ADD_CONTAINER), min_size=1, max_size=12),
+    st.lists(POLICY_EVENT, min_size=1, max_size=3),
+)
 BATCH_WITH_FAULTS = st.lists(st.one_of(_EVENT, FAULT), min_size=1, max_size=4)
 
 
@@ -237,11 +250,12 @@ class World:
 
     def apply(self, event: tuple[Any, ...]) -> None:
         match event:
-            case ("pod", name, ns, labels):
-                if name in self.pods:
+            case ("pod", name, ns, labels, image):
+                if name in self.pods:  # relabel (a pod never changes namespace)
                     self.pods[name].labels = dict(labels)
-                else:
-                    self.pods[name] = ModelPod(ns, dict(labels))
+                else:  # a new pod, with its first container running
+                    pod = self.pods[name] = ModelPod(ns, dict(labels))
+                    pod.containers["main"] = (self._new_container(True), image)
             case ("pod_delete", name):
                 pod = self.pods.pop(name, None)
                 for cid, _ in pod.containers.values() if pod else ():
@@ -415,6 +429,28 @@ def test_maps_follow_the_model(limit: int, batches: list[Batch], rnd: random.Ran
                 result = world.reconcile(rnd)
                 assert world.maps.writes == 0
                 world.check(result)
+
+
+@SETTINGS
+@given(
+    limit=st.sampled_from([32768, 2]),
+    snapshot=SNAPSHOT,
+    rnd=st.randoms(use_true_random=False),
+)
+def test_snapshot_follows_the_model(
+    limit: int, snapshot: tuple[Batch, Batch], rnd: random.Random
+) -> None:
+    pods, policies = snapshot
+    with tempfile.TemporaryDirectory() as tmp:
+        world = World(Path(tmp) / "state.json", limit)
+        for event in [*pods, *policies]:
+            world.apply(event)
+        world.check(world.reconcile(rnd))
+        world.apply(("restart",))
+        world.maps.reset_counts()
+        result = world.reconcile(rnd)
+        assert world.maps.writes == 0
+        world.check(result)
 
 
 @SETTINGS
