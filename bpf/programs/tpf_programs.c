@@ -73,6 +73,7 @@ struct tpf_work {
 	struct tpf_scratch sc;
 	struct tpf_str more[TPF_NR_STRS - 1]; /* strs[1..6]; sc.path is strs[0] */
 	u64 keep[TPF_SLOT_WORDS];           /* pass 1 result, one bit per slot */
+	u8 pass;                            /* policy_filter_check()'s last answer */
 	struct tpf_slot slots[TPF_MAX_SLOTS];
 };
 
@@ -345,7 +346,13 @@ static __always_inline void tpf_filter(struct tpf_work *w, u32 hook, u32 n)
 		slot = tpf_slots.lookup(&key);
 		if (!slot)
 			continue;
-		if (!policy_filter_check(slot->policy_id))
+/*
+		 * The answer goes through memory: as a register it is a constant 0 or 1 on
+		 * each path, the branch on it makes it precise, and the verifier can then no
+		 * longer merge the paths of the loop (100x the verification work).
+		 */
+		w->pass = policy_filter_check(slot->policy_id);
+		if (!*(volatile u8 *)&w->pass)
 			continue;
 		/* A copy: pass 3 must see the slot this pass tested, even if it changes. */
 		w->slots[i & (TPF_MAX_SLOTS - 1)] = *slot;
@@ -366,6 +373,9 @@ static __always_inline bool tpf_any_kept(struct tpf_work *w)
 /* Pass 2: the strings this hook's selectors compare, read once. */
 static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook *h)
 {
+#ifdef EXP_NOLOAD
+	return;
+#endif
 	if (h->rev_mask & 1)
 		tpf_str_reverse(&w->sc.path);
 #pragma unroll

@@ -388,7 +388,9 @@ class PinnedFilterMaps:
             inner = self._inner(policy_id)
             if inner is not None:
                 result[policy_id] = InnerMapState(self._cgroup_ids(inner), inner.max_entries)
-        # Repair: maps written before the levels array existed, or by another writer.
+        # Repair (a drift check): a levels mask that lost bits, e.g. a pin removed and made
+        # again empty by a program, or maps written before the levels array existed.
+        self._mask = self._read_mask()
         self._cover(cgroup_id for state in result.values() for cgroup_id in state.cgroup_ids)
         return result
 

@@ -138,12 +138,13 @@ class Kubelet:
     def set_labels(self, pod: Pod, labels: dict[str, str | None]) -> None:
         self.core.patch_namespaced_pod(pod.name, pod.namespace, {"metadata": {"labels": labels}})
 
-    def start(self, pod: Pod, *names: str) -> None:
+    def start(self, pod: Pod, *names: str, report: bool = True) -> None:
         """Start containers (all by default): cgroup, process, then the status report."""
         for container in pod.containers.values():
             if (not names or container.name in names) and container.process is None:
                 self._run(pod, container)
-        self.report(pod)
+        if report:
+            self.report(pod)
 
     def restart_container(self, pod: Pod, name: str) -> Container:
         """The container dies and comes back with a new ID and a new cgroup."""

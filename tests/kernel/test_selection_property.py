@@ -1,0 +1,508 @@
+"""The whole selection against a plain model, with the real Engine and the real kernel maps.
+
+Random sequences of policy and pod events (create, relabel, add / remove / restart
+containers, a container's cgroup appearing late, delete, and "agent restart" = a new
+Engine and a new PinnedFilterMaps on the same pins and state file) are applied through
+``tpfilter.engine.Engine`` writing real pinned BPF maps (a unique pin dir per sequence).
+After every reconcile the kernel maps, read back with plain bpf syscalls (not through the
+engine's or PinnedFilterMaps' caches) and mapped to policies through the state file on
+disk, must equal what the model below says. The model is written here from the documented
+semantics (README "What the selectors mean"), not from tpfilter.desired.
+
+The cgroup finder is a deterministic fake over real cgroups: each container gets its own
+directory from a pool made once (at three depths), so the levels array of the child-cgroup
+walk is checked too (it must cover the depth of every cgroup in any map).
+
+Outer-map writes cost ~10 ms each (an RCU grace period), so sequences are short and use
+few policies. 1,000 sequences by default (~1-2 minutes); ``TPFILTER_PROPERTY_EXAMPLES``
+for more.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tpfilter import bpfsys, statefile
+from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME, PinnedFilterMaps, probe
+from tpfilter.engine import Engine, ReconcileResult
+from tpfilter.interfaces import ContainerRef, InnerMapState, MapUsage
+from tpfilter.models import parse_policy
+from tpfilter.pods import parse_pod
+
+BPF_ROOT = Path("/sys/fs/bpf")
+EXAMPLES = int(os.environ.get("TPFILTER_PROPERTY_EXAMPLES", "1000"))
+
+
+def _cgroup2_mount() -> Path | None:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+CGROUP2 = _cgroup2_mount()
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create BPF maps and cgroups"
+    support = probe(BPF_ROOT)
+    if not support.ok:
+        return f"kernel/machine lacks: {support.reason}"
+    if CGROUP2 is None:
+        return "no cgroup v2 filesystem mounted"
+    return None
+
+
+SKIP_REASON = _skip_reason()
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
+]
+
+# -- the world's vocabulary ------------------------------------------------------------------
+
+NAMESPACES = ["ns1", "ns2"]
+POD_NAMES = ["a", "b", "c"]
+CONTAINER_NAMES = ["main", "side"]
+IMAGES = {"nginx:1.27": "nginx", "docker.io/library/redis:7": "docker.io/library/redis"}
+POLICY_NAMES = ["p", "q"]
+CLUSTER, NAMESPACED = "TracingPolicy", "TracingPolicyNamespaced"
+ABSENT = "absent"
+POOL_SIZE = 64  # real cgroups; a sequence makes at most 6 x 3 containers
+
+
+# -- strategies ------------------------------------------------------------------------------
+
+LABELS = st.dictionaries(
+    st.sampled_from(["app", "tier"]), st.sampled_from(["web", "db"]), max_size=2
+)
+REQUIREMENT = st.one_of(
+    st.builds(
+        lambda k, op, v: {"key": k, "operator": op, "values": v},
+        st.sampled_from(["app", "tier"]),
+        st.sampled_from(["In", "NotIn"]),
+        st.lists(st.sampled_from(["web", "db"]), min_size=1, max_size=2, unique=True),
+    ),
+    st.builds(
+        lambda k, op: {"key": k, "operator": op},
+        st.sampled_from(["app", "tier"]),
+        st.sampled_from(["Exists", "DoesNotExist"]),
+    ),
+)
+POD_SELECTOR = st.one_of(
+    st.just(ABSENT),
+    st.just(None),
+    st.builds(
+        lambda labels, exprs: {"matchLabels": labels, "matchExpressions": exprs},
+        LABELS,
+        st.lists(REQUIREMENT, max_size=1),
+    ),
+)
+CONTAINER_SELECTOR = st.one_of(
+    st.just(ABSENT),
+    st.builds(lambda n: {"matchLabels": {"name": n}}, st.sampled_from(CONTAINER_NAMES)),
+    st.builds(
+        lambda op, v: {"matchExpressions": [{"key": "repo", "operator": op, "values": [v]}]},
+        st.sampled_from(["In", "NotIn"]),
+        st.sampled_from(sorted(set(IMAGES.values()))),
+    ),
+)
+POD = st.sampled_from(POD_NAMES)
+CONTAINER = st.sampled_from(CONTAINER_NAMES)
+EVENT = st.one_of(
+    st.tuples(st.just("pod"), POD, st.sampled_from(NAMESPACES), LABELS),
+    st.tuples(st.just("pod_delete"), POD),
+    st.tuples(
+        st.just("add_container"), POD, CONTAINER, st.sampled_from(sorted(IMAGES)), st.booleans()
+    ),
+    st.tuples(st.just("remove_container"), POD, CONTAINER),
+    st.tuples(st.just("restart_container"), POD, CONTAINER),
+    st.tuples(st.just("cgroup_appears"), st.integers(0, 7)),
+    st.tuples(
+        st.just("policy"),
+        st.sampled_from(POLICY_NAMES),
+        st.sampled_from([CLUSTER, NAMESPACED]),
+        st.sampled_from(NAMESPACES),
+        POD_SELECTOR,
+        CONTAINER_SELECTOR,
+    ),
+    st.tuples(st.just("policy_delete"), st.sampled_from(POLICY_NAMES)),
+    st.tuples(st.just("restart")),
+)
+BATCHES = st.lists(st.lists(EVENT, min_size=1, max_size=3), min_size=1, max_size=6)
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelPod:
+    namespace: str
+    labels: dict[str, str]
+    containers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (id, image)
+
+
+@dataclass
+class ModelPolicy:
+    uid: str
+    kind: str
+    namespace: str
+    pod_selector: Any  # ABSENT, None or a selector dict
+    container_selector: Any
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Kubernetes label selectors: every matchLabels pair and every expression hold."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req["key"], req["operator"], req.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def filtered(p: ModelPolicy) -> bool:
+    """Unfiltered = a cluster policy with neither selector: it has no map at all."""
+    return (
+        p.kind == NAMESPACED or p.pod_selector is not ABSENT or p.container_selector is not ABSENT
+    )
+
+
+def model(
+    policies: Mapping[str, ModelPolicy], pods: Mapping[str, ModelPod], cgroups: Mapping[str, int]
+) -> dict[str, tuple[set[int], set[str]]]:
+    """{uid of each filtered policy: (cgroup IDs its map holds, selected containers pending)}."""
+    out: dict[str, tuple[set[int], set[str]]] = {}
+    for p in policies.values():
+        if not filtered(p):
+            continue
+        want: set[int] = set()
+        pending: set[str] = set()
+        for pod in pods.values():
+            if p.kind == NAMESPACED and pod.namespace != p.namespace:
+                continue
+            if p.pod_selector not in (ABSENT, None) and not selector_matches(
+                p.pod_selector, pod.labels
+            ):
+                continue
+            for name, (cid, image) in pod.containers.items():
+                labels = {"name": name, "repo": IMAGES[image]}
+                if p.container_selector not in (ABSENT, None) and not selector_matches(
+                    p.container_selector, labels
+                ):
+                    continue
+                if cid in cgroups:
+                    want.add(cgroups[cid])
+                else:
+                    pending.add(cid)
+        out[p.uid] = (want, pending)
+    return out
+
+
+# -- kernel side -----------------------------------------------------------------------------
+
+
+def kernel_state(pin_dir: Path) -> tuple[dict[int, tuple[frozenset[int], int]], int]:
+    """({policy ID: (cgroup IDs, max_entries)}, levels mask) read with bare syscalls."""
+    outer = bpfsys.obj_get(pin_dir / OUTER_PIN_NAME)
+    try:
+        maps: dict[int, tuple[frozenset[int], int]] = {}
+        for key in bpfsys.map_keys(outer, 4):
+            raw = bpfsys.map_lookup(outer, key, 4)
+            assert raw is not None
+            inner = bpfsys.map_fd_by_id(struct.unpack("=I", raw)[0])
+            try:
+                cgroup_ids = frozenset(struct.unpack("=Q", k)[0] for k in bpfsys.map_keys(inner, 8))
+                maps[struct.unpack("=I", key)[0]] = (cgroup_ids, bpfsys.map_info(inner).max_entries)
+            finally:
+                os.close(inner)
+    finally:
+        os.close(outer)
+    levels = bpfsys.obj_get(pin_dir / LEVELS_PIN_NAME)
+    try:
+        raw = bpfsys.map_lookup(levels, struct.pack("=I", 0), 8)
+    finally:
+        os.close(levels)
+    return maps, 0 if raw is None else struct.unpack("=Q", raw)[0]
+
+
+class PoolFinder:
+    """CgroupFinder: container ID -> the ID of the real cgroup the world gave it."""
+
+    def __init__(self, cgroups: dict[str, int]) -> None:
+        self.cgroups = cgroups  # shared with the world: one node
+
+    def cgroup_id(self, container: ContainerRef) -> int | None:
+        return self.cgroups.get(container.container_id)
+
+    def forget(self, container: ContainerRef) -> None:
+        pass
+
+
+class CountingMaps:
+    """PinnedFilterMaps, with its writes counted."""
+
+    def __init__(self, inner: PinnedFilterMaps) -> None:
+        self.inner = inner
+        self.writes: Counter[str] = Counter()
+
+    def read_all(self) -> Mapping[int, InnerMapState]:
+        return self.inner.read_all()
+
+    def install(self, policy_id: int, cgroup_ids: Collection[int], *, max_entries: int) -> None:
+        self.writes["install"] += 1
+        self.inner.install(policy_id, cgroup_ids, max_entries=max_entries)
+
+    def update(self, policy_id: int, *, add: Collection[int], remove: Collection[int]) -> None:
+        self.writes["update"] += 1
+        self.inner.update(policy_id, add=add, remove=remove)
+
+    def delete(self, policy_id: int) -> None:
+        self.writes["delete"] += 1
+        self.inner.delete(policy_id)
+
+    def usage(self) -> list[MapUsage]:
+        return self.inner.usage()
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Real cgroups made once for the module: (ID, depth below the cgroup2 root)."""
+
+    cgroups: tuple[tuple[int, int], ...]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Pool]:
+    assert CGROUP2 is not None
+    base = CGROUP2 / f"tpf-prop-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    made: list[Path] = []
+    try:
+        base.mkdir()
+        made.append(base)
+        entries = []
+        for i in range(POOL_SIZE):
+            # three depths, like Guaranteed / Burstable pods and crun sub-cgroups
+            parts = [f"e{i}", "pod", "c"][: 1 + i % 3]
+            path = base
+            for part in parts:
+                path = path / part
+                path.mkdir()
+                made.append(path)
+            entries.append((os.stat(path).st_ino, len(path.relative_to(CGROUP2).parts)))
+        yield Pool(tuple(entries))
+    finally:
+        for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            path.rmdir()
+
+
+_SEQUENCES = count()
+
+
+class World:
+    """The node: pods, policies, cgroups, one agent (Engine + PinnedFilterMaps)."""
+
+    def __init__(self, pool: Pool, tmp: Path) -> None:
+        self.pool = pool
+        self.levels = dict(pool.cgroups)
+        self.pin_dir = BPF_ROOT / f"tpf-prop-{os.getpid()}-{next(_SEQUENCES)}"
+        self.state = tmp / "state.json"
+        self.cgroups: dict[str, int] = {}
+        self.pods: dict[str, ModelPod] = {}
+        self.policies: dict[str, ModelPolicy] = {}
+        self.waiting: list[str] = []
+        self.counter = 0
+        self.next_cgroup = 0
+        self.maps: CountingMaps | None = None
+        self.start_agent()
+
+    def start_agent(self) -> None:
+        if self.maps is not None:
+            self.maps.inner.close()  # the old agent exits; only the pins remain
+        self.maps = CountingMaps(PinnedFilterMaps(pin_dir=self.pin_dir, max_policies=64))
+        self.engine = Engine(finder=PoolFinder(self.cgroups), maps=self.maps, state_path=self.state)
+
+    def close(self) -> None:
+        if self.maps is not None:
+            self.maps.inner.close()
+            self.maps.inner.remove_pins()
+            self.maps = None
+
+    def _cgroup(self) -> int:
+        cgroup_id = self.pool.cgroups[self.next_cgroup][0]
+        self.next_cgroup += 1
+        return cgroup_id
+
+    def _new_container(self, with_cgroup: bool) -> str:
+        self.counter += 1
+        cid = f"containerd://{self.counter:064x}"
+        if with_cgroup:
+            self.cgroups[cid] = self._cgroup()
+        else:
+            self.waiting.append(cid)
+        return cid
+
+    def _drop_container(self, cid: str) -> None:
+        self.cgroups.pop(cid, None)
+        if cid in self.waiting:
+            self.waiting.remove(cid)
+
+    def apply(self, event: tuple[Any, ...]) -> None:
+        match event:
+            case ("pod", name, ns, labels):
+                if name in self.pods:
+                    self.pods[name].labels = dict(labels)  # relabel (namespace is fixed)
+                else:
+                    self.pods[name] = ModelPod(ns, dict(labels))
+            case ("pod_delete", name):
+                pod = self.pods.pop(name, None)
+                for cid, _ in pod.containers.values() if pod else ():
+                    self._drop_container(cid)
+            case ("add_container", name, cname, image, with_cgroup):
+                pod = self.pods.get(name)
+                if pod is not None and cname not in pod.containers:
+                    pod.containers[cname] = (self._new_container(with_cgroup), image)
+            case ("remove_container", name, cname):
+                pod = self.pods.get(name)
+                if pod is not None and cname in pod.containers:
+                    self._drop_container(pod.containers.pop(cname)[0])
+            case ("restart_container", name, cname):
+                pod = self.pods.get(name)
+                if pod is not None and cname in pod.containers:
+                    old, image = pod.containers[cname]
+                    self._drop_container(old)
+                    pod.containers[cname] = (self._new_container(True), image)
+            case ("cgroup_appears", i):
+                if self.waiting:
+                    self.cgroups[self.waiting.pop(i % len(self.waiting))] = self._cgroup()
+            case ("policy", name, kind, ns, pod_sel, cont_sel):
+                old = self.policies.get(name)
+                if old is not None and (old.kind, old.namespace) == (kind, ns):
+                    old.pod_selector, old.container_selector = pod_sel, cont_sel
+                else:  # a different object under the same name: a new UID
+                    self.counter += 1
+                    self.policies[name] = ModelPolicy(
+                        f"uid-{self.counter}", kind, ns, pod_sel, cont_sel
+                    )
+            case ("policy_delete", name):
+                self.policies.pop(name, None)
+            case ("restart",):
+                self.start_agent()
+            case _:
+                raise AssertionError(f"unknown event {event!r}")
+
+    def reconcile(self, rnd: random.Random) -> ReconcileResult:
+        policies = []
+        for name, p in self.policies.items():
+            metadata = {"name": name, "uid": p.uid}
+            if p.kind == NAMESPACED:
+                metadata["namespace"] = p.namespace
+            spec: dict[str, Any] = {"kprobes": [{"call": "security_bprm_check"}]}
+            if p.pod_selector is not ABSENT:
+                spec["podSelector"] = p.pod_selector
+            if p.container_selector is not ABSENT:
+                spec["containerSelector"] = p.container_selector
+            policies.append(parse_policy({"kind": p.kind, "metadata": metadata, "spec": spec}))
+        pods = []
+        for name, pod in self.pods.items():
+            statuses = [
+                {"name": c, "image": image, "containerID": cid, "state": {"running": {}}}
+                for c, (cid, image) in pod.containers.items()
+            ]
+            pods.append(
+                parse_pod(
+                    {
+                        "metadata": {
+                            "name": name,
+                            "namespace": pod.namespace,
+                            "uid": f"pod-{name}",
+                            "labels": pod.labels,
+                        },
+                        "status": {"qosClass": "BestEffort", "containerStatuses": statuses},
+                    }
+                )
+            )
+        rnd.shuffle(policies)
+        rnd.shuffle(pods)
+        return self.engine.reconcile(policies, pods)
+
+    def check(self, result: ReconcileResult) -> None:
+        expected = model(self.policies, self.pods, self.cgroups)
+        kernel, mask = kernel_state(self.pin_dir)
+        on_disk = {r.uid: r.policy_id for r in statefile.load(self.state)}
+
+        assert set(on_disk) == set(expected), "the state file names the filtered policies"
+        assert len(set(on_disk.values())) == len(on_disk), "policy IDs are unique"
+        assert all(self.engine.policy_id(uid) == pid for uid, pid in on_disk.items())
+        got = {uid: set(kernel[pid][0]) for uid, pid in on_disk.items() if pid in kernel}
+        assert set(kernel) == set(on_disk.values()), "a map for each, and no other map"
+        assert got == {uid: want for uid, (want, _) in expected.items()}
+        for cgroup_ids, max_entries in kernel.values():
+            n = len(cgroup_ids)
+            assert n <= max_entries and (max_entries <= 8 or n > max_entries // 8)
+            for cgroup_id in cgroup_ids:  # the walk covers every container's depth
+                assert mask & (1 << self.levels[cgroup_id]), (cgroup_id, mask)
+        assert sorted(p.name for p in self.pin_dir.iterdir()) == sorted(
+            [OUTER_PIN_NAME, LEVELS_PIN_NAME]
+        )
+        pending = set().union(*(p for _, p in expected.values()))
+        assert {ref.container_id for ref in result.pending} == pending
+        assert result.errors == ()
+
+
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@SETTINGS
+@given(batches=BATCHES, rnd=st.randoms(use_true_random=False))
+def test_kernel_maps_follow_the_model(
+    pool: Pool, batches: list[list[tuple[Any, ...]]], rnd: random.Random
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        world = World(pool, Path(tmp))
+        try:
+            for batch in batches:
+                for event in batch:
+                    world.apply(event)
+                world.check(world.reconcile(rnd))
+                if ("restart",) in batch:
+                    # A restart that has caught up adopts the pinned maps as they are: the
+                    # next agent writes nothing.
+                    world.start_agent()
+                    assert world.maps is not None
+                    result = world.reconcile(rnd)
+                    assert sum(world.maps.writes.values()) == 0, world.maps.writes
+                    world.check(result)
+        finally:
+            world.close()
