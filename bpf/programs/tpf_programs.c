@@ -21,11 +21,21 @@
  *   3. its actions: Post (an event to the ring buffer; the default), NoPost, Sigkill.
  *
  * Verifier cost: bcc (0.26) supports neither bpf_loop callbacks nor BPF-to-BPF calls, so
- * everything is inlined and every loop is a bounded loop the verifier walks. To keep that
- * linear, the work is split in passes and the inner loops do map lookups only:
- *   pass 1  the filter test of every slot, remembered in the scratch map;
- *   pass 2  strings are read (and reversed, for Postfix) once, only if pass 1 kept a slot;
- *   pass 3  selectors of the kept slots.
+ * everything is inlined and every loop is a bounded loop the verifier walks, and
+ * policy_filter_check() itself walks up to 63 cgroup levels (~6,000 verified instructions
+ * per call site). One program looping over 128 slots would exceed the verifier's limit,
+ * so the work is split into stages chained by tail calls, each handling a batch of slots
+ * (per-CPU scratch carries the state; a tail call stays on the CPU, preemption off):
+ *
+ *   entry (tpf_exec / tpf_sys_enter)  read the event once, then -> FILTER
+ *   FILTER (tpf_stage_filter)         policy_filter_check() of TPF_FILTER_BATCH slots,
+ *                                     -> itself for the next batch, then -> SELECT
+ *   SELECT (tpf_stage_select)         strings read once (first batch), then the selectors
+ *                                     and actions of TPF_SELECT_BATCH kept slots,
+ *                                     -> itself for the next batch
+ *
+ * 128 slots take 16 + 8 tail calls, under the kernel's limit of 33. The agent fills the
+ * stage array before it attaches an entry; a missing stage is a reported load error.
  */
 #include "policy_filter.h"
 #include "tpf_programs.h"
@@ -58,6 +68,14 @@
 #endif
 
 #define TPF_NR_STRS 7 /* strs[0]: the binary; strs[1..6]: user strings at values[1..6] */
+#ifndef TPF_FILTER_BATCH
+#define TPF_FILTER_BATCH 8
+#endif
+#ifndef TPF_SELECT_BATCH
+#define TPF_SELECT_BATCH 16
+#endif
+#define TPF_STAGE_FILTER 0
+#define TPF_STAGE_SELECT 1
 #define TPF_SLOT_WORDS ((TPF_MAX_SLOTS + 63) / 64)
 
 /* Per hook: how many slots, and which strings its selectors need. */
@@ -72,9 +90,12 @@ struct tpf_hook {
 struct tpf_work {
 	struct tpf_scratch sc;
 	struct tpf_str more[TPF_NR_STRS - 1]; /* strs[1..6]; sc.path is strs[0] */
-	u64 keep[TPF_SLOT_WORDS];           /* pass 1 result, one bit per slot */
-	u8 pass;                            /* policy_filter_check()'s last answer */
-	struct tpf_slot slots[TPF_MAX_SLOTS];
+	u64 keep[TPF_SLOT_WORDS];           /* FILTER's result, one bit per slot */
+	struct tpf_slot slots[TPF_MAX_SLOTS]; /* the slots FILTER tested, as it saw them */
+	u32 hook;
+	u32 cursor; /* first slot of the next batch */
+	u8 pass;    /* policy_filter_check()'s last answer, see tpf_stage_filter */
+	u8 pad[7];
 };
 
 BPF_ARRAY(tpf_hooks, struct tpf_hook, TPF_NR_HOOKS);
@@ -90,6 +111,7 @@ BPF_F_TABLE("lpm_trie", struct tpf_lpm_key, u8, tpf_postfix, TPF_MAX_SET_ENTRIES
 BPF_F_TABLE("hash", struct tpf_int_key, u8, tpf_ints, TPF_MAX_SET_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("percpu_hash", u64, u64, tpf_stats, TPF_MAX_STAT_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
+BPF_PROG_ARRAY(tpf_stages, 2);
 BPF_RINGBUF_OUTPUT(tpf_events, TPF_RINGBUF_PAGES);
 /* Never written: declared so that bcc hands the agent the event's ctypes layout. */
 BPF_ARRAY(tpf_event_layout, struct tpf_event, 1);
@@ -278,15 +300,12 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 	return true;
 }
 
-static __always_inline void tpf_act(void *ctx, struct tpf_work *w, u32 hook, struct tpf_slot *slot,
-				    u8 sel, u8 actions, struct tpf_hook *h)
+
+static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u8 sel, u8 actions)
 {
 	struct tpf_event *ev = &w->sc.ev;
 	u32 config = slot->config;
 
-#ifdef EXP_NOACT
-	return;
-#endif
 	tpf_count(config, TPF_STAT_MATCH);
 	ev->flags = 0;
 	if (actions & TPF_ACT_SIGKILL) {
@@ -303,12 +322,11 @@ static __always_inline void tpf_act(void *ctx, struct tpf_work *w, u32 hook, str
 	ev->cgroup_id = bpf_get_current_cgroup_id();
 	ev->config = config;
 	ev->policy_id = slot->policy_id;
-	ev->hook = hook;
+	ev->hook = w->hook;
 	ev->sel = sel;
 	ev->actions = actions;
 	if (w->sc.path.too_long)
 		ev->flags |= TPF_EV_PATH_LONG;
-	/* str: the first captured user string (the agent says which). */
 	ev->str[0] = 0;
 	if (slot->capture != 0xff) {
 		struct tpf_str *c = tpf_strs_at(w, slot->capture);
@@ -324,58 +342,9 @@ static __always_inline void tpf_act(void *ctx, struct tpf_work *w, u32 hook, str
 		tpf_count(config, TPF_STAT_DROP);
 }
 
-/*
- * Pass 1: which slots apply to this task, as bits in w->keep. Nothing here returns a
- * count: a register compared with 0 after the loop would be marked precise by the
- * verifier, which then could no longer prune the paths of the loop (exponential).
- */
-static __always_inline void tpf_filter(struct tpf_work *w, u32 hook, u32 n)
-{
-#pragma unroll
-	for (int k = 0; k < TPF_SLOT_WORDS; k++)
-		w->keep[k] = 0;
-#pragma clang loop unroll(disable)
-	for (u32 i = 0; i < TPF_MAX_SLOTS; i++) {
-		struct tpf_slot_key key = {};
-		struct tpf_slot *slot;
-
-		if (i >= n)
-			break;
-		key.hook = hook;
-		key.slot = i;
-		slot = tpf_slots.lookup(&key);
-		if (!slot)
-			continue;
-/*
-		 * The answer goes through memory: as a register it is a constant 0 or 1 on
-		 * each path, the branch on it makes it precise, and the verifier can then no
-		 * longer merge the paths of the loop (100x the verification work).
-		 */
-		w->pass = policy_filter_check(slot->policy_id);
-		if (!*(volatile u8 *)&w->pass)
-			continue;
-		/* A copy: pass 3 must see the slot this pass tested, even if it changes. */
-		w->slots[i & (TPF_MAX_SLOTS - 1)] = *slot;
-		w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] |= 1ULL << (i % 64);
-	}
-}
-
-static __always_inline bool tpf_any_kept(struct tpf_work *w)
-{
-	u64 any = 0;
-
-#pragma unroll
-	for (int k = 0; k < TPF_SLOT_WORDS; k++)
-		any |= w->keep[k];
-	return any != 0;
-}
-
-/* Pass 2: the strings this hook's selectors compare, read once. */
+/* The strings this hook's selectors compare, read (and reversed) once per event. */
 static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook *h)
 {
-#ifdef EXP_NOLOAD
-	return;
-#endif
 	if (h->rev_mask & 1)
 		tpf_str_reverse(&w->sc.path);
 #pragma unroll
@@ -392,28 +361,105 @@ static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook
 	}
 }
 
-/* Pass 3: the selectors of the kept slots, and their actions. */
-static __always_inline void tpf_select(void *ctx, struct tpf_work *w, u32 hook, u32 n,
-				       struct tpf_hook *h)
+static __always_inline bool tpf_kept(struct tpf_work *w, u32 i)
 {
-#ifdef EXP_NOSELECT
-	return;
-#endif
+	return w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] & (1ULL << (i % 64));
+}
+
+/*
+ * FILTER: policy_filter_check() for slots [cursor, cursor + TPF_FILTER_BATCH).
+ *
+ * Its answer goes through memory (w->pass): as a register it is a constant 0 or 1 on
+ * each path, the branch on it makes it precise and the verifier stops merging the paths
+ * of this loop. For the same reason nothing counts the kept slots in a register.
+ */
+int tpf_stage_filter(void *ctx)
+{
+	u32 zero = 0, hook, base, n;
+	struct tpf_hook *h;
+	struct tpf_work *w = tpf_work.lookup(&zero);
+	u64 any = 0;
+
+	if (!w)
+		return 0;
+	hook = w->hook;
+	h = tpf_hooks.lookup(&hook);
+	if (!h)
+		return 0;
+	base = w->cursor;
+	n = h->n;
 #pragma clang loop unroll(disable)
-	for (u32 i = 0; i < TPF_MAX_SLOTS; i++) {
-		struct tpf_slot *slot = &w->slots[i & (TPF_MAX_SLOTS - 1)];
-		u32 config, nsel;
+	for (u32 k = 0; k < TPF_FILTER_BATCH; k++) {
+		struct tpf_slot_key key = {};
+		struct tpf_slot *slot;
+		u32 i = base + k;
+
+		if (i >= n || i >= TPF_MAX_SLOTS)
+			break;
+		key.hook = hook;
+		key.slot = i;
+		slot = tpf_slots.lookup(&key);
+		if (!slot)
+			continue;
+		w->pass = policy_filter_check(slot->policy_id);
+		if (!*(volatile u8 *)&w->pass)
+			continue;
+		/* A copy: SELECT must act on the slot this stage tested, even if it changes. */
+		w->slots[i & (TPF_MAX_SLOTS - 1)] = *slot;
+		w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] |= 1ULL << (i % 64);
+	}
+	base += TPF_FILTER_BATCH;
+	if (base < n && base < TPF_MAX_SLOTS) {
+		w->cursor = base;
+		tpf_stages.call(ctx, TPF_STAGE_FILTER);
+		return 0; /* not reached unless the tail call failed */
+	}
+#pragma unroll
+	for (int k = 0; k < TPF_SLOT_WORDS; k++)
+		any |= w->keep[k];
+	if (!any)
+		return 0; /* the common case: no policy applies to this task */
+	w->cursor = 0;
+	w->sc.ev.pid = bpf_get_current_pid_tgid() >> 32;
+	w->sc.ev.tid = (u32)bpf_get_current_pid_tgid();
+	bpf_get_current_comm(w->sc.ev.comm, sizeof(w->sc.ev.comm));
+	tpf_stages.call(ctx, TPF_STAGE_SELECT);
+	return 0;
+}
+
+/* SELECT: selectors and actions of the kept slots in [cursor, cursor + TPF_SELECT_BATCH). */
+int tpf_stage_select(void *ctx)
+{
+	u32 zero = 0, hook, base, n;
+	struct tpf_hook *h;
+	struct tpf_work *w = tpf_work.lookup(&zero);
+
+	if (!w)
+		return 0;
+	hook = w->hook;
+	h = tpf_hooks.lookup(&hook);
+	if (!h)
+		return 0;
+	base = w->cursor;
+	n = h->n;
+	if (base == 0)
+		tpf_load_strings(w, h);
+#pragma clang loop unroll(disable)
+	for (u32 k = 0; k < TPF_SELECT_BATCH; k++) {
+		struct tpf_slot *slot;
+		u32 i = base + k, config, nsel;
 		s32 matched = -1;
 		u8 actions = 0;
 
-		if (i >= n)
+		if (i >= n || i >= TPF_MAX_SLOTS)
 			break;
-		if (!(w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] & (1ULL << (i % 64))))
+		if (!tpf_kept(w, i))
 			continue;
+		slot = &w->slots[i & (TPF_MAX_SLOTS - 1)];
 		config = slot->config;
 		nsel = slot->nsel;
 		if (nsel == 0) {
-			tpf_act(ctx, w, hook, slot, 0xff, TPF_ACT_POST, h);
+			tpf_act(w, slot, 0xff, TPF_ACT_POST);
 			continue;
 		}
 #pragma clang loop unroll(disable)
@@ -435,26 +481,23 @@ static __always_inline void tpf_select(void *ctx, struct tpf_work *w, u32 hook, 
 			}
 		}
 		if (matched >= 0)
-			tpf_act(ctx, w, hook, slot, matched, actions, h);
+			tpf_act(w, slot, matched, actions);
 	}
+	base += TPF_SELECT_BATCH;
+	if (base < n && base < TPF_MAX_SLOTS) {
+		w->cursor = base;
+		tpf_stages.call(ctx, TPF_STAGE_SELECT);
+	}
+	return 0;
 }
 
-static __always_inline int tpf_run(void *ctx, struct tpf_work *w, u32 hook, struct tpf_hook *h)
+static __always_inline void tpf_begin(struct tpf_work *w, u32 hook)
 {
-	/*
-	 * Each pass reads the slot count from the map itself: a register shared by the two
-	 * loops would carry a range narrowed differently by each exit of the first loop,
-	 * which the second loop's bound test makes precise, and pruning fails (quadratic).
-	 */
-	tpf_filter(w, hook, h->n);
-	if (!tpf_any_kept(w))
-		return 0;
-	w->sc.ev.pid = bpf_get_current_pid_tgid() >> 32;
-	w->sc.ev.tid = (u32)bpf_get_current_pid_tgid();
-	bpf_get_current_comm(w->sc.ev.comm, sizeof(w->sc.ev.comm));
-	tpf_load_strings(w, h);
-	tpf_select(ctx, w, hook, h->n, h);
-	return 0;
+#pragma unroll
+	for (int k = 0; k < TPF_SLOT_WORDS; k++)
+		w->keep[k] = 0;
+	w->hook = hook;
+	w->cursor = 0;
 }
 
 int tpf_exec(void *ctx)
@@ -465,10 +508,11 @@ int tpf_exec(void *ctx)
 	u32 loc;
 
 	if (!h || h->n == 0)
-		return 0;
+		return 0; /* no policy on this hook: the cost of an unused program */
 	w = tpf_work.lookup(&zero);
 	if (!w)
 		return 0;
+	tpf_begin(w, hook);
 	loc = *(u32 *)((char *)ctx + TPF_EXEC_FILENAME_OFF);
 	tpf_str_reset(&w->sc.path);
 	tpf_str_done(&w->sc.path, bpf_probe_read_kernel_str(w->sc.path.fwd.s, TPF_STR_MAX,
@@ -479,7 +523,8 @@ int tpf_exec(void *ctx)
 		w->sc.ev.values[k] = 0;
 	w->sc.ev.values[0] = (u64)(s64) * (s32 *)((char *)ctx + TPF_EXEC_PID_OFF);
 	w->sc.ev.values[1] = (u64)(s64) * (s32 *)((char *)ctx + TPF_EXEC_OLD_PID_OFF);
-	return tpf_run(ctx, w, hook, h);
+	tpf_stages.call(ctx, TPF_STAGE_FILTER);
+	return 0;
 }
 
 /*
@@ -506,6 +551,7 @@ int tpf_sys_enter(struct tpf_sys_enter_ctx *ctx)
 	w = tpf_work.lookup(&zero);
 	if (!w)
 		return 0;
+	tpf_begin(w, hook);
 	w->sc.path.len = -1; /* no binary on this hook (matchBinaries is refused here) */
 	w->sc.path.too_long = 0;
 	w->sc.path.rev_ready = 0;
@@ -513,5 +559,6 @@ int tpf_sys_enter(struct tpf_sys_enter_ctx *ctx)
 	w->sc.ev.values[0] = (u64)(s64)ctx->nr;
 	w->sc.ev.values[7] = 0;
 	bpf_probe_read_kernel(&w->sc.ev.values[1], 6 * sizeof(u64), (char *)ctx + 16);
-	return tpf_run(ctx, w, hook, h);
+	tpf_stages.call(ctx, TPF_STAGE_FILTER);
+	return 0;
 }

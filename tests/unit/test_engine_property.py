@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,7 @@ class World:
         self.counter = 0
         self.ids_live: dict[str, int] = {}  # uid -> policy ID at the last check
         self.highest_id = 0
+        self._objects: dict[tuple[str, str], tuple[str, Any]] = {}
         self.engine = self._engine()
 
     def _engine(self) -> Engine:
@@ -296,13 +298,25 @@ class World:
 
     # --- what the engine is given: API objects, shuffled ---------------------------------
 
+    def _object(self, kind: str, name: str, state: str, build: Callable[[], Any]) -> Any:
+        """The same object as last time while nothing about it changed, as the agent's
+        store hands them out (the engine may memoise on object identity)."""
+        hit = self._objects.get((kind, name))
+        if hit is None or hit[0] != state:
+            hit = self._objects[(kind, name)] = (state, build())
+        return hit[1]
+
     def api_objects(self, rnd: random.Random) -> tuple[list[Policy], list[Pod]]:
         policies = []
-        for name, p in self.policies.items():
+        for name in sorted(self.policies):
+            p = self.policies[name]
             metadata = {"name": name, "uid": p.uid}
             if p.kind == NAMESPACED:
                 metadata["namespace"] = p.namespace
-            policies.append(parse_policy({"kind": p.kind, "metadata": metadata, "spec": p.spec}))
+            body = {"kind": p.kind, "metadata": metadata, "spec": p.spec}
+            policies.append(
+                self._object("policy", name, repr(body), lambda body=body: parse_policy(body))
+            )
         pods = []
         for name, pod in self.pods.items():
             statuses = [
@@ -310,20 +324,21 @@ class World:
                 for c, (cid, image) in pod.containers.items()
             ]
             rnd.shuffle(statuses)
-            pods.append(
-                parse_pod(
-                    {
-                        "metadata": {
-                            "name": name,
-                            "namespace": pod.namespace,
-                            "uid": f"pod-{pod.namespace}-{name}",
-                            "labels": pod.labels,
-                        },
-                        "status": {"qosClass": "BestEffort", "containerStatuses": statuses},
-                    }
-                )
+            body = {
+                "metadata": {
+                    "name": name,
+                    "namespace": pod.namespace,
+                    "uid": f"pod-{pod.namespace}-{name}",
+                    "labels": dict(pod.labels),
+                },
+                "status": {"qosClass": "BestEffort", "containerStatuses": statuses},
+            }
+            state = repr(
+                (pod.namespace, sorted(pod.labels.items()), sorted(pod.containers.items()))
             )
-        rnd.shuffle(policies)
+            pods.append(self._object("pod", name, state, lambda body=body: parse_pod(body)))
+        if rnd.random() < 0.25:  # now and then the policies come in another order
+            rnd.shuffle(policies)
         rnd.shuffle(pods)
         return policies, pods
 
