@@ -226,8 +226,8 @@ def parse_policy(body: Mapping[str, Any]) -> Policy:
         raise PolicyError(_describe(exc, "spec")) from None
     return Policy(
         key=key,
-        uid=str(metadata.get("uid", "")),
-        resource_version=str(metadata.get("resourceVersion", "")),
+        uid=str(metadata.get("uid") or ""),
+        resource_version=str(metadata.get("resourceVersion") or ""),
         spec=spec,
     )
 

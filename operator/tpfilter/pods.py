@@ -3,8 +3,9 @@
 Pure: built from the Pod object as the API server sends it (a plain dict), so the same code
 serves kopf event bodies, list results and unit tests.
 
-A container counts when the kubelet reports a ``containerID`` for it and it has not
-terminated: that is when it has a cgroup on the node. Init and ephemeral containers count
+A container counts when the kubelet reports a ``containerID`` for it and it is neither
+terminated nor waiting (a crash loop reports the dead container's ID while waiting): that
+is when it has a cgroup on the node. Init and ephemeral containers count
 too, because a policy on a pod must also act on what runs in them. A restarted container
 comes back with a new ID, so the old cgroup drops out and the new one comes in.
 """
@@ -55,7 +56,10 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
     for list_name in _STATUS_LISTS:
         for cs in status.get(list_name) or ():
             container_id = cs.get("containerID")
-            if not container_id or "terminated" in (cs.get("state") or {}):
+            state = cs.get("state") or {}
+            # "waiting" with a containerID is a crash loop: the ID is the dead container's,
+            # whose cgroup is gone. The next start reports running with a new ID.
+            if not container_id or "terminated" in state or "waiting" in state:
                 continue
             ref = ContainerRef(pod_uid=uid, qos_class=qos, container_id=container_id)
             containers.append(

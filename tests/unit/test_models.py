@@ -226,12 +226,6 @@ def test_bad_metadata_name_is_reported_as_metadata(name: object) -> None:
     assert str(info.value).startswith("metadata.name: "), str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_policy does str(metadata.get('uid', '')), so `uid: null` becomes the"
-    " literal UID 'None' (and resourceVersion null becomes 'None'); two such policies would"
-    " share one UID and one policy ID. Treat null as absent or reject it.",
-)
 @pytest.mark.parametrize("field", ["uid", "resourceVersion"])
 def test_null_uid_is_not_the_string_none(field: str) -> None:
     b = body({"podSelector": {}})

@@ -206,3 +206,25 @@ def test_container_repo_label_uses_image_repo() -> None:
     (container,) = parse_pod(body).containers
     assert container.repo == "quay.io/x/y"
     assert container.labels == {"name": "main", "repo": "quay.io/x/y"}
+
+
+def test_crash_looping_container_is_not_live() -> None:
+    """Waiting with a containerID: the ID is the dead container's, its cgroup is gone."""
+    from tpfilter.pods import parse_pod
+
+    pod = parse_pod(
+        {
+            "metadata": {"uid": "u"},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "c",
+                        "image": "i",
+                        "containerID": "containerd://" + "a" * 64,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    },
+                ]
+            },
+        }
+    )
+    assert pod.containers == ()

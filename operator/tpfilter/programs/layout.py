@@ -1,0 +1,104 @@
+"""Constants shared with bpf/programs/tpf_programs.h.
+
+The tunable sizes are passed to the compiler with -D (see :func:`cflags`), so the program
+is built with exactly these values; the fixed ones must match the header (the kernel test
+test_programs_exec.py checks the ctypes layout bcc derives from the compiled program).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+NR_HOOKS = 1024
+HOOK_EXEC = NR_HOOKS - 1  # sched/sched_process_exec; syscalls use their number
+MAX_SLOTS = 128  # hook entries (of all policies) evaluated per hook; a power of two
+MAX_SELECTORS = 8
+MAX_ARGS = 5  # matchArgs entries per selector (Tetragon's documented limit)
+NR_VALUES = 8
+FILTER_BATCH = 16  # slots per FILTER stage program run (tail calls: 128/16 = 8)
+SELECT_BATCH = 8  # slots per SELECT stage program run (tail calls: 128/8 = 16)
+MAX_CONFIG_ID = 0xFFFF_FFFF >> 8  # tpf_stats keys are (config << 8) | counter
+
+STR_MAX = 256  # buffer incl. NUL
+LPM_STR_MAX = 248
+EQ_STR_MAX = STR_MAX - 2  # 255 bytes read means "maybe cut": equality needs <= 254
+ARG_BINARY = 0xFF
+NO_CAPTURE = 0xFF
+NO_SELECTOR = 0xFF
+
+# Value slots of the exec hook (values[]), and where user strings live (strs[k]).
+EXEC_PID = 0
+EXEC_OLD_PID = 1
+PATH_STR = 0  # strs[0]: the binary
+
+
+class Kind(IntEnum):
+    INT = 1
+    PATH = 2
+    USER_STR = 3
+
+
+class IntType(IntEnum):
+    S64 = 1
+    U64 = 2
+    S32 = 3
+    U32 = 4
+
+    @property
+    def signed(self) -> bool:
+        return self in (IntType.S64, IntType.S32)
+
+
+class Op(IntEnum):
+    EQ = 1
+    NE = 2
+    PREFIX = 3
+    POSTFIX = 4
+    GT = 5
+    LT = 6
+    MASK = 7
+
+
+class BinOp(IntEnum):
+    NONE = 0
+    IN = 1
+    NOT_IN = 2
+
+
+class Action(IntFlag):
+    POST = 1
+    SIGKILL = 2
+
+
+class Stat(IntEnum):
+    MATCH = 0
+    POST = 1
+    SIGKILL = 2
+    DROP = 3
+    ERROR = 4
+
+
+EV_PATH_LONG = 1
+EV_STR_SET = 2
+EV_KILL_FAILED = 4
+
+
+def cflags(*, exec_offsets: tuple[int, int, int] | None = None) -> list[str]:
+    """-D flags that make the compiled program use this module's sizes."""
+    flags = [
+        f"-DTPF_NR_HOOKS={NR_HOOKS}",
+        f"-DTPF_MAX_SLOTS={MAX_SLOTS}",
+        f"-DTPF_MAX_SELECTORS={MAX_SELECTORS}",
+        f"-DTPF_MAX_ARGS={MAX_ARGS}",
+        f"-DTPF_NR_VALUES={NR_VALUES}",
+        f"-DTPF_FILTER_BATCH={FILTER_BATCH}",
+        f"-DTPF_SELECT_BATCH={SELECT_BATCH}",
+    ]
+    if exec_offsets is not None:
+        filename, pid, old_pid = exec_offsets
+        flags += [
+            f"-DTPF_EXEC_FILENAME_OFF={filename}",
+            f"-DTPF_EXEC_PID_OFF={pid}",
+            f"-DTPF_EXEC_OLD_PID_OFF={old_pid}",
+        ]
+    return flags

@@ -1,0 +1,259 @@
+"""bcc side: compile bpf/programs/tpf_programs.c once, load, attach, write its maps.
+
+Only this module and :mod:`tpfilter.programs.probe` import bcc. Map writes go through
+bcc's table objects with the ctypes types bcc derives from the compiled program, so the
+layout is the C header's by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import logging
+import os
+import resource
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tpfilter.bpfsrc import bcc_source
+from tpfilter.programs import layout
+from tpfilter.programs.compiler import ArgMatch, HookConfig
+from tpfilter.programs.layout import Kind, Op
+from tpfilter.programs.tracefs import TracepointFormat
+
+log = logging.getLogger(__name__)
+
+PROGRAM_SOURCE = Path(__file__).resolve().parents[3] / "bpf" / "programs" / "tpf_programs.c"
+ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
+
+_STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1))
+
+
+def program_source() -> Path:
+    """tpf_programs.c: $TPFILTER_PROGRAMS_SOURCE, else the repository's bpf/programs/."""
+    env = os.environ.get(ENV_SOURCE)
+    return Path(env) if env else PROGRAM_SOURCE
+
+
+def exec_offsets(fmt: TracepointFormat) -> tuple[int, int, int]:
+    """Offsets of filename (data_loc), pid and old_pid in sched_process_exec's record."""
+    got = []
+    for name in ("filename", "pid", "old_pid"):
+        f = fmt.by_name(name)
+        if f is None:
+            raise ValueError(f"sched_process_exec has no field {name}")
+        got.append(f.offset)
+    return got[0], got[1], got[2]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    compile_seconds: float
+    load_seconds: float
+    rss_after_bytes: int  # peak RSS of the process after compiling and loading
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Programs:
+    """The compiled programs and their maps. Not thread-safe: callers serialise writes."""
+
+    def __init__(self, *, pin_dir: Path, exec_format: TracepointFormat) -> None:
+        from bcc import BPF
+
+        self._BPF = BPF
+        src = bcc_source(
+            program_source(),
+            pin_dir=pin_dir,
+            extra_cflags=tuple(layout.cflags(exec_offsets=exec_offsets(exec_format))),
+        )
+        t0 = time.monotonic()
+        self.bpf: Any = BPF(text=src.text.encode(), cflags=src.cflags)
+        t1 = time.monotonic()
+        stages = self.bpf.get_table(b"tpf_stages")
+        for name, index in _STAGES:
+            fn = self.bpf.load_func(name.encode(), BPF.TRACEPOINT)
+            stages[ct.c_int(index)] = ct.c_int(fn.fd)
+        self._exec_fn = self.bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
+        self._sys_fn = self.bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
+        t2 = time.monotonic()
+        self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes())
+        self._attached: set[str] = set()
+        self.event_type: Any = self.bpf.get_table(b"tpf_event_layout").Leaf
+        self._t = {
+            name: self.bpf.get_table(name.encode())
+            for name in (
+                "tpf_hooks",
+                "tpf_slots",
+                "tpf_sels",
+                "tpf_strs",
+                "tpf_prefix",
+                "tpf_postfix",
+                "tpf_ints",
+                "tpf_stats",
+            )
+        }
+
+    # -- attach ----------------------------------------------------------------------------
+
+    def attach(self, tracepoint: str) -> None:
+        """Attach (no compile): the exec program or the generic sys_enter program."""
+        if tracepoint in self._attached:
+            return
+        fn = b"tpf_exec" if tracepoint == "sched/sched_process_exec" else b"tpf_sys_enter"
+        self.bpf.attach_tracepoint(tp=tracepoint.replace("/", ":").encode(), fn_name=fn)
+        self._attached.add(tracepoint)
+
+    def detach(self, tracepoint: str) -> None:
+        if tracepoint not in self._attached:
+            return
+        self.bpf.detach_tracepoint(tracepoint.replace("/", ":").encode())
+        self._attached.discard(tracepoint)
+
+    @property
+    def attached(self) -> frozenset[str]:
+        return frozenset(self._attached)
+
+    # -- config writes ---------------------------------------------------------------------
+
+    def write_config(self, config_id: int, cfg: HookConfig) -> None:
+        """The selectors and value sets of one hook entry, keyed by its config ID."""
+        sels = self._t["tpf_sels"]
+        for s, sel in enumerate(cfg.selectors):
+            leaf = sels.Leaf()
+            leaf.nargs = len(sel.args)
+            leaf.bin_op = int(sel.bin_op)
+            leaf.actions = int(sel.actions)
+            for j, arg in enumerate(sel.args):
+                a = leaf.args[j]
+                a.kind = int(arg.kind)
+                a.src = arg.src
+                a.type = int(arg.int_type)
+                a.op = int(arg.op)
+                a.imm = arg.imm
+                self._write_sets(config_id, s, j, arg)
+            for path in sel.binaries:
+                self._strs_put(config_id, s, layout.ARG_BINARY, path)
+            sels[sels.Key(config_id, s)] = leaf
+
+    def delete_config(self, config_id: int, cfg: HookConfig) -> None:
+        sels = self._t["tpf_sels"]
+        for s, sel in enumerate(cfg.selectors):
+            _delete(sels, sels.Key(config_id, s))
+            for path in sel.binaries:
+                _delete(self._t["tpf_strs"], self._str_key(config_id, s, layout.ARG_BINARY, path))
+            for j, arg in enumerate(sel.args):
+                self._write_sets(config_id, s, j, arg, delete=True)
+
+    def _write_sets(
+        self, config: int, s: int, j: int, arg: ArgMatch, *, delete: bool = False
+    ) -> None:
+        if arg.kind is Kind.INT:
+            ints = self._t["tpf_ints"]
+            for value in arg.ints:
+                key = ints.Key(config, s, j, (ct.c_uint8 * 2)(), value)
+                if delete:
+                    _delete(ints, key)
+                else:
+                    ints[key] = ct.c_uint8(1)
+            return
+        for text in arg.strings:
+            if arg.op in (Op.EQ, Op.NE):
+                if delete:
+                    _delete(self._t["tpf_strs"], self._str_key(config, s, j, text))
+                else:
+                    self._strs_put(config, s, j, text)
+            else:
+                table = self._t["tpf_prefix" if arg.op is Op.PREFIX else "tpf_postfix"]
+                data = text if arg.op is Op.PREFIX else text[::-1]
+                key = table.Key()
+                key.prefixlen = 64 + 8 * len(data)
+                key.config, key.sel, key.arg = config, s, j
+                key.s = data
+                if delete:
+                    _delete(table, key)
+                else:
+                    table[key] = ct.c_uint8(1)
+
+    def _str_key(self, config: int, s: int, j: int, value: bytes) -> Any:
+        key = self._t["tpf_strs"].Key()
+        key.word0 = 0
+        key.config, key.sel, key.arg = config, s, j
+        key.s = value
+        return key
+
+    def _strs_put(self, config: int, s: int, j: int, value: bytes) -> None:
+        self._t["tpf_strs"][self._str_key(config, s, j, value)] = ct.c_uint8(1)
+
+    def write_slot(
+        self, hook: int, slot: int, config_id: int, policy_id: int, cfg: HookConfig
+    ) -> None:
+        slots = self._t["tpf_slots"]
+        slots[slots.Key(hook, slot)] = slots.Leaf(
+            config_id, policy_id, len(cfg.selectors), cfg.capture
+        )
+
+    def delete_slot(self, hook: int, slot: int) -> None:
+        slots = self._t["tpf_slots"]
+        _delete(slots, slots.Key(hook, slot))
+
+    def write_hook(self, hook: int, n: int, str_mask: int, rev_mask: int, capture: int) -> None:
+        hooks = self._t["tpf_hooks"]
+        leaf = hooks.Leaf()
+        leaf.n, leaf.str_mask, leaf.rev_mask, leaf.capture = n, str_mask, rev_mask, capture
+        hooks[ct.c_int(hook)] = leaf
+
+    # -- stats and events -----------------------------------------------------------------
+
+    def read_stats(self) -> dict[tuple[int, int], int]:
+        """(config ID, layout.Stat) -> count, summed over CPUs."""
+        out: dict[tuple[int, int], int] = {}
+        for key, values in self._t["tpf_stats"].items():
+            k = int(key.value)
+            out[(k >> 8, k & 0xFF)] = sum(int(v) for v in values)
+        return out
+
+    def delete_stats(self, config_ids: Iterable[int]) -> None:
+        table = self._t["tpf_stats"]
+        for config in config_ids:
+            for stat in layout.Stat:
+                _delete(table, table.Key((config << 8) | int(stat)))
+
+    def open_events(self, callback: Any) -> None:
+        self.bpf[b"tpf_events"].open_ring_buffer(callback)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def consume(self) -> None:
+        self.bpf.ring_buffer_consume()
+
+    def map_memlock(self) -> Mapping[str, int]:
+        """Kernel memory of the program's own maps (fdinfo memlock), by map name."""
+        from tpfilter import bpfsys
+
+        result: dict[str, int] = {}
+        for name, table in self._t.items():
+            try:
+                result[name] = bpfsys.memlock(table.map_fd)
+            except OSError:
+                continue
+        return result
+
+    def close(self) -> None:
+        for tp in list(self._attached):
+            try:
+                self.detach(tp)
+            except Exception:  # best effort: cleanup detaches the rest
+                log.exception("detach %s", tp)
+        self.bpf.cleanup()
+
+
+def _delete(table: Any, key: Any) -> None:
+    with contextlib.suppress(KeyError):
+        del table[key]
