@@ -3,9 +3,9 @@
 Pure: built from the Pod object as the API server sends it (a plain dict), so the same code
 serves kopf event bodies, list results and unit tests.
 
-A container counts when the kubelet reports a ``containerID`` for it and it is neither
-terminated nor waiting (a crash loop reports the dead container's ID while waiting): that
-is when it has a cgroup on the node. Init and ephemeral containers count
+A container counts when the kubelet reports a ``containerID`` for it and it has not
+terminated (nor is it a crash loop waiting under the dead container's ID): that is when
+it has a cgroup on the node. Init and ephemeral containers count
 too, because a policy on a pod must also act on what runs in them. A restarted container
 comes back with a new ID, so the old cgroup drops out and the new one comes in.
 """
@@ -56,10 +56,7 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
     for list_name in _STATUS_LISTS:
         for cs in status.get(list_name) or ():
             container_id = cs.get("containerID")
-            state = cs.get("state") or {}
-            # "waiting" with a containerID is a crash loop: the ID is the dead container's,
-            # whose cgroup is gone. The next start reports running with a new ID.
-            if not container_id or "terminated" in state or "waiting" in state:
+            if not container_id or not _may_have_cgroup(cs):
                 continue
             ref = ContainerRef(pod_uid=uid, qos_class=qos, container_id=container_id)
             containers.append(
@@ -73,6 +70,20 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
         containers=tuple(containers),
         resource_version=metadata.get("resourceVersion", ""),
     )
+
+
+def _may_have_cgroup(status: Mapping[str, Any]) -> bool:
+    """Whether the container named by ``status['containerID']`` can still have a cgroup.
+
+    Not when it terminated. "waiting" is ambiguous: a created, not yet started container
+    (its cgroup exists) and a crash loop (the ID is the *dead* container's, whose cgroup is
+    gone, and ``lastState.terminated`` names that same ID) both wait with an ID.
+    """
+    state = status.get("state") or {}
+    if "terminated" in state:
+        return False
+    last = ((status.get("lastState") or {}).get("terminated") or {}).get("containerID")
+    return not ("waiting" in state and last == status.get("containerID"))
 
 
 def image_repo(image: str) -> str:
