@@ -222,6 +222,7 @@ def test_crash_looping_container_is_not_live() -> None:
                         "image": "i",
                         "containerID": "containerd://" + "a" * 64,
                         "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {"terminated": {"containerID": "containerd://" + "a" * 64}},
                     },
                 ]
             },
