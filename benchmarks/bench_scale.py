@@ -10,7 +10,8 @@ Two tables (both go to docs/scale.md):
     the alternative not chosen (a descendant -> container map, as a cgroup_mkdir tracker
     would fill). Timed inside the kernel: benchmarks/bpf/check_cost.c runs 32 checks
     between two bpf_ktime_get_ns() per BPF_PROG_TEST_RUN, in the benchmark's own task
-    (moved into each cgroup); the median of many runs, minus an empty loop's, over 32.
+    (moved into each cgroup); the best of 5 medians of 200 runs, minus an empty loop's,
+    over 32.
 
 ``load``: total kernel memory (fdinfo memlock of every map) and time to load N filtered
     policies over 110 pods (one container cgroup each, real cgroups at kubepods depth;
@@ -53,7 +54,8 @@ from tpfilter.descendants import WALK_ALL
 HERE = Path(__file__).resolve().parent
 CHECK_COST_C = HERE / "bpf" / "check_cost.c"
 CHECKS_PER_RUN = 32
-RUNS = 600
+RUNS = 200  # test runs per measurement (median)
+ROUNDS = 5  # measurements per cell (best)
 PODS = 110
 COUNTS = (10, 100, 128, 1_000, 10_000)
 TETRAGON_SLOTS = 128
@@ -275,21 +277,31 @@ def check_cost() -> str:
                     ("descendant map (not chosen)", 2, None),
                 ]
                 rows = []
+                escapes: dict[int, bool] = {}
                 for label, path, selected in places:
                     move_self(path)
-                    empty, _ = programs[0].measure()
-                    row = [label]
-                    for _, mode, mask in variants:
-                        if mask is not None:
-                            set_mask(maps, mask)
-                        total, hits = programs[mode].measure()
-                        matched = hits == CHECKS_PER_RUN
-                        assert hits in (0, CHECKS_PER_RUN), hits
-                        net = max(0.0, (total - empty) / CHECKS_PER_RUN)
-                        mark = "" if matched == selected else " (ESCAPES)"
-                        row.append(f"{net:.0f}{mark}")
+                    # Rounds interleave the variants, so that a noisy moment of the
+                    # (virtual) machine hits all of them; each cell keeps its best round.
+                    best: dict[int, float] = {}
+                    best_empty = float("inf")
+                    for _ in range(ROUNDS):
+                        best_empty = min(best_empty, programs[0].measure()[0])
+                        for i, (_, mode, mask) in enumerate(variants):
+                            if mask is not None:
+                                set_mask(maps, mask)
+                            total, hits = programs[mode].measure()
+                            assert hits in (0, CHECKS_PER_RUN), hits
+                            matched = hits == CHECKS_PER_RUN
+                            if matched != selected and i != 0:
+                                raise AssertionError(f"{variants[i][0]} is wrong in {label}")
+                            best[i] = min(best.get(i, float("inf")), total)
+                            escapes[i] = escapes.get(i, False) or matched != selected
                     set_mask(maps, agent_mask)
-                    row.append(f"{empty / CHECKS_PER_RUN:.1f}")
+                    row = [label]
+                    for i in range(len(variants)):
+                        net = max(0.0, (best[i] - best_empty) / CHECKS_PER_RUN)
+                        row.append(f"{net:.0f}" + (" (ESCAPES)" if escapes.pop(i) else ""))
+                    row.append(f"{best_empty / CHECKS_PER_RUN:.1f}")
                     rows.append(row)
                 move_self(tree.mount)
             finally:
@@ -297,8 +309,8 @@ def check_cost() -> str:
                     program.close()
             header = ["task's cgroup", *(v[0] for v in variants), "empty loop"]
             return (
-                "ns per policy_filter_check() (median of "
-                f"{RUNS} runs of {CHECKS_PER_RUN} checks, minus the empty loop); "
+                f"ns per policy_filter_check(): best of {ROUNDS} medians of {RUNS} runs of "
+                f"{CHECKS_PER_RUN} checks, minus the empty loop, over {CHECKS_PER_RUN}; "
                 f"levels mask set by the agent: {agent_mask:#x}\n\n" + table(header, rows)
             )
 

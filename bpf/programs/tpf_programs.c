@@ -34,7 +34,7 @@
  *                                     and actions of TPF_SELECT_BATCH kept slots,
  *                                     -> itself for the next batch
  *
- * 128 slots take 16 + 8 tail calls, under the kernel's limit of 33. The agent fills the
+ * 128 slots take 8 + 16 tail calls, under the kernel's limit of 33. The agent fills the
  * stage array before it attaches an entry; a missing stage is a reported load error.
  */
 #include "policy_filter.h"
@@ -69,10 +69,10 @@
 
 #define TPF_NR_STRS 7 /* strs[0]: the binary; strs[1..6]: user strings at values[1..6] */
 #ifndef TPF_FILTER_BATCH
-#define TPF_FILTER_BATCH 8
+#define TPF_FILTER_BATCH 16
 #endif
 #ifndef TPF_SELECT_BATCH
-#define TPF_SELECT_BATCH 16
+#define TPF_SELECT_BATCH 8
 #endif
 #define TPF_STAGE_FILTER 0
 #define TPF_STAGE_SELECT 1

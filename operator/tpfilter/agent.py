@@ -29,7 +29,10 @@ from typing import Any
 
 from tpfilter import statefile
 from tpfilter.engine import Engine, PolicyStatus, ReconcileResult
-from tpfilter.models import PolicyKind
+from tpfilter.models import Policy, PolicyKind
+from tpfilter.pods import Pod
+from tpfilter.programs import Metrics, ProgramManager, ProgramStatus
+from tpfilter.programs.podindex import PodIndex
 from tpfilter.store import Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,9 @@ class Agent:
         lister: Lister,
         state_dir: Path | None = None,
         resync_seconds: float = 300.0,
+        programs: ProgramManager | None = None,
+        pod_index: PodIndex | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.node_name = node_name
         self.engine = engine
@@ -90,6 +96,8 @@ class Agent:
         self._wake = asyncio.Event()
         self.store = Store(node_name=node_name, on_change=self._wake.set)
         self._converged = asyncio.Event()
+        self.programs, self.pod_index, self.metrics = programs, pod_index, metrics
+        self.program_statuses: dict[str, ProgramStatus] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -156,6 +164,8 @@ class Agent:
             log.exception("reconcile failed")
             self.health.last_error = f"reconcile failed: {exc}"
             self.engine.check_drift()
+            if self.metrics is not None:
+                self.metrics.reconcile_failures.inc()
             return
         log.debug(
             "reconciled %d policies x %d pods: %d operations, %d pending, in %.1f ms",
@@ -168,11 +178,22 @@ class Agent:
         self.health.reconciles += 1
         self.health.last_reconcile = time.monotonic()
         self.health.last_result = result
+        if self.metrics is not None:
+            self.metrics.observe_reconcile(result)
+        if self.programs is not None:
+            # After the maps: a program never acts on a policy whose filter is not in place.
+            self.program_statuses = await asyncio.to_thread(self._sync_programs, policies, pods)
         for error in result.errors:
             log.error("%s", error)
         if result.converged:
             self._converged.set()
         await asyncio.to_thread(self._write_status, result)
+
+    def _sync_programs(self, policies: list[Policy], pods: list[Pod]) -> dict[str, ProgramStatus]:
+        assert self.programs is not None
+        if self.pod_index is not None:
+            self.pod_index.update(pods)
+        return self.programs.sync([(p, self.engine.policy_id(p.uid) or 0) for p in policies])
 
     def _write_status(self, result: ReconcileResult) -> None:
         """The last result, for `tpfilter status` (which runs without API access)."""
@@ -185,6 +206,7 @@ class Agent:
             "policies": [_status_json(s) for s in result.statuses],
             "invalid": [asdict(p) for p in self.store.invalid_policies()],
             "pending_containers": sorted(ref.container_id for ref in result.pending),
+            "programs": [s.as_dict() for s in self.program_statuses.values()],
         }
         statefile.write_json(self._status_path, data)
 

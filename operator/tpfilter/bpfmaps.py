@@ -150,7 +150,11 @@ class PinnedFilterMaps:
         self._inners: OrderedDict[int, _Inner] = OrderedDict()
         self._outer_fd = -1
         self._levels_fd = -1
-        self._resolver: LevelResolver = levels if levels is not None else CgroupFsLevels()
+        # The default resolver is ours to close; an injected one is the caller's.
+        self._own_resolver: CgroupFsLevels | None = None
+        if levels is None:
+            levels = self._own_resolver = CgroupFsLevels()
+        self._resolver: LevelResolver = levels
         fd, adopted = self._open_or_create(self._pin_path, lambda: self._create_outer(max_policies))
         self._outer_fd = fd
         self._adopted = adopted
@@ -657,7 +661,8 @@ class PinnedFilterMaps:
         return failures
 
     def contains(self, policy_id: int, cgroup_id: int) -> bool:
-        """Whether the policy's inner map holds ``cgroup_id``: the lookup a BPF program makes."""
+        """Whether the policy's inner map holds ``cgroup_id``: the first lookup a BPF program
+        makes (programs also match cgroups below it, see :mod:`tpfilter.descendants`)."""
         inner = self._inner(policy_id)
         return inner is not None and (
             bpfsys.map_lookup(inner.fd, _CGROUP_KEY.pack(cgroup_id), 1) is not None
@@ -696,6 +701,9 @@ class PinnedFilterMaps:
         if self._levels_fd >= 0:
             os.close(self._levels_fd)
             self._levels_fd = -1
+        own: CgroupFsLevels | None = getattr(self, "_own_resolver", None)
+        if own is not None:
+            own.close()
 
     def remove_pins(self) -> None:
         """Unpin the outer map (and drop the pin dir if empty): for tests and uninstall.

@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         default="http://0.0.0.0:8080/healthz",
         help="kopf liveness endpoint URL ('' to disable)",
     )
+    agent.add_argument(
+        "--events-file",
+        type=Path,
+        default=None,
+        help="append policy events (JSON lines) here (default: stdout)",
+    )
+    agent.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus /metrics port, 0 disables"
+    )
+    agent.add_argument(
+        "--no-programs", action="store_true", help="filter maps only, no policy programs"
+    )
     agent.add_argument("-v", "--verbose", action="store_true")
     agent.set_defaults(func=_agent)
 
@@ -109,6 +121,9 @@ def _agent(args: argparse.Namespace) -> int:
         limits=Limits(args.max_policies, args.max_cgroups_per_policy),
         resync_seconds=args.resync_seconds,
         liveness=args.liveness or None,
+        programs=not args.no_programs,
+        events_file=args.events_file,
+        metrics_port=args.metrics_port or None,
     )
     asyncio.run(run_agent(config))
     return 0

@@ -22,7 +22,7 @@ policy and retried on the next call.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +130,7 @@ class Engine:
         scratch = self._resolve(filtered, wanted)
         mirror = dict(self._actual())
         operations = plan(scratch.desired, mirror, limit=self._limits.max_cgroups_per_policy)
-        applied = sum(self._apply(op, scratch, mirror) for op in operations)
+        applied = self._apply_all(operations, scratch, mirror)
         # After a failed write the kernel may hold part of it: read it back next time.
         self._mirror = mirror if applied == len(operations) else None
 
@@ -172,6 +172,56 @@ class Engine:
         if self._mirror is None:
             self._mirror = dict(self._maps.read_all())
         return self._mirror
+
+    def _apply_all(
+        self, operations: Sequence[Operation], scratch: _Pass, mirror: dict[int, InnerMapState]
+    ) -> int:
+        """Deletes in one batch, then installs in one batch (one RCU grace period each, not
+        one per policy: a map-of-maps write waits for one), then in-place updates one by one.
+        Failures are reported per policy, never raised. Returns how many succeeded."""
+        deletes = [op.policy_id for op in operations if isinstance(op, Delete)]
+        installs = [op for op in operations if isinstance(op, Install)]
+        updates = [op for op in operations if isinstance(op, Update)]
+        applied = 0
+        if deletes:
+            failed = self._batch(
+                "Delete", deletes, scratch, lambda: self._maps.delete_many(deletes)
+            )
+            for pid in deletes:
+                if pid not in failed:
+                    mirror.pop(pid, None)
+                    applied += 1
+        if installs:
+            items = [(i.policy_id, i.cgroup_ids, i.max_entries) for i in installs]
+            failed = self._batch(
+                "Install",
+                [i.policy_id for i in installs],
+                scratch,
+                lambda: self._maps.install_many(items),
+            )
+            for i in installs:
+                if i.policy_id not in failed:
+                    mirror[i.policy_id] = InnerMapState(i.cgroup_ids, i.max_entries)
+                    applied += 1
+        return applied + sum(self._apply(u, scratch, mirror) for u in updates)
+
+    def _batch(
+        self,
+        what: str,
+        policy_ids: Sequence[int],
+        scratch: _Pass,
+        call: Callable[[], Mapping[int, Exception]],
+    ) -> set[int]:
+        """Run one batch call; record and return the policy IDs it failed for."""
+        failures: Mapping[int, Exception]
+        try:
+            failures = call()
+        except (MapFullError, OSError) as exc:  # the whole batch failed
+            failures = dict.fromkeys(policy_ids, exc)
+        for pid, error in failures.items():
+            log.error("policy %d: %s failed: %s", pid, what, error)
+            scratch.errors[pid] = str(error)
+        return set(failures)
 
     def _apply(self, op: Operation, scratch: _Pass, mirror: dict[int, InnerMapState]) -> bool:
         """Apply one operation and record it in ``mirror``; a failure is reported, not raised."""

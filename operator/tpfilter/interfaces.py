@@ -15,7 +15,7 @@ wrapper), without its fixed 32,768-entry preallocated inner maps.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,6 +88,19 @@ class FilterMaps(Protocol):
         """Create a new inner map of ``max_entries``, fill it, then put it in the outer slot
         with one update. A BPF reader sees the old map or the new full one, never a
         half-filled one. Raises MapFullError when the outer map has no room."""
+        ...
+
+    def install_many(
+        self, items: Sequence[tuple[int, Collection[int], int]]
+    ) -> Mapping[int, Exception]:
+        """``install`` for many ``(policy_id, cgroup_ids, max_entries)`` at once: one
+        outer-map write (one RCU grace period, ~10 ms) per batch instead of one per policy.
+        Returns the items that failed, ``{policy_id: MapFullError | OSError}``; every other
+        item is installed."""
+        ...
+
+    def delete_many(self, policy_ids: Iterable[int]) -> Mapping[int, Exception]:
+        """``delete`` for many policies in one outer-map write; returns the failures."""
         ...
 
     def update(self, policy_id: int, *, add: Collection[int], remove: Collection[int]) -> None:

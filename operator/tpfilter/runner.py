@@ -17,6 +17,8 @@ from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.engine import Engine, Limits
 from tpfilter.handlers import build_registry
 from tpfilter.kube import load_api_client, make_lister
+from tpfilter.programs import Metrics, ProgramManager
+from tpfilter.programs.podindex import PodIndex
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     resync_seconds: float = 300.0
     liveness: str | None = "http://0.0.0.0:8080/healthz"
+    programs: bool = True  # False: filter maps only (for programs loaded by someone else)
+    events_file: Path | None = None  # None: JSON lines on stdout
+    metrics_port: int | None = 9090
+    metrics_addr: str = "0.0.0.0"
 
 
 def build_agent(config: AgentConfig) -> Agent:
@@ -43,18 +49,36 @@ def build_agent(config: AgentConfig) -> Agent:
         limits=config.limits,
     )
     lister = make_lister(api_client=load_api_client(), node_name=config.node_name)
+    metrics = Metrics()
+    pod_index = PodIndex(finder) if config.programs else None
+    programs = None
+    if pod_index is not None:
+        programs = ProgramManager(
+            pin_dir=config.pin_dir,
+            node_name=config.node_name,
+            resolve=pod_index,
+            events_out=config.events_file,
+            metrics=metrics,
+        )
     return Agent(
         node_name=config.node_name,
         engine=engine,
         lister=lister,
         state_dir=config.state_dir,
         resync_seconds=config.resync_seconds,
+        programs=programs,
+        pod_index=pod_index,
+        metrics=metrics,
     )
 
 
 async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until kopf stops (SIGTERM/SIGINT) or ``stop`` is set; the maps stay pinned."""
     agent = build_agent(config)
+    if agent.programs is not None:
+        await asyncio.to_thread(agent.programs.start)  # probe + compile once (~2-3 s)
+    if agent.metrics is not None and config.metrics_port:
+        agent.metrics.serve(config.metrics_port, config.metrics_addr)
     log.info("tpfilter agent on node %s, maps pinned in %s", config.node_name, config.pin_dir)
     stop_flag: asyncio.Event = stop or asyncio.Event()
     operator = asyncio.create_task(
@@ -77,3 +101,7 @@ async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if agent.programs is not None:
+            agent.programs.close()  # detach; the pinned filter maps stay
+        if agent.metrics is not None:
+            agent.metrics.close()

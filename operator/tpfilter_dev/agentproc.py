@@ -53,6 +53,7 @@ class AgentProcess:
     process: subprocess.Popen[bytes] | None = None
     _started: float = 0.0
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
 
     def start(self, *, wait: bool = True) -> None:
         argv = [
@@ -70,6 +71,10 @@ class AgentProcess:
             str(self.resync_seconds),
             "--liveness",
             f"http://127.0.0.1:{self.port}/healthz",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--events-file",
+            str(self.events_path),
             "-v",
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -78,6 +83,11 @@ class AgentProcess:
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait:
             eventually(self.synced, timeout=60, what=f"agent {self.node_name} synced")
+
+    @property
+    def events_path(self) -> Path:
+        """Where the agent writes policy events (JSON lines)."""
+        return self.log_path.with_name(f"{self.node_name}-events.jsonl")
 
     def health(self) -> dict[str, object] | None:
         try:

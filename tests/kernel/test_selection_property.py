@@ -26,7 +26,7 @@ import struct
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -37,9 +37,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tpfilter import bpfsys, statefile
-from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME, PinnedFilterMaps, probe
+from tpfilter.bpfmaps import (
+    LEVELS_PIN_NAME,
+    OUTER_PIN_NAME,
+    InstallItem,
+    PinnedFilterMaps,
+    probe,
+)
 from tpfilter.engine import Engine, ReconcileResult
-from tpfilter.interfaces import ContainerRef, InnerMapState, MapUsage
+from tpfilter.interfaces import ContainerRef, InnerMapState, MapFullError, MapUsage
 from tpfilter.models import parse_policy
 from tpfilter.pods import parse_pod
 
@@ -175,7 +181,8 @@ def initial_batch(draw: st.DrawFn) -> list[tuple[Any, ...]]:
         events.append(("pod", name, draw(st.sampled_from(NAMESPACES)), draw(LABELS)))
         for container in draw(st.lists(CONTAINER, min_size=1, max_size=2, unique=True)):
             image = draw(st.sampled_from(sorted(IMAGES)))
-            events.append(("add_container", name, container, image, draw(st.booleans())))
+            with_cgroup = draw(st.sampled_from([True, True, False]))
+            events.append(("add_container", name, container, image, with_cgroup))
     events += draw(st.lists(POLICY_EVENT, min_size=1, max_size=2))
     return events
 
@@ -299,7 +306,8 @@ class PoolFinder:
 
 
 class CountingMaps:
-    """PinnedFilterMaps, with its writes counted."""
+    """PinnedFilterMaps, with its writes counted (the batch forms too, for an engine that
+    uses them)."""
 
     def __init__(self, inner: PinnedFilterMaps) -> None:
         self.inner = inner
@@ -319,6 +327,14 @@ class CountingMaps:
     def delete(self, policy_id: int) -> None:
         self.writes["delete"] += 1
         self.inner.delete(policy_id)
+
+    def install_many(self, items: Sequence[InstallItem]) -> dict[int, MapFullError | OSError]:
+        self.writes["install_many"] += 1
+        return self.inner.install_many(items)
+
+    def delete_many(self, policy_ids: Iterable[int]) -> dict[int, OSError]:
+        self.writes["delete_many"] += 1
+        return self.inner.delete_many(policy_ids)
 
     def usage(self) -> list[MapUsage]:
         return self.inner.usage()

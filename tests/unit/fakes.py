@@ -17,7 +17,7 @@ The test inspects and tampers with ``maps.inner`` directly ("behind the engine's
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tpfilter.interfaces import ContainerRef, InnerMapState, MapFullError, MapUsage
@@ -119,6 +119,28 @@ class FakeFilterMaps:
     def delete(self, policy_id: int) -> None:
         self._enter("delete")
         self.inner.pop(policy_id, None)
+
+    def install_many(
+        self, items: Sequence[tuple[int, Collection[int], int]]
+    ) -> dict[int, Exception]:
+        self.calls["install_many"] += 1
+        failures: dict[int, Exception] = {}
+        for policy_id, cgroup_ids, max_entries in items:
+            try:
+                self.install(policy_id, cgroup_ids, max_entries=max_entries)
+            except (MapFullError, OSError) as exc:
+                failures[policy_id] = exc
+        return failures
+
+    def delete_many(self, policy_ids: Iterable[int]) -> dict[int, Exception]:
+        self.calls["delete_many"] += 1
+        failures: dict[int, Exception] = {}
+        for policy_id in policy_ids:
+            try:
+                self.delete(policy_id)
+            except OSError as exc:
+                failures[policy_id] = exc
+        return failures
 
     def usage(self) -> list[MapUsage]:
         self._enter("usage")

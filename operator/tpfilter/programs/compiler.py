@@ -43,6 +43,9 @@ SPEC_HANDLED_ELSEWHERE = frozenset({"podSelector", "containerSelector"})
 # Keys that only describe or label; they change no decision.
 _TP_INFO_KEYS = frozenset({"subsystem", "event", "args", "selectors", "message", "tags"})
 _ARG_KEYS = frozenset({"index", "type", "label"})
+# What the API server fills in from the CRD's defaults: present with these values, a key
+# asks for nothing, so it is no unsupported feature.
+_ARG_DEFAULTS: Mapping[str, object] = {"maxData": False, "returnCopy": False, "resolve": ""}
 _SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"})
 
 _INT_TYPES: Mapping[str, IntType] = {
@@ -462,8 +465,9 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
         if not isinstance(arg, Mapping) or "index" not in arg:
             errors.add(at, "needs an index")
             continue
-        if set(arg) - _ARG_KEYS:
-            errors.add(at, f"{', '.join(sorted(set(arg) - _ARG_KEYS))} not supported")
+        extra = {k for k in set(arg) - _ARG_KEYS if _ARG_DEFAULTS.get(k, ...) != arg[k]}
+        if extra:
+            errors.add(at, f"{', '.join(sorted(extra))} not supported")
             continue
         try:
             index = int(arg["index"])

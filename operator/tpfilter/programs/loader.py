@@ -54,10 +54,21 @@ class LoadReport:
     compile_seconds: float
     load_seconds: float
     rss_after_bytes: int  # peak RSS of the process after compiling and loading
+    rss_now_bytes: int = 0  # resident right after loading (what the agent keeps)
 
 
 def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss_now_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class Programs:
@@ -82,7 +93,7 @@ class Programs:
         self._exec_fn = self.bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
         self._sys_fn = self.bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
         t2 = time.monotonic()
-        self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes())
+        self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
         self._attached: set[str] = set()
         self.event_type: Any = self.bpf.get_table(b"tpf_event_layout").Leaf
         self._t = {

@@ -177,16 +177,18 @@ class ProgramManager:
         report = programs.report
         log.info(
             "policy programs ready: probe+compile+load %.2fs (compile %.2fs, load %.2fs), "
-            "agent RSS after load %.1f MiB",
+            "agent RSS after load %.1f MiB (peak %.1f MiB)",
             time.monotonic() - t0,
             report.compile_seconds,
             report.load_seconds,
+            report.rss_now_bytes / 2**20,
             report.rss_after_bytes / 2**20,
         )
         if self.metrics is not None:
             self.metrics.compile_seconds.set(report.compile_seconds)
             self.metrics.load_seconds.set(report.load_seconds)
-            self.metrics.rss_after_load.set(report.rss_after_bytes)
+            self.metrics.rss_after_load.set(report.rss_now_bytes)
+            self.metrics.rss_peak.set(report.rss_after_bytes)
             self.metrics.add_collector(self._collect_metrics)
         if events_thread:
             self._thread = threading.Thread(target=self._event_loop, name="tpf-events", daemon=True)

@@ -11,7 +11,8 @@
 * ``tpfilter_reconcile_errors_total{policy}``, ``tpfilter_map_full_errors_total{policy}``:
   fed by the agent with :meth:`Metrics.observe_reconcile`.
 * ``tpfilter_program_policies{state}``, ``tpfilter_programs_compile_seconds``,
-  ``tpfilter_programs_load_seconds``, ``tpfilter_agent_rss_after_load_bytes``.
+  ``tpfilter_programs_load_seconds``, ``tpfilter_agent_rss_after_load_bytes``,
+  ``tpfilter_agent_rss_peak_bytes``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,12 @@ class Metrics:
         )
         self.rss_after_load = Gauge(
             "tpfilter_agent_rss_after_load_bytes",
-            "Peak RSS of the agent after compiling and loading",
+            "Resident memory of the agent right after compiling and loading",
+            registry=r,
+        )
+        self.rss_peak = Gauge(
+            "tpfilter_agent_rss_peak_bytes",
+            "Peak resident memory of the agent after compiling and loading (LLVM)",
             registry=r,
         )
         self._server: Any = None

@@ -1,0 +1,187 @@
+"""The generic syscalls/sys_enter_* program on the real kernel: integer and string
+matchArgs, Sigkill and Post, attach on demand and detach when no policy needs it.
+
+Uses test_programs_exec's setup helpers, with its own module-scoped manager (one
+compile per module, ~2 s). The processes are small Python snippets
+run with /usr/bin/python3 inside a fresh cgroup; every selector matches only values no
+normal program uses (whence 4444, paths under the test's own directory).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_programs_exec import SKIP_REASON, Env, cgroup_maker, emptied_after, program_env
+
+from tpfilter.models import Policy, parse_policy
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
+]
+
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with program_env() as e:
+        yield e
+
+
+@pytest.fixture
+def loaded(env: Env) -> Iterator[Env]:
+    with emptied_after(env) as e:
+        yield e
+
+
+@pytest.fixture
+def cgroups() -> Iterator[Callable[[], tuple[Path, int]]]:
+    with cgroup_maker() as make:
+        yield make
+
+
+def py(code: str, cgroup: Path | None) -> int:
+    def enter() -> None:
+        if cgroup is not None:
+            with open(cgroup / "cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+    return subprocess.run([PYTHON, "-S", "-c", code], preexec_fn=enter, check=False).returncode
+
+
+def tp_policy(name: str, tracepoint: dict[str, Any]) -> Policy:
+    return parse_policy(
+        {
+            "kind": "TracingPolicy",
+            "metadata": {"name": name, "uid": name},
+            "spec": {"podSelector": {"matchLabels": {"app": name}}, "tracepoints": [tracepoint]},
+        }
+    )
+
+
+LSEEK_4444 = "import os\ntry:\n    os.lseek(0, 12345, 4444)\nexcept OSError:\n    pass\n"
+
+
+def test_sigkill_on_an_integer_argument(
+    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
+) -> None:
+    env = loaded
+    (cg, cg_id), (other, _) = cgroups(), cgroups()
+    env.maps.install(41, {cg_id}, max_entries=8)
+    policy = tp_policy(
+        "lseek-kill",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [{"index": 7, "type": "int32", "label": "whence"}],
+            "selectors": [
+                {
+                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
+                    "matchActions": [{"action": "Sigkill"}],
+                }
+            ],
+        },
+    )
+    statuses = env.manager.sync([(policy, 41)])
+    assert statuses["lseek-kill"].state == "loaded", statuses
+    assert "syscalls/sys_enter_lseek" in env.manager._programs.attached
+
+    assert py(LSEEK_4444, cg) == -9
+    assert py(LSEEK_4444, other) == 0
+    assert py("import os; os.lseek(0, 0, 0)", cg) == 0
+
+    env.manager.sync([])
+    assert "syscalls/sys_enter_lseek" not in env.manager._programs.attached
+    assert py(LSEEK_4444, cg) == 0
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "hits"),
+    [
+        ("GT", ["1000"], [5000, 0x4007]),
+        ("LT", ["100", "10"], [7, 0]),  # ORed: below the larger bound
+        ("Mask", ["0x4000"], [0x4000 | 7]),
+        ("NotEqual", ["5000", "7", str(0x4007), "0"], [123]),
+    ],
+)
+def test_post_on_integer_operators(
+    loaded: Env,
+    cgroups: Callable[[], tuple[Path, int]],
+    operator: str,
+    values: list[str],
+    hits: list[int],
+) -> None:
+    env = loaded
+    cg, cg_id = cgroups()
+    env.pods[cg_id] = ("ns", "pod-int", "c")
+    env.maps.install(42, {cg_id}, max_entries=8)
+    policy = tp_policy(
+        "lseek-post",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [
+                {"index": 6, "type": "int64", "label": "offset"},
+                {"index": 7, "type": "int32", "label": "whence"},
+            ],
+            "selectors": [
+                {
+                    "matchArgs": [
+                        {"index": 7, "operator": "Equal", "values": ["4444"]},
+                        {"index": 6, "operator": operator, "values": values},
+                    ]
+                }
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 42)])["lseek-post"].state == "loaded"
+    offsets = [5000, 7, 0x4007, 123, 0]
+    code = "import os\n" + "".join(
+        f"try:\n    os.lseek(0, {o}, 4444)\nexcept OSError:\n    pass\n" for o in offsets
+    )
+    assert py(code, cg) == 0
+    events = env.lines()
+    assert [e["args"][0] for e in events] == hits
+    assert all(e["args"][1] == 4444 for e in events)
+    assert all(e["pod"] == "pod-int" and e["action"] == "post" for e in events)
+    assert all(e["hook"] == "syscalls/sys_enter_lseek" for e in events)
+
+
+def test_string_argument_prefix_postfix_equal(
+    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
+) -> None:
+    env = loaded
+    cg, cg_id = cgroups()
+    env.maps.install(43, {cg_id}, max_entries=8)
+    base = f"{env.root}/open-"
+    policy = tp_policy(
+        "openat-post",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_openat",
+            "args": [{"index": 6, "type": "string", "label": "filename"}],
+            "selectors": [
+                {"matchArgs": [{"index": 6, "operator": "Prefix", "values": [base + "p"]}]},
+                {"matchArgs": [{"index": 6, "operator": "Postfix", "values": [".tpfpost"]}]},
+                {"matchArgs": [{"index": 6, "operator": "Equal", "values": [base + "exact"]}]},
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 43)])["openat-post"].state == "loaded"
+    names = ["p1", "x.tpfpost", "exact", "exactly", "other"]
+    code = "import os\n" + "".join(
+        f"try:\n    os.open({base + n!r}, os.O_RDONLY)\nexcept OSError:\n    pass\n" for n in names
+    )
+    assert py(code, cg) == 0
+    events = env.lines()
+    assert [(e["args"][0], e["selector"]) for e in events] == [
+        (base + "p1", 0),
+        (base + "x.tpfpost", 1),
+        (base + "exact", 2),
+    ]
