@@ -139,6 +139,7 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         last = {}
     by_id = {p["policy_id"]: p for p in last.get("policies", []) if p["policy_id"]}
+    programs = {p["policy_id"]: p for p in last.get("programs", []) if p.get("policy_id")}
     usage, held = {}, {}
     if (pin_dir / OUTER_PIN_NAME).exists():
         with PinnedFilterMaps(pin_dir=pin_dir) as maps:
@@ -160,6 +161,8 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
                 "memlock": used.memlock if used else None,
                 "map_id": used.map_id if used else None,
                 "error": reported.get("error") or (None if used else "no map in the kernel"),
+                "program": programs.get(pid, {}).get("state"),
+                "program_reasons": programs.get(pid, {}).get("reasons", []),
             }
         )
     unfiltered = [p for p in last.get("policies", []) if not p["policy_id"]]
@@ -168,6 +171,7 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
         "synced": last.get("synced", False),
         "policies": rows,
         "unfiltered": unfiltered,
+        "programs": last.get("programs", []),
         "invalid": last.get("invalid", []),
         "total_memlock": sum(u.memlock for u in usage.values()),
     }
@@ -191,6 +195,7 @@ def format_status(status: dict[str, Any]) -> str:
         "PENDING",
         "MAX_ENTRIES",
         "MEMLOCK",
+        "PROGRAM",
         "ERROR",
     )
     rows = [header]
@@ -205,6 +210,7 @@ def format_status(status: dict[str, Any]) -> str:
                 str(p["pending"]),
                 str(p["max_entries"] or "-"),
                 _bytes(p["memlock"]),
+                p.get("program") or "-",
                 p["error"] or "",
             )
         )
@@ -213,6 +219,11 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"total kernel memory of inner maps: {_bytes(status['total_memlock'])}")
     for p in status["unfiltered"]:
         lines.append(f"unfiltered (every process, no map): {p['kind']}/{p['name']}")
+    for program in status.get("programs", []):
+        if program.get("reasons"):
+            lines.append(
+                f"{program['state']}: {program['policy']}: {'; '.join(program['reasons'])}"
+            )
     for p in status["invalid"]:
         lines.append(f"invalid, not loaded: {p['kind']}/{p['name']}: {p['error']}")
     return "\n".join(lines)

@@ -4,7 +4,9 @@ Builds or reuses the control-plane binaries, starts etcd + kube-apiserver on loo
 installs the CRDs, starts ``tpfilter agent`` for this machine as a node, applies the
 user's seed policy, starts a pod the policy selects and one it does not (real cgroups with
 real processes, reported through the API as a kubelet would), and shows with
-``tpfilter status`` which cgroups each policy holds and their kernel memory.
+``tpfilter status`` which cgroups each policy holds and their kernel memory. Then it applies
+the seed's intent on this node's hooks (``examples/seed-policy-tracepoint.yaml``) and execs
+binaries in both pods: the denied one is killed only in the selected pod.
 Ctrl-C stops everything and removes the cgroups and pins it made.
 """
 
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
@@ -25,7 +29,7 @@ from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.cli import collect_status, format_status
 from tpfilter_dev.agentproc import AgentProcess, eventually
 from tpfilter_dev.controlplane import ControlPlane
-from tpfilter_dev.kubelet import Kubelet, remove_cgroup_tree
+from tpfilter_dev.kubelet import Container, Kubelet, remove_cgroup_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(format_status(collect_status(pin_dir=pin_dir, state_dir=agent.state_dir)))
             print(f"\n(cgroup {want} is the ubuntu container; bpftool map show shows the maps)")
+            _show_enforcement(plane, selected.containers["ubuntu"], other.containers["nginx"])
             if not args.once:
                 step("running; Ctrl-C stops everything and cleans up")
                 _wait_for_interrupt()
@@ -109,6 +114,36 @@ def main(argv: list[str] | None = None) -> int:
                     maps.remove_pins()
             step("stopped; cgroups and pins removed")
     return 0
+
+
+def _show_enforcement(plane: ControlPlane, selected: Container, other: Container) -> None:
+    """The seed's intent on this node's hooks: apply the tracepoint variant, exec in pods."""
+    example = ROOT / "examples" / "seed-policy-tracepoint.yaml"
+    print("\n" + _kubectl(plane, "apply", "-f", str(example)).strip())
+    print("exec in the selected pod (allow list: sleep, cat, my-server-1):")
+    deadline = time.monotonic() + 20
+    while _exec_in(selected, "/usr/bin/true") != -signal.SIGKILL and time.monotonic() < deadline:
+        time.sleep(0.2)  # the agent syncs the programs right after the maps
+    for container, argv in (
+        (selected, ["/usr/bin/true"]),
+        (selected, ["/usr/bin/sleep", "0"]),
+        (other, ["/usr/bin/true"]),
+    ):
+        code = _exec_in(container, *argv)
+        outcome = "killed by SIGKILL" if code == -signal.SIGKILL else f"exit {code}"
+        print(f"  {container.name:7} {' '.join(argv):16} -> {outcome}")
+
+
+def _exec_in(container: Container, *argv: str) -> int:
+    assert container.cgroup is not None
+    procs = container.cgroup / "cgroup.procs"
+    return subprocess.run(
+        list(argv),
+        preexec_fn=lambda: procs.write_text(str(os.getpid())),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=10,
+    ).returncode
 
 
 def _seed() -> Path:
