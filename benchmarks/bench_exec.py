@@ -17,7 +17,6 @@ kernel (kernel.bpf_stats_enabled, restored afterwards).
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import shutil
 import statistics
@@ -28,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchkit import move_self, rmdir_cgroup
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import Policy, parse_policy
@@ -37,13 +37,8 @@ from tpfilter.programs import ProgramManager
 def exec_loop(binary: Path, n: int, cgroup: Path) -> float:
     """Seconds for a shell in ``cgroup`` to fork+exec ``binary`` n times."""
     script = f'i=0; while [ "$i" -lt {n} ]; do "{binary}"; i=$((i+1)); done'
-
-    def enter() -> None:
-        with open(cgroup / "cgroup.procs", "w") as f:
-            f.write(str(os.getpid()))
-
     t0 = time.perf_counter()
-    subprocess.run(["/bin/sh", "-c", script], preexec_fn=enter, check=True)
+    subprocess.run(["/bin/sh", "-c", script], preexec_fn=lambda: move_self(cgroup), check=True)
     return time.perf_counter() - t0
 
 
@@ -71,19 +66,6 @@ def policy(i: int, allowed: Path) -> Policy:
             },
         }
     )
-
-
-def rmdir(path: Path) -> None:
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
 
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -166,8 +148,8 @@ def main() -> int:
         maps.close()
         maps.remove_pins()
         devnull.close()
-        rmdir(inside)
-        rmdir(outside)
+        rmdir_cgroup(inside)
+        rmdir_cgroup(outside)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median

@@ -24,12 +24,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchkit import scratch_pin_dir
 from tpfilter import bpfsys, sizing
 from tpfilter.bpfmaps import PinnedFilterMaps, probe
 
@@ -38,18 +37,6 @@ SIZES = (0, 1, 8, 64, 1024)
 POLICIES = 100
 ADDS = 10_000
 FIRST_CGROUP_ID = 1 << 32  # fake IDs in the range real cgroup inode numbers use
-
-
-@contextmanager
-def scratch_pin_dir() -> Iterator[Path]:
-    path = Path("/sys/fs/bpf") / f"tpf-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        if path.exists():
-            for entry in path.iterdir():
-                entry.unlink()
-            path.rmdir()
 
 
 def standalone_map(max_entries: int, *, prealloc: bool, entries: int) -> int:

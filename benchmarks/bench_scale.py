@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes as ct
-import errno
 import os
 import platform
 import random
@@ -45,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from benchkit import move_self, rmdir_cgroup, scratch_pin_dir
 from tpfilter import bpfsys, sizing
 from tpfilter.bpfmaps import InstallItem, PinnedFilterMaps, probe
 from tpfilter.bpfsrc import bcc_source
@@ -67,20 +67,6 @@ BPF_PROG_TEST_RUN = 10
 # -- scratch resources ------------------------------------------------------------------
 
 
-def _rmdir(path: Path) -> None:
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    path.rmdir()
-
-
 class CgroupTree:
     """Scratch cgroups under the cgroup2 mount, removed deepest first."""
 
@@ -100,7 +86,7 @@ class CgroupTree:
 
     def close(self) -> None:
         for path in sorted(self._made, key=lambda p: len(p.parts), reverse=True):
-            _rmdir(path)
+            rmdir_cgroup(path)
         self._made.clear()
 
 
@@ -112,22 +98,6 @@ def cgroup_tree() -> Iterator[CgroupTree]:
     finally:
         move_self(tree.mount)  # out of the scratch tree before removing it
         tree.close()
-
-
-@contextmanager
-def scratch_pin_dir() -> Iterator[Path]:
-    path = Path("/sys/fs/bpf") / f"tpf-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        if path.exists():
-            for entry in path.iterdir():
-                entry.unlink()
-            path.rmdir()
-
-
-def move_self(cgroup: Path) -> None:
-    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
 
 # -- table output -----------------------------------------------------------------------

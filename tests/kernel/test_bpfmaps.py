@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import errno
 import os
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kernelkit import (
+    BPF_ROOT,
+    inner_map_ids,
+    kernel_marks,
+    map_exists,
+    skip_reason,
+    wait_maps_gone,
+)
 
 from tpfilter import bpfsys
 from tpfilter.bpfmaps import (
@@ -29,52 +35,7 @@ from tpfilter.bpfmaps import (
 from tpfilter.interfaces import InnerMapState, MapFullError
 from tpfilter.sizing import kernel_bytes
 
-BPF_ROOT = Path("/sys/fs/bpf")
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (CAP_BPF/CAP_SYS_ADMIN) to create and pin BPF maps"
-    support = probe(BPF_ROOT)
-    return None if support.ok else f"kernel/machine lacks: {support.reason}"
-
-
-SKIP_REASON = _skip_reason()
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
-]
-
-
-def _remove_pin_dir(path: Path) -> None:
-    if not path.exists():
-        return
-    for entry in path.iterdir():  # pins are files on the bpffs; unlink drops them
-        entry.unlink()
-    path.rmdir()
-
-
-@pytest.fixture
-def pin_dirs() -> Iterator[Callable[[], Path]]:
-    """Makes unique pin dir paths (not created: PinnedFilterMaps does that) and removes
-    them, pins included, whatever the test did."""
-    made: list[Path] = []
-
-    def make() -> Path:
-        path = BPF_ROOT / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        made.append(path)
-        return path
-
-    try:
-        yield make
-    finally:
-        for path in made:
-            _remove_pin_dir(path)
-
-
-@pytest.fixture
-def pin_dir(pin_dirs: Callable[[], Path]) -> Path:
-    return pin_dirs()
+pytestmark = kernel_marks(skip_reason("create and pin BPF maps (CAP_BPF/CAP_SYS_ADMIN)"))
 
 
 @pytest.fixture
@@ -84,29 +45,6 @@ def maps(pin_dir: Path) -> Iterator[PinnedFilterMaps]:
         yield m
     finally:
         m.close()
-
-
-def _map_ids(m: PinnedFilterMaps) -> dict[int, int]:
-    return {u.policy_id: u.map_id for u in m.usage()}
-
-
-def _map_exists(map_id: int) -> bool:
-    try:
-        fd = bpfsys.map_fd_by_id(map_id)
-    except FileNotFoundError:
-        return False
-    os.close(fd)
-    return True
-
-
-def _wait_map_gone(map_id: int, timeout: float = 5.0) -> bool:
-    """The kernel frees a map from a map-of-maps after an RCU grace period: poll."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _map_exists(map_id):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_creates_a_pinned_no_prealloc_hash_of_maps(maps: PinnedFilterMaps, pin_dir: Path) -> None:
@@ -148,7 +86,7 @@ def test_install_update_delete_round_trip(maps: PinnedFilterMaps) -> None:
     }
 
     # Inner maps are no-prealloc hashes of u64 -> u8, as the BPF side expects.
-    for map_id in _map_ids(maps).values():
+    for map_id in inner_map_ids(maps).values():
         fd = bpfsys.map_fd_by_id(map_id)
         try:
             info = bpfsys.map_info(fd)
@@ -183,13 +121,13 @@ def test_reserved_and_out_of_range_ids_are_refused(maps: PinnedFilterMaps) -> No
 def test_install_swaps_in_a_new_map_and_resize_keeps_content(maps: PinnedFilterMaps) -> None:
     ids = {1000 + i for i in range(6)}
     maps.install(5, ids, max_entries=8)
-    old_id = _map_ids(maps)[5]
+    old_id = inner_map_ids(maps)[5]
 
     maps.install(5, maps.read_all()[5].cgroup_ids, max_entries=64)  # grow
     assert maps.read_all() == {5: InnerMapState(frozenset(ids), 64)}
-    new_id = _map_ids(maps)[5]
+    new_id = inner_map_ids(maps)[5]
     assert new_id != old_id
-    assert _wait_map_gone(old_id), "the swapped-out inner map was not freed"
+    assert wait_maps_gone(old_id), "the swapped-out inner map was not freed"
 
     maps.install(5, ids, max_entries=8)  # and shrink back
     assert maps.read_all() == {5: InnerMapState(frozenset(ids), 8)}
@@ -215,10 +153,10 @@ def test_install_more_ids_than_entries_raises_and_leaves_the_slot(
     maps: PinnedFilterMaps,
 ) -> None:
     maps.install(4, [1, 2], max_entries=8)
-    before = _map_ids(maps)[4]
+    before = inner_map_ids(maps)[4]
     with pytest.raises(MapFullError, match="policy 4"):
         maps.install(4, range(1, 10), max_entries=8)
-    assert _map_ids(maps)[4] == before
+    assert inner_map_ids(maps)[4] == before
     assert maps.read_all()[4] == InnerMapState(frozenset({1, 2}), 8)
 
 
@@ -244,7 +182,7 @@ def test_adopts_the_pinned_maps_after_a_restart(pin_dirs: Callable[[], Path]) ->
     first = PinnedFilterMaps(pin_dir=pin_dir, max_policies=32)
     first.install(1, [1, 2, 3], max_entries=8)
     first.install(7, [70], max_entries=16)
-    state, ids, outer_id = first.read_all(), _map_ids(first), first.outer_map_id
+    state, ids, outer_id = first.read_all(), inner_map_ids(first), first.outer_map_id
     first.close()  # no fd left: only the pin keeps the maps alive, like a dead agent
 
     # Asked for another size: the pinned map wins, nothing is re-created.
@@ -253,7 +191,7 @@ def test_adopts_the_pinned_maps_after_a_restart(pin_dirs: Callable[[], Path]) ->
         assert second.outer_map_id == outer_id
         assert second.max_policies == 32
         assert second.read_all() == state
-        assert _map_ids(second) == ids
+        assert inner_map_ids(second) == ids
         second.update(7, add=[71], remove=[])
 
     with PinnedFilterMaps(pin_dir=pin_dir, max_policies=32) as third:
@@ -277,15 +215,15 @@ def test_delete_leaves_no_pin_and_the_kernel_frees_the_inner_map(
 ) -> None:
     maps.install(1, [5, 6], max_entries=8)
     maps.install(2, [7], max_entries=8)
-    inner_id = _map_ids(maps)[1]
+    inner_id = inner_map_ids(maps)[1]
     pins = sorted([OUTER_PIN_NAME, LEVELS_PIN_NAME])  # no pin per policy
     assert sorted(p.name for p in pin_dir.iterdir()) == pins
-    assert _map_exists(inner_id)
+    assert map_exists(inner_id)
 
     maps.delete(1)
     assert sorted(p.name for p in pin_dir.iterdir()) == pins
-    assert _wait_map_gone(inner_id), f"inner map id {inner_id} still in the kernel"
-    assert _map_exists(_map_ids(maps)[2])
+    assert wait_maps_gone(inner_id), f"inner map id {inner_id} still in the kernel"
+    assert map_exists(inner_map_ids(maps)[2])
 
 
 def test_memlock_follows_entries_not_capacity(maps: PinnedFilterMaps) -> None:
@@ -319,11 +257,11 @@ def test_foreign_map_at_the_pin_path_is_refused(pin_dir: Path) -> None:
 def test_remove_pins_unpins_and_frees(pin_dir: Path) -> None:
     m = PinnedFilterMaps(pin_dir=pin_dir)
     m.install(1, [1], max_entries=8)
-    outer_id, inner_id = m.outer_map_id, _map_ids(m)[1]
+    outer_id, inner_id = m.outer_map_id, inner_map_ids(m)[1]
     m.remove_pins()
     m.close()
     assert not pin_dir.exists()
-    assert _wait_map_gone(outer_id) and _wait_map_gone(inner_id)
+    assert wait_maps_gone(outer_id) and wait_maps_gone(inner_id)
 
 
 def test_probe_names_what_is_missing(tmp_path: Path) -> None:

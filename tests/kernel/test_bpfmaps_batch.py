@@ -12,44 +12,19 @@ from __future__ import annotations
 import errno
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernelkit import inner_map_ids, kernel_marks, skip_reason, wait_maps_gone
 
 from tpfilter import bpfmaps, bpfsys
-from tpfilter.bpfmaps import PinnedFilterMaps, probe
+from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.interfaces import InnerMapState, MapFullError
 
-BPF_ROOT = Path("/sys/fs/bpf")
 FIRST = 1 << 40  # fake cgroup IDs (no such cgroup: levels resolve to "gone")
 
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (CAP_BPF/CAP_SYS_ADMIN) to create and pin BPF maps"
-    support = probe(BPF_ROOT)
-    return None if support.ok else f"kernel/machine lacks: {support.reason}"
-
-
-SKIP_REASON = _skip_reason()
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
-]
-
-
-@pytest.fixture
-def pin_dir() -> Iterator[Path]:
-    path = BPF_ROOT / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        if path.exists():
-            for entry in path.iterdir():
-                entry.unlink()
-            path.rmdir()
+pytestmark = kernel_marks(skip_reason("create and pin BPF maps (CAP_BPF/CAP_SYS_ADMIN)"))
 
 
 @pytest.fixture
@@ -64,18 +39,6 @@ def ids(*offsets: int) -> frozenset[int]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def map_exists(map_id: int) -> bool:
-    try:
-        os.close(bpfsys.map_fd_by_id(map_id))
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def inner_map_ids(maps: PinnedFilterMaps) -> dict[int, int]:
-    return {u.policy_id: u.map_id for u in maps.usage()}
 
 
 def test_install_many_equals_one_install_per_policy(pin_dir: Path, maps: PinnedFilterMaps) -> None:
@@ -109,10 +72,7 @@ def test_install_many_swaps_existing_slots(maps: PinnedFilterMaps) -> None:
     }
     new = inner_map_ids(maps)
     assert new[1] != old[1] and new[2] == old[2]
-    deadline = time.monotonic() + 5
-    while map_exists(old[1]) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not map_exists(old[1]), "the replaced inner map is freed"
+    assert wait_maps_gone(old[1]), "the replaced inner map is freed"
 
 
 def test_full_outer_map_fails_only_the_new_policies(pin_dir: Path) -> None:
@@ -194,10 +154,7 @@ def test_delete_many(maps: PinnedFilterMaps) -> None:
     # absent IDs are skipped (a missing key would otherwise stop the kernel's batch)
     assert maps.delete_many([2, 99, 4, 4, 6, 100]) == {}
     assert set(maps.read_all()) == {1, 3, 5, 7, 8, 9, 10}
-    deadline = time.monotonic() + 5
-    while any(map_exists(inner[p]) for p in (2, 4, 6)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not any(map_exists(inner[p]) for p in (2, 4, 6))
+    assert wait_maps_gone(*(inner[p] for p in (2, 4, 6)))
     assert maps.delete_many([]) == {}
     with pytest.raises(ValueError):
         maps.delete_many([0])

@@ -1,7 +1,7 @@
 """CgroupFsFinder against real cgroup v2 directories, as root.
 
 Every test builds its kubelet-like tree inside one scratch cgroup made for it directly under
-the cgroup v2 mount (``tpfilter-test-<pid>-<random>``) and gives that directory to the
+the cgroup v2 mount (``tpf-test-<pid>-<random>``) and gives that directory to the
 finder as ``cgroup_root``, so discovery runs for real but never sees the host's kubepods
 tree. Each answer is checked three ways: against ``os.stat(dir).st_ino``, against the
 kernfs file handle from ``name_to_handle_at`` (the 64-bit cgroup ID the kernel hands to
@@ -11,16 +11,15 @@ kernfs file handle from ``name_to_handle_at`` (the 64-bit cgroup ID the kernel h
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernelkit import CgroupTree
 
 from tpfilter.cgroup_paths import parse_cgroup2_mounts
 from tpfilter.cgroups import CgroupFsFinder
@@ -63,29 +62,18 @@ def _own_cgroup(mount_point: Path, mount_root: str) -> Path:
     raise AssertionError("no cgroup v2 line in /proc/self/cgroup")
 
 
-def _remove_tree(top: Path, home: Path) -> None:
-    """rmdir every cgroup below and including ``top``, deepest first, emptying each first."""
-    for dirpath, _dirs, _files in os.walk(top, topdown=False):
-        d = Path(dirpath)
-        for pid in (d / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-                (home / "cgroup.procs").write_text(pid)
-        d.rmdir()
-
-
 @pytest.fixture
 def scratch(mount: tuple[Path, str]) -> Iterator[Path]:
+    """The test's scratch cgroup; removed deepest first, its processes moved back home."""
     mount_point, mount_root = mount
-    top = mount_point / f"tpfilter-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        top.mkdir()
+        tree = CgroupTree(mount_point, move_to=_own_cgroup(mount_point, mount_root))
     except OSError as err:
         pytest.skip(f"cannot create a cgroup under {mount_point}: {err}")
-    home = _own_cgroup(mount_point, mount_root)
     try:
-        yield top
+        yield tree.base
     finally:
-        _remove_tree(top, home)
+        tree.close()
 
 
 @pytest.fixture

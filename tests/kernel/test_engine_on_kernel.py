@@ -13,32 +13,21 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernelkit import CgroupTree, kernel_marks, skip_reason
 
 from tpfilter import sizing
-from tpfilter.bpfmaps import PinnedFilterMaps, probe
-from tpfilter.cgroups import CgroupFsFinder, find_cgroup2_mount
+from tpfilter.bpfmaps import PinnedFilterMaps
+from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.engine import Engine, Limits
 from tpfilter.models import Policy, PolicyKind, parse_policy
 from tpfilter.pods import Pod, parse_pod
 from tpfilter.statefile import STATE_FILE
-from tpfilter_dev.kubelet import container_cgroup, remove_cgroup_tree
+from tpfilter_dev.kubelet import container_cgroup
 
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: creates cgroups and BPF maps"
-    support = probe()
-    return None if support.ok else f"kernel lacks BPF map support: {support.reason}"
-
-
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or ""),
-]
+pytestmark = kernel_marks(skip_reason("create cgroups and BPF maps", cgroup2=True))
 
 
 class Node:
@@ -110,18 +99,9 @@ def policy(name: str, spec: dict[str, object], uid: str | None = None) -> Policy
 
 
 @pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[tuple[Node, Path, Path]]:
-    token = secrets.token_hex(4)
-    root = find_cgroup2_mount() / f"tpf-k-{token}"
-    root.mkdir()
-    pin_dir = Path("/sys/fs/bpf") / f"tpf-k-{token}"
-    try:
-        yield Node(root), pin_dir, tmp_path / STATE_FILE
-    finally:
-        remove_cgroup_tree(root)
-        if (pin_dir / "policy_filter_maps").exists():
-            with PinnedFilterMaps(pin_dir=pin_dir) as maps:
-                maps.remove_pins()
+def scratch(cgroup_tree: CgroupTree, pin_dir: Path, tmp_path: Path) -> tuple[Node, Path, Path]:
+    """A node in a scratch cgroup, a scratch pin dir and a state file: all removed after."""
+    return Node(cgroup_tree.base), pin_dir, tmp_path / STATE_FILE
 
 
 def engine_for(

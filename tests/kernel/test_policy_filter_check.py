@@ -12,147 +12,28 @@ Fixtures remove the cgroups (rmdir), detach programs and unpin maps whatever hap
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kernelkit import (
+    CHECK_EXEC,
+    Cgroups,
+    Programs,
+    answers,
+    expect,
+    kernel_marks,
+    run_in_cgroup,
+    skip_reason,
+)
 
 from tpfilter import bpfsys
-from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps, probe
-from tpfilter.bpfsrc import bcc_source, cflags
+from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+from tpfilter.bpfsrc import cflags
 
-BPF_ROOT = Path("/sys/fs/bpf")
-CHECK_EXEC = Path(__file__).parent / "bpf" / "check_exec.c"
-POLICIES = range(0, 5)  # check_exec.c's default TPF_TEST_MAX_POLICY is 4
-
-
-def _cgroup2_mount() -> Path | None:
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == "cgroup2":
-            return Path(fields[1])
-    return None
-
-
-CGROUP2 = _cgroup2_mount()
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to load BPF programs, pin maps and create cgroups"
-    support = probe(BPF_ROOT)
-    if not support.ok:
-        return f"kernel/machine lacks: {support.reason}"
-    if CGROUP2 is None:
-        return "no cgroup v2 filesystem mounted"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc Python bindings (Debian python3-bpfcc) not importable"
-    build = Path("/lib/modules") / os.uname().release / "build"
-    if not build.exists():
-        return f"bcc needs kernel headers at {build}"
-    return None
-
-
-SKIP_REASON = _skip_reason()
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
-]
-
-
-# -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pin_dir() -> Iterator[Path]:
-    path = BPF_ROOT / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        if path.exists():
-            for entry in path.iterdir():
-                entry.unlink()
-            path.rmdir()
-
-
-@pytest.fixture
-def cgroups() -> Iterator[Callable[[], tuple[Path, int]]]:
-    """Makes empty cgroups under the cgroup v2 mount: (directory, cgroup ID)."""
-    assert CGROUP2 is not None
-    made: list[Path] = []
-
-    def make() -> tuple[Path, int]:
-        path = CGROUP2 / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
-        made.append(path)
-        # The directory's inode number is the ID bpf_get_current_cgroup_id() returns.
-        return path, os.stat(path).st_ino
-
-    try:
-        yield make
-    finally:
-        for path in reversed(made):
-            _rmdir_cgroup(path)
-
-
-def _rmdir_cgroup(path: Path) -> None:
-    # The exec'd children have been reaped, but a cgroup can report busy for a moment
-    # while the kernel finishes their exit.
-    for _ in range(50):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    path.rmdir()
-
-
-class Programs:
-    """Compiles and attaches check_exec.c; detaches everything at teardown."""
-
-    def __init__(self) -> None:
-        self._loaded: list[Any] = []
-
-    def load(self, pin_dir: Path) -> Any:
-        from bcc import BPF
-
-        src = bcc_source(CHECK_EXEC, pin_dir=pin_dir)
-        bpf = BPF(text=src.text.encode(), cflags=src.cflags)
-        self._loaded.append(bpf)
-        return bpf
-
-    def unload(self, bpf: Any) -> None:
-        self._loaded.remove(bpf)
-        bpf.cleanup()
-
-    def close(self) -> None:
-        while self._loaded:
-            self._loaded.pop().cleanup()
-
-
-@pytest.fixture
-def programs() -> Iterator[Programs]:
-    p = Programs()
-    try:
-        yield p
-    finally:
-        p.close()
+pytestmark = kernel_marks(
+    skip_reason("load BPF programs, pin maps and create cgroups", cgroup2=True, bcc=True)
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -160,24 +41,7 @@ def programs() -> Iterator[Programs]:
 
 def exec_in(cgroup: Path) -> None:
     """Run /bin/true as a process of ``cgroup`` (moved there before its exec)."""
-    procs = cgroup / "cgroup.procs"
-
-    def enter() -> None:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-
-    subprocess.run(["/bin/true"], preexec_fn=enter, check=True)
-
-
-def answers(bpf: Any, cgroup_id: int) -> dict[int, bool]:
-    """What policy_filter_check() said for each policy in the last exec in the cgroup."""
-    got = {
-        int(k.policy_id): int(v.value) == 2
-        for k, v in bpf[b"check_results"].items()
-        if int(k.cgroup_id) == cgroup_id
-    }
-    assert set(got) == set(POLICIES), f"no exec recorded for cgroup {cgroup_id}: {got}"
-    return got
+    run_in_cgroup(["/bin/true"], cgroup, check=True)
 
 
 def observe(bpf: Any, *cgroups: tuple[Path, int]) -> list[dict[int, bool]]:
@@ -188,11 +52,6 @@ def observe(bpf: Any, *cgroups: tuple[Path, int]) -> list[dict[int, bool]]:
     return [answers(bpf, cgroup_id) for _, cgroup_id in cgroups]
 
 
-def expect(true_for: set[int]) -> dict[int, bool]:
-    """Policy 0 (no podSelector) always applies; the others as listed."""
-    return {p: p == 0 or p in true_for for p in POLICIES}
-
-
 def outer_map_id_of(bpf: Any) -> int:
     return bpfsys.map_info(bpf[b"policy_filter_maps"].map_fd).id
 
@@ -201,7 +60,7 @@ def outer_map_id_of(bpf: Any) -> int:
 
 
 def test_selected_cgroup_matches_and_others_do_not(
-    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+    pin_dir: Path, cgroups: Cgroups, programs: Programs
 ) -> None:
     a, b, c = cgroups(), cgroups(), cgroups()
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
@@ -209,7 +68,7 @@ def test_selected_cgroup_matches_and_others_do_not(
         maps.install(2, {b[1]}, max_entries=8)
         maps.install(3, {a[1], b[1]}, max_entries=8)
         maps.install(4, set(), max_entries=8)  # selects nothing on this node
-        bpf = programs.load(pin_dir)
+        bpf = programs.load(CHECK_EXEC, pin_dir)
         assert outer_map_id_of(bpf) == maps.outer_map_id  # bcc opened the pinned map
 
         in_a, in_b, in_c = observe(bpf, a, b, c)
@@ -219,13 +78,13 @@ def test_selected_cgroup_matches_and_others_do_not(
 
 
 def test_in_place_updates_and_deletes_are_seen(
-    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+    pin_dir: Path, cgroups: Cgroups, programs: Programs
 ) -> None:
     a, b = cgroups(), cgroups()
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
         maps.install(1, {a[1]}, max_entries=8)
         maps.install(2, {b[1]}, max_entries=8)
-        bpf = programs.load(pin_dir)
+        bpf = programs.load(CHECK_EXEC, pin_dir)
         assert observe(bpf, a, b) == [expect({1}), expect({2})]
 
         maps.update(2, add={a[1]}, remove={b[1]})
@@ -233,13 +92,11 @@ def test_in_place_updates_and_deletes_are_seen(
         assert observe(bpf, a, b) == [expect({2}), expect(set())]
 
 
-def test_resize_swap_keeps_answers(
-    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
-) -> None:
+def test_resize_swap_keeps_answers(pin_dir: Path, cgroups: Cgroups, programs: Programs) -> None:
     a, b = cgroups(), cgroups()
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
         maps.install(1, {a[1]}, max_entries=8)
-        bpf = programs.load(pin_dir)
+        bpf = programs.load(CHECK_EXEC, pin_dir)
         assert observe(bpf, a, b) == [expect({1}), expect(set())]
         old = maps.read_all()[1]
 
@@ -249,13 +106,13 @@ def test_resize_swap_keeps_answers(
 
 
 def test_agent_restart_and_recompiled_program(
-    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+    pin_dir: Path, cgroups: Cgroups, programs: Programs
 ) -> None:
     a, b = cgroups(), cgroups()
     maps = PinnedFilterMaps(pin_dir=pin_dir)
     maps.install(1, {a[1]}, max_entries=8)
     maps.install(2, {a[1], b[1]}, max_entries=8)
-    bpf = programs.load(pin_dir)
+    bpf = programs.load(CHECK_EXEC, pin_dir)
     before = observe(bpf, a, b)
     assert before == [expect({1, 2}), expect({2})]
     # The agent and its program go away; only the pin holds the maps now.
@@ -264,7 +121,7 @@ def test_agent_restart_and_recompiled_program(
 
     with PinnedFilterMaps(pin_dir=pin_dir) as again:
         assert again.adopted
-        bpf = programs.load(pin_dir)
+        bpf = programs.load(CHECK_EXEC, pin_dir)
         assert outer_map_id_of(bpf) == again.outer_map_id
         assert observe(bpf, a, b) == before
         # The adopted maps are the ones the new program reads.
@@ -273,13 +130,13 @@ def test_agent_restart_and_recompiled_program(
 
 
 def test_program_first_then_agent_adopts_the_map_bcc_pinned(
-    pin_dir: Path, cgroups: Callable[[], tuple[Path, int]], programs: Programs
+    pin_dir: Path, cgroups: Cgroups, programs: Programs
 ) -> None:
     # Nothing pinned yet: bcc creates the outer map from the header's declaration. The
     # agent must be able to adopt it and put its own inner maps in, which only works if
     # the header declares exactly the shape PinnedFilterMaps makes (flags included).
     a = cgroups()
-    bpf = programs.load(pin_dir)
+    bpf = programs.load(CHECK_EXEC, pin_dir)
     assert (pin_dir / OUTER_PIN_NAME).exists()
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
         assert maps.adopted

@@ -11,162 +11,20 @@ else on the machine.
 
 from __future__ import annotations
 
-import errno
-import io
-import json
-import os
 import shutil
-import subprocess
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+from kernelkit import Cgroups, Env, kernel_marks, run_in_cgroup, skip_reason
 
-from tpfilter.bpfmaps import PinnedFilterMaps, probe
-from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import Policy, parse_policy
 
-BPF_ROOT = Path("/sys/fs/bpf")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to load BPF programs, pin maps and create cgroups"
-    support = probe(BPF_ROOT)
-    if not support.ok:
-        return f"kernel/machine lacks: {support.reason}"
-    try:
-        find_cgroup2_mount()
-    except Exception as exc:
-        return f"no cgroup v2: {exc}"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc Python bindings (Debian python3-bpfcc) not importable"
-    if not (Path("/lib/modules") / os.uname().release / "build").exists():
-        return "bcc needs kernel headers at /lib/modules/$(uname -r)/build"
-    return None
-
-
-SKIP_REASON = _skip_reason()
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
-]
-
-
-@dataclass
-class Env:
-    manager: Any
-    maps: PinnedFilterMaps
-    events: io.StringIO
-    pods: dict[int, tuple[str, str, str]]
-    root: Path  # unique directory of this module's binaries
-
-    def lines(self) -> list[dict[str, Any]]:
-        self.manager.poll_events(50)
-        out = [json.loads(line) for line in self.events.getvalue().splitlines() if line]
-        return out
-
-    def clear_events(self) -> None:
-        self.manager.poll_events(0)
-        self.events.seek(0)
-        self.events.truncate()
-
-
-@contextmanager
-def program_env() -> Iterator[Env]:
-    """A started ProgramManager on a unique pin dir, its filter maps, an event buffer."""
-    from tpfilter.programs import ProgramManager
-
-    pin_dir = BPF_ROOT / f"tpf-test-prog-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    root = Path("/tmp") / f"tpf-test-bin-{uuid.uuid4().hex[:8]}"
-    root.mkdir()
-    events = io.StringIO()
-    pods: dict[int, tuple[str, str, str]] = {}
-    maps = PinnedFilterMaps(pin_dir=pin_dir)
-    manager = ProgramManager(
-        pin_dir=pin_dir,
-        node_name="test-node",
-        resolve=pods.get,
-        events_out=events,
-        probe_lsm=False,
-    )
-    try:
-        manager.start(events_thread=False)
-        assert manager.available, manager._unavailable
-        yield Env(manager, maps, events, pods, root)
-    finally:
-        manager.close()
-        maps.close()
-        maps.remove_pins()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@contextmanager
-def emptied_after(env: Env) -> Iterator[Env]:
-    """The env, emptied of policies, filter maps and events after the test."""
-    env.clear_events()
-    try:
-        yield env
-    finally:
-        env.manager.sync([])
-        for policy_id in list(env.maps.read_all()):
-            env.maps.delete(policy_id)
-        env.pods.clear()
-
-
-@contextmanager
-def cgroup_maker() -> Iterator[Callable[[], tuple[Path, int]]]:
-    """Makes cgroups under the cgroup v2 mount: (directory, cgroup ID); removes them."""
-    mount = find_cgroup2_mount()
-    made: list[Path] = []
-
-    def make() -> tuple[Path, int]:
-        path = mount / f"tpf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
-        made.append(path)
-        return path, os.stat(path).st_ino
-
-    try:
-        yield make
-    finally:
-        for path in reversed(made):
-            for _ in range(100):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY:
-                        raise
-                    time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    with program_env() as e:
-        yield e
-
-
-@pytest.fixture
-def loaded(env: Env) -> Iterator[Env]:
-    with emptied_after(env) as e:
-        yield e
-
-
-@pytest.fixture
-def cgroups() -> Iterator[Callable[[], tuple[Path, int]]]:
-    with cgroup_maker() as make:
-        yield make
+pytestmark = kernel_marks(
+    skip_reason("load BPF programs, pin maps and create cgroups", cgroup2=True, bcc=True)
+)
 
 
 def binary(env: Env, name: str, source: str = "/usr/bin/true") -> Path:
@@ -178,13 +36,7 @@ def binary(env: Env, name: str, source: str = "/usr/bin/true") -> Path:
 
 def run(path: Path, cgroup: Path | None, *args: str) -> int:
     """Exec ``path`` (moved into ``cgroup`` before the exec); its return code (-9: killed)."""
-
-    def enter() -> None:
-        if cgroup is not None:
-            with open(cgroup / "cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
-    return subprocess.run([str(path), *args], preexec_fn=enter, check=False).returncode
+    return run_in_cgroup([path, *args], cgroup)
 
 
 def allow_only(env: Env, name: str, allowed: list[Path], *, labels: dict[str, str]) -> Policy:
@@ -219,9 +71,7 @@ def allow_only(env: Env, name: str, allowed: list[Path], *, labels: dict[str, st
     )
 
 
-def test_denied_binary_is_killed_allowed_one_runs(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_denied_binary_is_killed_allowed_one_runs(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     ok, bad = binary(env, "allowed-a"), binary(env, "denied-a")
@@ -233,9 +83,7 @@ def test_denied_binary_is_killed_allowed_one_runs(
     assert run(ok, cg) == 0
 
 
-def test_killed_before_it_runs_its_own_code(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_killed_before_it_runs_its_own_code(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     ok = binary(env, "touch-allowed", "/usr/bin/touch")
@@ -250,9 +98,7 @@ def test_killed_before_it_runs_its_own_code(
     assert marker_ok.exists()
 
 
-def test_unselected_cgroup_and_host_are_untouched(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_unselected_cgroup_and_host_are_untouched(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     (selected, sel_id), (other, _) = cgroups(), cgroups()
     ok, bad = binary(env, "allowed-b"), binary(env, "denied-b")
@@ -264,9 +110,7 @@ def test_unselected_cgroup_and_host_are_untouched(
     assert run(bad, selected) == -9
 
 
-def test_two_policies_act_independently(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_two_policies_act_independently(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     (cg1, id1), (cg2, id2) = cgroups(), cgroups()
     one, two = binary(env, "only-one"), binary(env, "only-two")
@@ -284,9 +128,7 @@ def test_two_policies_act_independently(
     assert (run(one, cg2), run(two, cg2)) == (-9, 0)
 
 
-def test_deleting_the_policy_stops_enforcement_at_once(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_deleting_the_policy_stops_enforcement_at_once(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     ok, bad = binary(env, "allowed-c"), binary(env, "denied-c")
@@ -302,9 +144,7 @@ def test_deleting_the_policy_stops_enforcement_at_once(
     assert run(ok, cg) == 0
 
 
-def test_changing_the_policy_takes_effect_and_is_idempotent(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_changing_the_policy_takes_effect_and_is_idempotent(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     a, b = binary(env, "change-a"), binary(env, "change-b")
@@ -318,9 +158,7 @@ def test_changing_the_policy_takes_effect_and_is_idempotent(
     assert (run(a, cg), run(b, cg)) == (-9, 0)
 
 
-def test_events_carry_the_pod_binary_policy_and_action(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_events_carry_the_pod_binary_policy_and_action(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     (cg, cg_id), (cg2, cg2_id) = cgroups(), cgroups()
     env.pods[cg_id] = ("shop", "web-1", "nginx")
@@ -349,9 +187,7 @@ def test_events_carry_the_pod_binary_policy_and_action(
     assert totals[("TracingPolicy/p-events", "sched/sched_process_exec", "sigkill")] == 2
 
 
-def test_unresolved_cgroup_still_gives_an_event(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_unresolved_cgroup_still_gives_an_event(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     bad = binary(env, "denied-u")
@@ -368,9 +204,7 @@ def test_unresolved_cgroup_still_gives_an_event(
     assert (event["namespace"], event["pod"], event["container"]) == (None, None, None)
 
 
-def test_post_nopost_and_unsupported_policies_side_by_side(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_post_nopost_and_unsupported_policies_side_by_side(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     env.pods[cg_id] = ("ns", "pod", "c")
@@ -431,9 +265,7 @@ def test_post_nopost_and_unsupported_policies_side_by_side(
     assert ("TracingPolicy/silent", "sched/sched_process_exec", "post") not in totals
 
 
-def test_unfiltered_policy_applies_everywhere(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_unfiltered_policy_applies_everywhere(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, _ = cgroups()
     ok, bad = binary(env, "allowed-g"), binary(env, "denied-g")
@@ -454,9 +286,7 @@ def test_unfiltered_policy_applies_everywhere(
     assert run(ok, None) == 0
 
 
-def test_filtered_policy_without_an_id_is_pending_not_global(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_filtered_policy_without_an_id_is_pending_not_global(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     bad = binary(env, "denied-h")
     policy = allow_only(env, "p-noid", [env.root / "none"], labels={"app": "h"})
@@ -473,9 +303,7 @@ def test_example_tracepoint_policy_loads(loaded: Env) -> None:
     assert statuses["example"].hooks == ("sched/sched_process_exec",)
 
 
-def test_metrics_endpoint_reports_actions_and_filter_maps(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_metrics_endpoint_reports_actions_and_filter_maps(loaded: Env, cgroups: Cgroups) -> None:
     import urllib.request
 
     from tpfilter.programs import Metrics

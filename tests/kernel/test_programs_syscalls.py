@@ -1,58 +1,31 @@
 """The generic syscalls/sys_enter_* program on the real kernel: integer and string
 matchArgs, Sigkill and Post, attach on demand and detach when no policy needs it.
 
-Uses test_programs_exec's setup helpers, with its own module-scoped manager (one
-compile per module, ~2 s). The processes are small Python snippets
+Set up like test_programs_exec (conftest's ``loaded``), with its own module-scoped
+manager (one compile per module, ~2 s). The processes are small Python snippets
 run with /usr/bin/python3 inside a fresh cgroup; every selector matches only values no
 normal program uses (whence 4444, paths under the test's own directory).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_programs_exec import SKIP_REASON, Env, cgroup_maker, emptied_after, program_env
+from kernelkit import Cgroups, Env, kernel_marks, run_in_cgroup, skip_reason
 
 from tpfilter.models import Policy, parse_policy
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
-]
+pytestmark = kernel_marks(
+    skip_reason("load BPF programs, pin maps and create cgroups", cgroup2=True, bcc=True)
+)
 
 PYTHON = "/usr/bin/python3"
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    with program_env() as e:
-        yield e
-
-
-@pytest.fixture
-def loaded(env: Env) -> Iterator[Env]:
-    with emptied_after(env) as e:
-        yield e
-
-
-@pytest.fixture
-def cgroups() -> Iterator[Callable[[], tuple[Path, int]]]:
-    with cgroup_maker() as make:
-        yield make
-
-
 def py(code: str, cgroup: Path | None) -> int:
-    def enter() -> None:
-        if cgroup is not None:
-            with open(cgroup / "cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
-    return subprocess.run([PYTHON, "-S", "-c", code], preexec_fn=enter, check=False).returncode
+    return run_in_cgroup([PYTHON, "-S", "-c", code], cgroup)
 
 
 def tp_policy(name: str, tracepoint: dict[str, Any]) -> Policy:
@@ -68,9 +41,7 @@ def tp_policy(name: str, tracepoint: dict[str, Any]) -> Policy:
 LSEEK_4444 = "import os\ntry:\n    os.lseek(0, 12345, 4444)\nexcept OSError:\n    pass\n"
 
 
-def test_sigkill_on_an_integer_argument(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_sigkill_on_an_integer_argument(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     env.maps.install(41, {cg_id}, max_entries=8)
@@ -112,7 +83,7 @@ def test_sigkill_on_an_integer_argument(
 )
 def test_post_on_integer_operators(
     loaded: Env,
-    cgroups: Callable[[], tuple[Path, int]],
+    cgroups: Cgroups,
     operator: str,
     values: list[str],
     hits: list[int],
@@ -153,9 +124,7 @@ def test_post_on_integer_operators(
     assert all(e["hook"] == "syscalls/sys_enter_lseek" for e in events)
 
 
-def test_string_argument_prefix_postfix_equal(
-    loaded: Env, cgroups: Callable[[], tuple[Path, int]]
-) -> None:
+def test_string_argument_prefix_postfix_equal(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()
     env.maps.install(43, {cg_id}, max_entries=8)

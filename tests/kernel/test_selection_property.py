@@ -24,7 +24,6 @@ import os
 import random
 import struct
 import tempfile
-import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from kernelkit import BPF_ROOT, CgroupTree, cgroup2_mount, kernel_marks, skip_reason
 
 from tpfilter import bpfsys, statefile
 from tpfilter.bpfmaps import (
@@ -42,48 +42,15 @@ from tpfilter.bpfmaps import (
     OUTER_PIN_NAME,
     InstallItem,
     PinnedFilterMaps,
-    probe,
 )
 from tpfilter.engine import Engine, ReconcileResult
 from tpfilter.interfaces import ContainerRef, InnerMapState, MapFullError, MapUsage
 from tpfilter.models import parse_policy
 from tpfilter.pods import parse_pod
 
-BPF_ROOT = Path("/sys/fs/bpf")
 EXAMPLES = int(os.environ.get("TPFILTER_PROPERTY_EXAMPLES", "1000"))
-
-
-def _cgroup2_mount() -> Path | None:
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == "cgroup2":
-            return Path(fields[1])
-    return None
-
-
-CGROUP2 = _cgroup2_mount()
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create BPF maps and cgroups"
-    support = probe(BPF_ROOT)
-    if not support.ok:
-        return f"kernel/machine lacks: {support.reason}"
-    if CGROUP2 is None:
-        return "no cgroup v2 filesystem mounted"
-    return None
-
-
-SKIP_REASON = _skip_reason()
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
-]
+CGROUP2 = cgroup2_mount()
+pytestmark = kernel_marks(skip_reason("create BPF maps and cgroups", cgroup2=True))
 
 # -- the world's vocabulary ------------------------------------------------------------------
 
@@ -350,25 +317,16 @@ class Pool:
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Pool]:
     assert CGROUP2 is not None
-    base = CGROUP2 / f"tpf-prop-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    made: list[Path] = []
+    tree = CgroupTree(CGROUP2, "tpf-prop")
     try:
-        base.mkdir()
-        made.append(base)
         entries = []
         for i in range(POOL_SIZE):
             # three depths, like Guaranteed / Burstable pods and crun sub-cgroups
-            parts = [f"e{i}", "pod", "c"][: 1 + i % 3]
-            path = base
-            for part in parts:
-                path = path / part
-                path.mkdir()
-                made.append(path)
-            entries.append((os.stat(path).st_ino, len(path.relative_to(CGROUP2).parts)))
+            path, cgroup_id = tree.make("/".join([f"e{i}", "pod", "c"][: 1 + i % 3]))
+            entries.append((cgroup_id, len(path.relative_to(CGROUP2).parts)))
         yield Pool(tuple(entries))
     finally:
-        for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
-            path.rmdir()
+        tree.close()
 
 
 _SEQUENCES = count()

@@ -1,0 +1,354 @@
+"""Helpers shared by the real-kernel tests (fixtures built on them are in conftest.py).
+
+Everything a test makes in the kernel gets a unique name starting with ``tpf-`` (pin dirs
+under /sys/fs/bpf, cgroups under the cgroup v2 mount) and is removed by whoever made it,
+whatever the test did, so tests never see each other's state and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tpfilter import bpfsys
+from tpfilter.bpfmaps import PinnedFilterMaps, probe
+from tpfilter.bpfsrc import bcc_source
+from tpfilter.cgroups import CgroupMountError, find_cgroup2_mount
+
+BPF_ROOT = Path("/sys/fs/bpf")
+BPF_DIR = Path(__file__).parent / "bpf"
+CHECK_EXEC = BPF_DIR / "check_exec.c"  # records policy_filter_check() for IDs 0..4
+KILL_EXEC = BPF_DIR / "kill_exec.c"  # SIGKILL on exec when policy 1 applies
+POLICIES = range(0, 5)  # check_exec.c's default TPF_TEST_MAX_POLICY is 4
+
+
+def unique_name(prefix: str = "tpf-test") -> str:
+    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+# -- skipping ---------------------------------------------------------------------------------
+
+
+def cgroup2_mount() -> Path | None:
+    """The cgroup v2 mount point (a mount of the hierarchy's root preferred), if any."""
+    try:
+        return find_cgroup2_mount()
+    except (OSError, CgroupMountError):
+        return None
+
+
+def skip_reason(
+    needs_root_to: str, *, cgroup2: bool = False, hierarchy_root: bool = False, bcc: bool = False
+) -> str | None:
+    """Why the kernel tests of a module cannot run here, or None.
+
+    Always: root and what PinnedFilterMaps needs (probe); with ``cgroup2``, a cgroup v2
+    mount, and with ``hierarchy_root`` too, one of the hierarchy's root (not a cgroup
+    namespace's view: cgroup levels are counted from it); with ``bcc``, the bcc bindings
+    and the kernel headers it compiles against.
+    """
+    if os.geteuid() != 0:
+        return f"needs root to {needs_root_to}"
+    support = probe(BPF_ROOT)
+    if not support.ok:
+        return f"kernel/machine lacks: {support.reason}"
+    mount = cgroup2_mount()
+    if (cgroup2 or hierarchy_root) and mount is None:
+        return "no cgroup v2 filesystem mounted"
+    if hierarchy_root and mount is not None and cgroup_id(mount) != 1:
+        return f"{mount} is not the root of the cgroup v2 hierarchy (cgroup namespace)"
+    if bcc:
+        try:
+            import bcc as _bcc  # noqa: F401
+        except ImportError:
+            return "bcc Python bindings (Debian python3-bpfcc) not importable"
+        build = Path("/lib/modules") / os.uname().release / "build"
+        if not build.exists():
+            return f"bcc needs kernel headers at {build}"
+    return None
+
+
+def kernel_marks(reason: str | None) -> list[pytest.MarkDecorator]:
+    """``pytestmark`` of a kernel test module: marked ``kernel``, skipped for ``reason``."""
+    return [pytest.mark.kernel, pytest.mark.skipif(reason is not None, reason=reason or "")]
+
+
+# -- pin dirs ---------------------------------------------------------------------------------
+
+
+def remove_pin_dir(path: Path) -> None:
+    """Unpin everything in a pin dir and remove it (pins are files on the bpffs)."""
+    if not path.exists():
+        return
+    for entry in path.iterdir():
+        entry.unlink()
+    path.rmdir()
+
+
+@contextlib.contextmanager
+def scratch_pin_dir(prefix: str = "tpf-test") -> Iterator[Path]:
+    """A unique pin dir path (not created: PinnedFilterMaps does that), removed after."""
+    path = BPF_ROOT / unique_name(prefix)
+    try:
+        yield path
+    finally:
+        remove_pin_dir(path)
+
+
+# -- cgroups ----------------------------------------------------------------------------------
+
+
+def cgroup_id(path: Path) -> int:
+    """The directory's inode number: the ID bpf_get_current_cgroup_id() returns."""
+    return os.stat(path).st_ino
+
+
+def rmdir_cgroup(path: Path) -> None:
+    """rmdir a cgroup. An exited (even reaped) process can keep it busy for a moment while
+    the kernel finishes its exit: retry EBUSY for up to ~2 s. Gone already is fine."""
+    for _ in range(100):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.02)
+    path.rmdir()
+
+
+def remove_cgroup_tree(top: Path, *, move_to: Path | None = None) -> None:
+    """rmdir ``top`` and every cgroup below it, deepest first (cgroupfs refuses rm -r).
+    With ``move_to``, the processes still in each cgroup are moved there first."""
+    if not top.exists():
+        return
+    for dirpath, _dirs, _files in os.walk(top, topdown=False):
+        path = Path(dirpath)
+        if move_to is not None:
+            for pid in (path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                    (move_to / "cgroup.procs").write_text(pid)
+        rmdir_cgroup(path)
+
+
+class CgroupTree:
+    """A scratch cgroup ``<mount>/<prefix>-<pid>-<random>`` (made at once) to build trees
+    in; ``close`` removes it with everything below, whoever made it, deepest first (with
+    ``move_to``, after moving the processes still in them there)."""
+
+    def __init__(
+        self, mount: Path, prefix: str = "tpf-test", *, move_to: Path | None = None
+    ) -> None:
+        self.mount = mount
+        self.base = mount / unique_name(prefix)
+        self._move_to = move_to
+        self.base.mkdir()
+
+    def make(self, relative: str) -> tuple[Path, int]:
+        """``base/relative`` (what is missing of it): (directory, cgroup ID)."""
+        path = self.base / relative
+        path.mkdir(parents=True, exist_ok=True)
+        return path, cgroup_id(path)
+
+    def close(self) -> None:
+        remove_cgroup_tree(self.base, move_to=self._move_to)
+
+
+class Cgroups:
+    """Makes empty cgroups right under the cgroup v2 mount: (directory, cgroup ID)."""
+
+    def __init__(self, mount: Path) -> None:
+        self.mount = mount
+        self._made: list[Path] = []
+
+    def __call__(self) -> tuple[Path, int]:
+        path = self.mount / unique_name()
+        path.mkdir()
+        self._made.append(path)
+        return path, cgroup_id(path)
+
+    def close(self) -> None:
+        while self._made:
+            remove_cgroup_tree(self._made.pop())
+
+
+def enter_cgroup(cgroup: Path, nested: Sequence[str] = ()) -> None:
+    """Move this process into ``cgroup``; with ``nested``, then into the cgroups
+    ``cgroup/nested[0]/nested[1]/...`` one after the other, making those missing."""
+    pid = str(os.getpid())
+    here = cgroup
+    (here / "cgroup.procs").write_text(pid)
+    for name in nested:
+        here = here / name
+        if not here.exists():
+            here.mkdir()
+        (here / "cgroup.procs").write_text(pid)
+
+
+def run_in_cgroup(
+    argv: Sequence[str | Path],
+    cgroup: Path | None,
+    nested: Sequence[str] = (),
+    *,
+    check: bool = False,
+) -> int:
+    """Run ``argv`` as a process of ``cgroup`` (and ``nested`` below it, see
+    :func:`enter_cgroup`), moved there by itself between fork and exec; None: the caller's
+    cgroup. Returns the exit status (-9: SIGKILL)."""
+
+    def enter() -> None:
+        if cgroup is not None:
+            enter_cgroup(cgroup, nested)
+
+    return subprocess.run([str(a) for a in argv], preexec_fn=enter, check=check).returncode
+
+
+# -- BPF maps and programs --------------------------------------------------------------------
+
+
+def map_exists(map_id: int) -> bool:
+    try:
+        os.close(bpfsys.map_fd_by_id(map_id))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def wait_maps_gone(*map_ids: int, timeout: float = 5.0) -> bool:
+    """The kernel frees a map from a map-of-maps after an RCU grace period: poll until
+    none of ``map_ids`` exists, for at most ``timeout`` seconds in all."""
+    deadline = time.monotonic() + timeout
+    while any(map_exists(m) for m in map_ids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def inner_map_ids(maps: PinnedFilterMaps) -> dict[int, int]:
+    """{policy ID: kernel map ID of its inner map}."""
+    return {u.policy_id: u.map_id for u in maps.usage()}
+
+
+class Programs:
+    """Test BPF programs compiled with bcc exactly as the agent's are
+    (tpfilter.bpfsrc.bcc_source) and attached; ``close`` detaches every one left."""
+
+    def __init__(self) -> None:
+        self._loaded: list[Any] = []
+
+    def load(self, source: Path, pin_dir: Path) -> Any:
+        from bcc import BPF
+
+        src = bcc_source(source, pin_dir=pin_dir)
+        bpf = BPF(text=src.text.encode(), cflags=src.cflags)
+        self._loaded.append(bpf)
+        return bpf
+
+    def unload(self, bpf: Any) -> None:
+        self._loaded.remove(bpf)
+        bpf.cleanup()
+
+    def close(self) -> None:
+        while self._loaded:
+            self._loaded.pop().cleanup()
+
+
+def answers(bpf: Any, cgroup_id: int) -> dict[int, bool]:
+    """What check_exec.c recorded policy_filter_check() answered, per policy in
+    :data:`POLICIES`, for the last exec in the cgroup (asserts there was one)."""
+    got = {
+        int(k.policy_id): int(v.value) == 2
+        for k, v in bpf[b"check_results"].items()
+        if int(k.cgroup_id) == cgroup_id
+    }
+    assert set(got) == set(POLICIES), f"no exec recorded for cgroup {cgroup_id}: {got}"
+    return got
+
+
+def expect(true_for: set[int]) -> dict[int, bool]:
+    """Policy 0 (no podSelector) always applies; the others as listed."""
+    return {p: p == 0 or p in true_for for p in POLICIES}
+
+
+# -- the policy programs ----------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    """A started ProgramManager, the filter maps it reads, its events and the pods it
+    resolves cgroup IDs to."""
+
+    manager: Any
+    maps: PinnedFilterMaps
+    events: io.StringIO
+    pods: dict[int, tuple[str, str, str]]
+    root: Path  # unique directory of this module's binaries
+
+    def lines(self) -> list[dict[str, Any]]:
+        self.manager.poll_events(50)
+        out = [json.loads(line) for line in self.events.getvalue().splitlines() if line]
+        return out
+
+    def clear_events(self) -> None:
+        self.manager.poll_events(0)
+        self.events.seek(0)
+        self.events.truncate()
+
+
+@contextlib.contextmanager
+def program_env() -> Iterator[Env]:
+    """A started ProgramManager on a unique pin dir, its filter maps, an event buffer."""
+    from tpfilter.programs import ProgramManager
+
+    root = Path("/tmp") / f"tpf-test-bin-{uuid.uuid4().hex[:8]}"
+    root.mkdir()
+    try:
+        with scratch_pin_dir("tpf-test-prog") as pin_dir:
+            events = io.StringIO()
+            pods: dict[int, tuple[str, str, str]] = {}
+            maps = PinnedFilterMaps(pin_dir=pin_dir)
+            manager = ProgramManager(
+                pin_dir=pin_dir,
+                node_name="test-node",
+                resolve=pods.get,
+                events_out=events,
+                probe_lsm=False,
+            )
+            try:
+                manager.start(events_thread=False)
+                assert manager.available, manager._unavailable
+                yield Env(manager, maps, events, pods, root)
+            finally:
+                manager.close()
+                maps.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def emptied_after(env: Env) -> Iterator[Env]:
+    """The env, emptied of policies, filter maps and events after the test."""
+    env.clear_events()
+    try:
+        yield env
+    finally:
+        env.manager.sync([])
+        for policy_id in list(env.maps.read_all()):
+            env.maps.delete(policy_id)
+        env.pods.clear()
