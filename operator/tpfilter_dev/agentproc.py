@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tpfilter.statefile import STATUS_FILE
-from tpfilter_dev.controlplane import free_port
+from tpfilter_dev.controlplane import die_with_parent, free_port
 
 T = TypeVar("T")
 TPFILTER = Path(sys.executable).parent / "tpfilter"
@@ -80,7 +80,9 @@ class AgentProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives with the process)
         self._started = time.time()
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+        )
         if wait:
             eventually(self.synced, timeout=60, what=f"agent {self.node_name} synced")
 

@@ -11,9 +11,11 @@ create Pods directly and play the kubelet (``tpfilter_dev.kubelet``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -24,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PR_SET_PDEATHSIG = 1
 DEFAULT_BIN_DIR = Path(os.environ.get("TPFILTER_CACHE", "/var/cache/tpfilter")) / "bin"
 
 
@@ -183,7 +186,13 @@ current-context: local
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.workdir / f"{name}.log"
@@ -222,6 +231,13 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], name: str, *, timeout
             return
         time.sleep(0.1)
     raise ControlPlaneError(f"{name} did not become healthy at {url}")
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the process that started it dies, so a killed
+    test run or benchmark leaves no etcd, API server or agent behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _http_ok(request: urllib.request.Request, context: ssl.SSLContext | None = None) -> bool:
