@@ -27,9 +27,10 @@ selector skeleton: a misspelled filter (``matchBinarie``) that was silently drop
 
 What this schema adds to Tetragon's, for the filtering this operator does:
 
-* label selectors (``podSelector``, ``containerSelector``, ``hostSelector``) are checked the
-  way the API server checks a ``metav1.LabelSelector``: keys are qualified names, values
-  are label values, ``In``/``NotIn`` need values and ``Exists``/``DoesNotExist`` forbid them;
+* label selectors (``podSelector``, ``containerSelector``, ``hostSelector``,
+  ``nodeSelector``) are checked the way the API server checks a ``metav1.LabelSelector``:
+  keys are qualified names, values are label values, ``In``/``NotIn`` need values and
+  ``Exists``/``DoesNotExist`` forbid them;
 * ``containerSelector`` keys are only ``name`` and ``repo`` (the labels tpfilter matches);
 * ``TracingPolicyNamespaced`` refuses ``hostSelector``, ``uprobes`` and ``usdts``: they
   reach beyond the policy's namespace (the host, or binaries by host path).
@@ -752,6 +753,11 @@ def spec_schema() -> Schema:
                 keys=CONTAINER_LABELS,
             ),
             "hostSelector": host_selector,
+            "nodeSelector": label_selector(
+                "nodeSelector",
+                "Selects the nodes this policy applies on, by the Node's labels. On a node it "
+                "does not match the policy is skipped (no filter map, no programs).",
+            ),
         },
     )
 

@@ -22,7 +22,7 @@
  *
  * Verifier cost: bcc (0.26) supports neither bpf_loop callbacks nor BPF-to-BPF calls, so
  * everything is inlined and every loop is a bounded loop the verifier walks, and
- * policy_filter_check() itself walks up to 63 cgroup levels (~6,000 verified instructions
+ * policy_filter_check() itself walks up to 63 cgroup levels (~7,000 verified instructions
  * per call site). One program looping over 128 slots would exceed the verifier's limit,
  * so the work is split into stages chained by tail calls, each handling a batch of slots
  * (per-CPU scratch carries the state; a tail call stays on the CPU, preemption off):

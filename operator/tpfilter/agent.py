@@ -49,6 +49,9 @@ class FullList:
 
     policies: Mapping[PolicyKind, tuple[list[Mapping[str, Any]], str]]
     pods: tuple[list[Mapping[str, Any]], str]
+    # This node's Node object (None: not found) and the version it was read at: its
+    # labels are what a policy's nodeSelector is matched against.
+    node: tuple[Mapping[str, Any] | None, str] = (None, "")
 
 
 @dataclass(slots=True)
@@ -124,6 +127,7 @@ class Agent:
             for kind, (bodies, rv) in listed.policies.items():
                 self.store.replace_policies(kind, bodies, rv)
             self.store.replace_pods(*listed.pods)
+            self.store.replace_node(*listed.node)
             self.store.synced = self.health.synced = True
             self.engine.check_drift()
             self._wake.set()
@@ -157,9 +161,10 @@ class Agent:
 
     async def _reconcile_once(self) -> None:
         policies, pods = self.store.policies(), self.store.pods()
+        node_labels = self.store.node_labels()
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self.engine.reconcile, policies, pods)
+            result = await asyncio.to_thread(self.engine.reconcile, policies, pods, node_labels)
         except Exception as exc:  # a bug or an unexpected kernel answer: report, go on
             log.exception("reconcile failed")
             self.health.last_error = f"reconcile failed: {exc}"
@@ -182,7 +187,9 @@ class Agent:
             self.metrics.observe_reconcile(result)
         if self.programs is not None:
             # After the maps: a program never acts on a policy whose filter is not in place.
-            self.program_statuses = await asyncio.to_thread(self._sync_programs, policies, pods)
+            # A policy skipped on this node (nodeSelector) gets no program either.
+            here = [p for p in policies if p.node_mismatch(node_labels) is None]
+            self.program_statuses = await asyncio.to_thread(self._sync_programs, here, pods)
         for error in result.errors:
             log.error("%s", error)
         if result.converged:
@@ -221,4 +228,5 @@ def _status_json(status: PolicyStatus) -> dict[str, Any]:
         "cgroups": status.cgroups,
         "pending": status.pending,
         "error": status.error,
+        "skipped": status.skipped,
     }

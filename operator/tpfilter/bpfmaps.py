@@ -5,8 +5,11 @@ Layout (the contract of :class:`tpfilter.interfaces.FilterMaps`)::
     <pin_dir>/policy_filter_maps        BPF_MAP_TYPE_HASH_OF_MAPS, BPF_F_NO_PREALLOC
         key   u32 policy ID             (0 is reserved: "no podSelector, every process")
         value inner map                 BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC
-                  key   u64 cgroup ID   (bpf_get_current_cgroup_id() of the container)
+                  key   u64 cgroup ID   (bpf_get_current_cgroup_id() of the container;
+                                         2**64-1: the policy has hostSelector {})
                   value u8  1
+        key 0xFFFFFFFF (reserved)       the cgroups of every pod container on the node,
+                                        present while some policy has hostSelector {}
 
 Why it looks like this:
 
@@ -58,7 +61,7 @@ from types import TracebackType
 
 from tpfilter import bpfsys
 from tpfilter.descendants import CgroupFsLevels, LevelResolver, mask_for
-from tpfilter.interfaces import InnerMapState, MapFullError, MapUsage
+from tpfilter.interfaces import HOST_MARKER, InnerMapState, MapFullError, MapUsage
 
 __all__ = [
     "DEFAULT_MAX_POLICIES",
@@ -120,6 +123,7 @@ def _check_policy_id(policy_id: int) -> None:
 
 
 def _check_cgroup_id(cgroup_id: int) -> None:
+    # _U64_MAX is accepted: it is the hostSelector marker (tpfilter.interfaces.HOST_MARKER).
     if not 0 < cgroup_id <= _U64_MAX:
         raise ValueError(f"cgroup ID must be in 1..{_U64_MAX}, got {cgroup_id}")
 
@@ -314,7 +318,8 @@ class PinnedFilterMaps:
         """
         need = 0
         for cgroup_id in cgroup_ids:
-            need |= mask_for(self._resolver.level(cgroup_id))
+            if cgroup_id != HOST_MARKER:  # a marker, not a cgroup: no level
+                need |= mask_for(self._resolver.level(cgroup_id))
         if need & ~self._mask:
             # Re-read: the mask is ours, but a pin made by a program at the same time as
             # this agent started may hold bits from a previous agent's maps.

@@ -129,9 +129,14 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+ALL_PODS_NAME = "(every pod container: for hostSelector)"
+
+
 def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
     """Join the agent's last result, its ID records and the kernel's own map accounting."""
     from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+    from tpfilter.ids import ALL_PODS_ID
+    from tpfilter.interfaces import HOST_MARKER
 
     records = {r.policy_id: r for r in statefile.load(state_dir / statefile.STATE_FILE)}
     try:
@@ -148,14 +153,16 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
     rows = []
     for pid in sorted(records.keys() | usage.keys()):
         record, reported, used = records.get(pid), by_id.get(pid, {}), usage.get(pid)
+        cgroup_ids = [c for c in held.get(pid, []) if c != HOST_MARKER]
         rows.append(
             {
                 "policy_id": pid,
                 "kind": record.kind if record else None,
                 "namespace": record.namespace if record else None,
-                "name": record.name if record else None,
-                "cgroups": used.entries if used else 0,
-                "cgroup_ids": held.get(pid, []),
+                "name": record.name if record else ALL_PODS_NAME if pid == ALL_PODS_ID else None,
+                "cgroups": len(cgroup_ids) if used else 0,
+                "cgroup_ids": cgroup_ids,
+                "host": HOST_MARKER in held.get(pid, []),
                 "pending": reported.get("pending", 0),
                 "max_entries": used.max_entries if used else None,
                 "memlock": used.memlock if used else None,
@@ -165,12 +172,16 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
                 "program_reasons": programs.get(pid, {}).get("reasons", []),
             }
         )
-    unfiltered = [p for p in last.get("policies", []) if not p["policy_id"]]
+    unfiltered = [
+        p for p in last.get("policies", []) if not p["policy_id"] and not p.get("skipped")
+    ]
+    skipped = [p for p in last.get("policies", []) if p.get("skipped")]
     return {
         "node": last.get("node"),
         "synced": last.get("synced", False),
         "policies": rows,
         "unfiltered": unfiltered,
+        "skipped": skipped,
         "programs": last.get("programs", []),
         "invalid": last.get("invalid", []),
         "total_memlock": sum(u.memlock for u in usage.values()),
@@ -206,7 +217,7 @@ def format_status(status: dict[str, Any]) -> str:
                 str(p["policy_id"]),
                 p["kind"] or "?",
                 name,
-                str(p["cgroups"]),
+                f"{p['cgroups']}{'+host' if p.get('host') else ''}",
                 str(p["pending"]),
                 str(p["max_entries"] or "-"),
                 _bytes(p["memlock"]),
@@ -219,6 +230,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"total kernel memory of inner maps: {_bytes(status['total_memlock'])}")
     for p in status["unfiltered"]:
         lines.append(f"unfiltered (every process, no map): {p['kind']}/{p['name']}")
+    for p in status.get("skipped", []):
+        name = f"{p['namespace']}/{p['name']}" if p.get("namespace") else p["name"]
+        lines.append(f"skipped on this node (no map): {p['kind']}/{name}: {p['skipped']}")
     for program in status.get("programs", []):
         if program.get("reasons"):
             lines.append(

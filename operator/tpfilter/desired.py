@@ -15,6 +15,8 @@ from tpfilter.pods import Pod
 
 def selects_pod(policy: Policy, pod: Pod) -> bool:
     """Whether a *filtered* policy selects ``pod`` (see ``tpfilter.models`` for meanings)."""
+    if not policy.selects_pods:  # only a hostSelector: host processes, no pod
+        return False
     if policy.key.kind is PolicyKind.NAMESPACED and pod.namespace != policy.key.namespace:
         return False
     selector = policy.spec.pod_selector

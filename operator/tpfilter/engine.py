@@ -14,6 +14,14 @@ so the engine mirrors what it wrote and reads the kernel back only when the mirr
 wrong: at start (adopting the pinned maps of a previous agent), after any failed write,
 and whenever :meth:`Engine.check_drift` is called (the agent does so on its resync timer).
 
+hostSelector {}: while some policy has it, the engine also keeps the cgroups of *every*
+pod container on the node (whatever selects them) under the reserved policy ID
+:data:`~tpfilter.ids.ALL_PODS_ID`, and puts :data:`~tpfilter.interfaces.HOST_MARKER` in
+such a policy's own map; ``bpf/policy_filter.h`` then also matches a task whose cgroup
+chain meets no pod container. The set is exact: every running container of every pod of
+this node whose cgroup exists, resolved like selected ones (a container still pending has
+no cgroup, so no process in it yet).
+
 Errors never stop the loop and never lose data: a container whose cgroup does not exist
 yet is *pending* (the caller retries), a full map or a failed syscall is reported per
 policy and retried on the next call.
@@ -28,8 +36,15 @@ from pathlib import Path
 
 from tpfilter import statefile
 from tpfilter.desired import Selection
-from tpfilter.ids import PolicyIds
-from tpfilter.interfaces import CgroupFinder, ContainerRef, FilterMaps, InnerMapState, MapFullError
+from tpfilter.ids import ALL_PODS_ID, PolicyIds
+from tpfilter.interfaces import (
+    HOST_MARKER,
+    CgroupFinder,
+    ContainerRef,
+    FilterMaps,
+    InnerMapState,
+    MapFullError,
+)
 from tpfilter.models import Policy, PolicyKey
 from tpfilter.plan import Delete, Install, Operation, Update, plan
 from tpfilter.pods import Pod
@@ -56,6 +71,7 @@ class PolicyStatus:
     cgroups: int  # cgroup IDs wanted in the map
     pending: int  # selected containers whose cgroup is not there yet
     error: str | None = None
+    skipped: str | None = None  # why the policy does not apply on this node (nodeSelector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,7 @@ class Engine:
         # them all anyway, so the periodic resync re-resolves from scratch.
         self._cgroup_of: dict[ContainerRef, int] = {}
         self._selection = Selection()
+        self._skipped: dict[str, str] = {}  # policy UID -> why it is skipped on this node
 
     def policy_id(self, uid: str) -> int | None:
         """The node-local ID of a filtered policy, for the programs that check it."""
@@ -117,9 +134,26 @@ class Engine:
             self._finder.forget(ref)
         self._cgroup_of.clear()
 
-    def reconcile(self, policies: Sequence[Policy], pods: Sequence[Pod]) -> ReconcileResult:
-        wanted = self._selection.desired(policies, pods)
-        filtered = [p for p in policies if p.uid in wanted]
+    def reconcile(
+        self,
+        policies: Sequence[Policy],
+        pods: Sequence[Pod],
+        node_labels: Mapping[str, str] | None = None,
+    ) -> ReconcileResult:
+        """Make the maps match ``policies`` x ``pods`` on a node labelled ``node_labels``.
+
+        A policy whose nodeSelector does not match ``node_labels`` (None: no labels) is
+        treated as absent (no ID, no map) and reported as skipped in its status.
+        """
+        skipped = self._note_skipped(policies, node_labels or {})
+        applicable = [p for p in policies if p.uid not in skipped]
+        wanted = self._selection.desired(applicable, pods)
+        filtered = [p for p in applicable if p.uid in wanted]
+        all_pods = (
+            frozenset(c.ref for pod in pods for c in pod.containers)
+            if any(p.selects_host for p in filtered)
+            else None
+        )
         before = list(self._ids)
         for policy in filtered:
             self._ids.ensure(policy)
@@ -127,7 +161,7 @@ class Engine:
         if list(self._ids) != before:
             self._save()  # before any map exists for a new ID: a crash leaves no orphan
 
-        scratch = self._resolve(filtered, wanted)
+        scratch = self._resolve(filtered, wanted, all_pods)
         mirror = dict(self._actual())
         operations = plan(scratch.desired, mirror, limit=self._limits.max_cgroups_per_policy)
         applied = self._apply_all(operations, scratch, mirror)
@@ -140,24 +174,35 @@ class Engine:
                 self._ids.release(record.uid)
         if gone:
             self._save()
-        self._forget_unwanted(wanted.values())
-        return self._result(policies, applied, scratch)
+        self._forget_unwanted([*wanted.values(), all_pods or frozenset()])
+        return self._result(policies, applied, scratch, skipped)
+
+    def _note_skipped(
+        self, policies: Sequence[Policy], node_labels: Mapping[str, str]
+    ) -> dict[str, str]:
+        """{UID: reason} of the policies that do not apply here; logs every change."""
+        skipped = {p.uid: why for p in policies if (why := p.node_mismatch(node_labels))}
+        for policy in policies:
+            was, now = self._skipped.get(policy.uid), skipped.get(policy.uid)
+            if now and not was:
+                log.info("%s: skipped on this node: %s", policy.key, now)
+            elif was and not now:
+                log.info("%s: applies on this node again (nodeSelector matches)", policy.key)
+        self._skipped = skipped
+        return skipped
 
     def _resolve(
-        self, policies: Iterable[Policy], wanted: Mapping[str, frozenset[ContainerRef]]
+        self,
+        policies: Iterable[Policy],
+        wanted: Mapping[str, frozenset[ContainerRef]],
+        all_pods: frozenset[ContainerRef] | None,
     ) -> _Pass:
         scratch = _Pass()
-        limit = self._limits.max_cgroups_per_policy
         for policy in policies:
             policy_id = self._ids.ensure(policy).policy_id
-            found: set[int] = set()
-            for ref in wanted[policy.uid]:
-                cgroup_id = self._cgroup_of.get(ref) or self._finder.cgroup_id(ref)
-                if cgroup_id is None:
-                    scratch.pending.setdefault(policy_id, set()).add(ref)
-                else:
-                    found.add(cgroup_id)
-                    self._cgroup_of[ref] = cgroup_id
+            # The hostSelector marker takes one entry of the map.
+            limit = self._limits.max_cgroups_per_policy - (1 if policy.selects_host else 0)
+            found = self._cgroups(policy_id, wanted[policy.uid], scratch)
             if len(found) > limit:
                 # Deterministic and loud: the lowest IDs stay, the error names the policy.
                 scratch.errors[policy_id] = (
@@ -165,8 +210,25 @@ class Engine:
                     f" {len(found) - limit} are not filtered in"
                 )
                 found = set(sorted(found)[:limit])
+            if policy.selects_host:
+                found.add(HOST_MARKER)
             scratch.desired[policy_id] = frozenset(found)
+        if all_pods is not None:
+            # Never truncated: a pod container left out would count as a host process.
+            scratch.desired[ALL_PODS_ID] = frozenset(self._cgroups(ALL_PODS_ID, all_pods, scratch))
         return scratch
+
+    def _cgroups(self, policy_id: int, refs: Iterable[ContainerRef], scratch: _Pass) -> set[int]:
+        """The cgroup IDs of ``refs``; the ones not found yet are pending under ``policy_id``."""
+        found: set[int] = set()
+        for ref in refs:
+            cgroup_id = self._cgroup_of.get(ref) or self._finder.cgroup_id(ref)
+            if cgroup_id is None:
+                scratch.pending.setdefault(policy_id, set()).add(ref)
+            else:
+                found.add(cgroup_id)
+                self._cgroup_of[ref] = cgroup_id
+        return found
 
     def _actual(self) -> Mapping[int, InnerMapState]:
         if self._mirror is None:
@@ -249,7 +311,13 @@ class Engine:
             self._finder.forget(ref)
             del self._cgroup_of[ref]
 
-    def _result(self, policies: Sequence[Policy], applied: int, scratch: _Pass) -> ReconcileResult:
+    def _result(
+        self,
+        policies: Sequence[Policy],
+        applied: int,
+        scratch: _Pass,
+        skipped: Mapping[str, str],
+    ) -> ReconcileResult:
         statuses = []
         for policy in policies:
             record = self._ids.get(policy.uid)
@@ -259,13 +327,15 @@ class Engine:
                     key=policy.key,
                     uid=policy.uid,
                     policy_id=pid,
-                    cgroups=len(scratch.desired.get(pid, ())),
+                    cgroups=len(scratch.desired.get(pid, frozenset()) - {HOST_MARKER}),
                     pending=len(scratch.pending.get(pid, ())),
                     error=scratch.errors.get(pid),
+                    skipped=skipped.get(policy.uid),
                 )
             )
         pending = frozenset().union(*scratch.pending.values())
         names = {r.policy_id: str(r.key) for r in self._ids}
+        names[ALL_PODS_ID] = "all-pods set (hostSelector)"
         errors = tuple(
             f"{names.get(pid, f'policy {pid}')}: {msg}"
             for pid, msg in sorted(scratch.errors.items())

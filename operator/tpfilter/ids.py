@@ -4,10 +4,14 @@ Pure. An ID belongs to one policy object (by its UID: a policy deleted and re-cr
 under the same name is a new policy with a new ID). ID 0 is reserved for "unfiltered"
 (programs treat it as matching every process), so filtered policies get 1 and up.
 
+The top ID, :data:`ALL_PODS_ID` (``0xFFFFFFFF``), is reserved too: the engine keeps there
+the set of every pod container cgroup on the node, which hostSelector policies need (see
+``bpf/policy_filter.h``). It is never handed to a policy.
+
 IDs are handed out in increasing order and reused only after the counter wraps around
-2**32 - 1, and then only IDs no policy holds. A freed ID is therefore not handed to another
-policy while a BPF program that looked up the old entry might still be running: that
-program finished billions of allocations ago.
+:data:`MAX_ID` (2**32 - 2), and then only IDs no policy holds. A freed ID is therefore not
+handed to another policy while a BPF program that looked up the old entry might still be
+running: that program finished billions of allocations ago.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 from tpfilter.models import Policy, PolicyKey, PolicyKind
 
-MAX_ID = 2**32 - 1
+ALL_PODS_ID = 2**32 - 1  # reserved: "every pod container on this node" (hostSelector)
+MAX_ID = ALL_PODS_ID - 1  # the highest ID a policy can get
 
 
 @dataclass(frozen=True, slots=True)

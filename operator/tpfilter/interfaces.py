@@ -65,6 +65,18 @@ class MapUsage:
     memlock: int  # bytes, from /proc/self/fdinfo of the map (the kernel's own accounting)
 
 
+HOST_MARKER = 2**64 - 1
+"""The key that marks a policy with ``hostSelector: {}`` in its own inner map.
+
+A cgroup ID is a kernfs node ID (the directory's inode number), handed out counting up
+from 1; 2**64 - 1 is never reached, so the key cannot collide with a container. ``policy_filter.h``
+looks it up only after the current cgroup (and its ancestors) missed the policy's map; it
+then answers "match" if the task is in no pod container: in none of the cgroups under the
+reserved policy ID :data:`tpfilter.ids.ALL_PODS_ID` (nor below one). Being in the same map
+as the policy's cgroups, the marker is installed, resized and deleted with them, atomically.
+"""
+
+
 class MapFullError(RuntimeError):
     """An inner map cannot take more cgroup IDs, or the outer map more policies.
 

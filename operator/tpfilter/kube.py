@@ -4,7 +4,8 @@ Kopf streams events; it cannot say "this is everything", and after a watch gap i
 what exists but not what was deleted meanwhile. A plain list can, so the agent takes one
 at start and on a timer (``tpfilter.agent``). Lists are paged (``limit``/``continue``)
 so a large cluster is never one giant response. Pods are listed with the same server-side
-field selector the watch uses: this node's pods only.
+field selector the watch uses: this node's pods only; and this node's own Node object (its
+labels are what nodeSelector matches), by the field selector ``metadata.name``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def make_lister(*, api_client: Any, node_name: str) -> Lister:
                 item.setdefault("kind", kind.value)  # type: ignore[attr-defined]
             policies[kind] = (items, rv)
         pods = _pages(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node_name}")
-        return FullList(policies=policies, pods=pods)
+        # A list by name (not a GET): a missing Node is an empty list, not an error, and the
+        # list's resourceVersion orders it against the watch's events like the others.
+        nodes, nodes_rv = _pages(core.list_node, field_selector=f"metadata.name={node_name}")
+        node = nodes[0] if nodes else None
+        return FullList(policies=policies, pods=pods, node=(node, nodes_rv))
 
     async def lister() -> FullList:
         return await asyncio.to_thread(list_everything)

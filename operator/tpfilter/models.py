@@ -7,9 +7,10 @@ and nothing of it is lost on the way to the programs that act on it.
 
 What the selectors mean (stated once, here, and in the README):
 
-* A cluster-wide ``TracingPolicy`` with neither ``podSelector`` nor ``containerSelector``
-  is **unfiltered**: it applies to every process on the node, host processes included. It
-  gets no filter map; programs treat its policy ID 0 as "always matches".
+* A cluster-wide ``TracingPolicy`` with none of ``podSelector``, ``containerSelector`` and
+  ``hostSelector`` is **unfiltered**: it applies to every process on the node, host
+  processes included. It gets no filter map; programs treat its policy ID 0 as "always
+  matches".
 * An empty selector ``{}`` matches every pod (every container): it is a filter that lets
   all pod containers through, not the absence of a filter. Host processes are then *not*
   matched, because they are in no pod's container.
@@ -18,10 +19,24 @@ What the selectors mean (stated once, here, and in the README):
 * ``containerSelector`` narrows the containers of the selected pods; its labels are
   ``name`` (the container's name) and ``repo`` (the image repository, without tag or
   digest).
+* ``hostSelector`` is null (absent) or ``{}``; nothing else is accepted. ``{}`` makes the
+  policy *also* match every process that is in no pod's container (a host process: in no
+  cgroup of a running pod container on the node, nor below one), on top of the containers
+  its ``podSelector``/``containerSelector`` select. With ``hostSelector: {}`` alone (no
+  pod or container selector) a policy matches host processes only, no pod. The agent keeps
+  the set of every pod container cgroup of the node under the reserved policy ID
+  ``0xFFFFFFFF``, and a marker in the policy's own map; ``TracingPolicyNamespaced``
+  refuses ``hostSelector``.
+* ``nodeSelector`` is a label selector on the labels of the node the agent runs on. A
+  policy whose ``nodeSelector`` does not match this node does not exist here: no filter
+  map, no programs, and the agent reports it as *skipped on this node* with the reason.
+  ``{}`` matches every node; an absent ``nodeSelector`` is no constraint. A node whose
+  labels are not known (its Node object is missing) has no labels.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
@@ -163,6 +178,15 @@ class PolicySpec(_Model):
 
     pod_selector: LabelSelector | None = None
     container_selector: ContainerSelector | None = None
+    node_selector: LabelSelector | None = None
+    host_selector: LabelSelector | None = None
+
+    @field_validator("host_selector")
+    @classmethod
+    def _host_selector_all_or_none(cls, selector: LabelSelector | None) -> LabelSelector | None:
+        if selector is not None and (selector.match_labels or selector.match_expressions):
+            raise ValueError("only {} (all hosts) is supported; omit the field for none")
+        return selector
 
 
 class PolicyKey(_Model):
@@ -195,6 +219,31 @@ class Policy(_Model):
             self.key.kind is PolicyKind.NAMESPACED
             or self.spec.pod_selector is not None
             or self.spec.container_selector is not None
+            or self.spec.host_selector is not None
+        )
+
+    @property
+    def selects_pods(self) -> bool:
+        """Whether a filtered policy selects any pods (not so with only a hostSelector)."""
+        return (
+            self.key.kind is PolicyKind.NAMESPACED
+            or self.spec.pod_selector is not None
+            or self.spec.container_selector is not None
+        )
+
+    @property
+    def selects_host(self) -> bool:
+        """hostSelector {}: also every process that is in no pod's container."""
+        return self.spec.host_selector is not None
+
+    def node_mismatch(self, node_labels: Mapping[str, str]) -> str | None:
+        """Why the policy does not apply on a node with ``node_labels``, or None if it does."""
+        selector = self.spec.node_selector
+        if selector is None or selector.matches(node_labels):
+            return None
+        wanted = selector.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        return (
+            f"nodeSelector {json.dumps(wanted, sort_keys=True)} does not match this node's labels"
         )
 
 
@@ -224,6 +273,10 @@ def parse_policy(body: Mapping[str, Any]) -> Policy:
         spec = PolicySpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         raise PolicyError(_describe(exc, "spec")) from None
+    if kind is PolicyKind.NAMESPACED and spec.host_selector is not None:
+        raise PolicyError(
+            "spec.hostSelector: TracingPolicyNamespaced does not support spec.hostSelector"
+        )
     return Policy(
         key=key,
         uid=str(metadata.get("uid") or ""),

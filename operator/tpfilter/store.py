@@ -1,4 +1,4 @@
-"""The agent's view of the cluster: the latest policies and this node's pods.
+"""The agent's view of the cluster: the latest policies, this node's pods and its labels.
 
 Fed from two sides: kopf's watch events (fast, one object at a time) and full lists
 (the initial sync, and a periodic resync that catches what a watch can miss, such as a
@@ -92,6 +92,7 @@ class Store:
         self._on_change = on_change
         self._policies = {kind: _Table[Policy]() for kind in PolicyKind}
         self._pods = _Table[Pod]()
+        self._nodes = _Table[dict[str, str]]()  # only this node's Node object, by UID
         self._invalid: dict[str, InvalidPolicy] = {}
         self.synced = False  # True once a full list of every resource has been taken
 
@@ -122,6 +123,23 @@ class Store:
         if changed:
             self._on_change()
 
+    def node_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """This node's Node object changed (its labels are what nodeSelector matches)."""
+        metadata = body.get("metadata") or {}
+        if metadata.get("name") != self._node:
+            return
+        uid = metadata["uid"]
+        if event_type == "DELETED":
+            changed = self._nodes.delete(uid, _rv(body))
+        else:
+            labels = dict(metadata.get("labels") or {})
+            current = self._nodes.objects.get(uid)
+            changed = self._nodes.upsert(uid, _rv(body), labels)
+            # A node's status changes every few seconds; only its labels matter here.
+            changed = changed and (current is None or current[1] != labels)
+        if changed:
+            self._on_change()
+
     # --- full lists ---------------------------------------------------------------------
 
     def replace_policies(
@@ -144,6 +162,15 @@ class Store:
         self._pods.replace(listed, _int_or_none(list_rv))
         self._on_change()
 
+    def replace_node(self, body: Mapping[str, Any] | None, list_rv: str) -> None:
+        """The Node object as read in a full list (None: there is no such Node)."""
+        listed: dict[str, tuple[int | None, dict[str, str]]] = {}
+        if body is not None and (body.get("metadata") or {}).get("name") == self._node:
+            metadata = body["metadata"]
+            listed[metadata["uid"]] = (_rv(body), dict(metadata.get("labels") or {}))
+        self._nodes.replace(listed, _int_or_none(list_rv))
+        self._on_change()
+
     # --- reading ------------------------------------------------------------------------
 
     def policies(self) -> list[Policy]:
@@ -151,6 +178,11 @@ class Store:
 
     def pods(self) -> list[Pod]:
         return self._pods.values()
+
+    def node_labels(self) -> dict[str, str]:
+        """This node's labels ({} while its Node object is unknown or gone)."""
+        nodes = self._nodes.values()
+        return dict(nodes[-1]) if nodes else {}
 
     def invalid_policies(self) -> list[InvalidPolicy]:
         return list(self._invalid.values())

@@ -305,3 +305,68 @@ def test_many_pods_and_policies_converge(node: Node, cluster: Cluster) -> None:
             *(p for i, p in enumerate(pods) if i % 10 == j % 10)
         )
     converge(node, expected, timeout=120)
+
+
+def test_node_relabel_moves_the_node_into_and_out_of_the_node_selector(
+    node: Node, cluster: Cluster
+) -> None:
+    import json
+
+    from tpfilter import statefile
+
+    node.agent.start()
+    ns = cluster.namespace()
+    web = node.kubelet.create_pod(ns, "web", labels={"app": "web"})
+    spec = {**selector(app="web"), "nodeSelector": {"matchLabels": {"pool": "bpf"}}}
+    cluster.apply_policy(TP, "bpf-pool", spec)
+    cluster.apply_policy(TP, "everywhere", selector(app="web"))
+    converge(node, {"TracingPolicy/everywhere": ids(web)})
+
+    def skipped() -> list[str]:
+        try:
+            status = json.loads((node.state_dir / statefile.STATUS_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+        return [p["name"] for p in status["policies"] if p.get("skipped")]
+
+    eventually(lambda: skipped() == ["bpf-pool"], timeout=20, what="skipped in status")
+    assert "TracingPolicy/bpf-pool: skipped on this node" in node.agent.log(200)
+
+    cluster.core.patch_node(node.name, {"metadata": {"labels": {"pool": "bpf"}}})
+    converge(node, {"TracingPolicy/everywhere": ids(web), "TracingPolicy/bpf-pool": ids(web)})
+    eventually(lambda: skipped() == [], timeout=20, what="no longer skipped")
+
+    cluster.core.patch_node(node.name, {"metadata": {"labels": {"pool": None}}})
+    converge(node, {"TracingPolicy/everywhere": ids(web)})
+    eventually(lambda: skipped() == ["bpf-pool"], timeout=20, what="skipped again")
+
+
+def test_host_selector_keeps_the_all_pods_set_and_marks_the_policy(
+    node: Node, cluster: Cluster
+) -> None:
+    from tpfilter.ids import ALL_PODS_ID
+    from tpfilter.interfaces import HOST_MARKER
+
+    all_pods = f"?{ALL_PODS_ID}"  # kernel_view's name for a map no policy record names
+    node.agent.start()
+    ns = cluster.namespace()
+    web = node.kubelet.create_pod(ns, "web", labels={"app": "web"})
+    db = node.kubelet.create_pod(ns, "db", labels={"app": "db"})
+    cluster.apply_policy(TP, "web-and-host", {**selector(app="web"), "hostSelector": {}})
+    converge(
+        node,
+        {
+            "TracingPolicy/web-and-host": ids(web) | {HOST_MARKER},
+            all_pods: ids(web, db),
+        },
+    )
+    late = node.kubelet.create_pod(ns, "late", labels={"app": "other"})
+    converge(
+        node,
+        {
+            "TracingPolicy/web-and-host": ids(web) | {HOST_MARKER},
+            all_pods: ids(web, db, late),
+        },
+    )
+    cluster.apply_policy(TP, "web-and-host", selector(app="web"))  # hostSelector dropped
+    converge(node, {"TracingPolicy/web-and-host": ids(web)})

@@ -478,7 +478,7 @@ def test_every_tetragon_spec_field_is_accepted() -> None:
     assert set(spec) == {
         "kprobes", "fentries", "tracepoints", "lsmhooks", "uprobes", "usdts", "loader",
         "lists", "enforcers", "options", "selectorsMacros", "podSelector",
-        "containerSelector", "hostSelector",
+        "containerSelector", "hostSelector", "nodeSelector",
     }  # fmt: skip
     kprobe = spec["kprobes"]["items"]["properties"]
     assert {"call", "syscall", "return", "args", "returnArg", "returnArgAction", "data",
