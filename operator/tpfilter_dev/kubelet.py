@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpfilter_dev.controlplane import die_with_parent
+
 # The API server derives status.qosClass from the resources (and then never lets it change).
 RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "Guaranteed": {
@@ -211,7 +213,7 @@ class Kubelet:
         procs = container.cgroup / "cgroup.procs"
         container.process = subprocess.Popen(
             ["sleep", "infinity"],
-            preexec_fn=lambda: procs.write_text(str(os.getpid())),
+            preexec_fn=lambda: _enter(procs),
             start_new_session=True,
         )
 
@@ -237,6 +239,12 @@ class Kubelet:
                 self._kill(container)
         self.pods.clear()
         remove_cgroup_tree(self.cgroup_root)
+
+
+def _enter(procs: Path) -> None:
+    """In the container's process before exec: join its cgroup, and die with us."""
+    procs.write_text(str(os.getpid()))
+    die_with_parent()
 
 
 def remove_cgroup_tree(root: Path) -> None:
