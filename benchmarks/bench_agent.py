@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +25,9 @@ from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import GROUP, VERSION
 from tpfilter_dev.agentproc import AgentProcess, eventually
+from tpfilter_dev.cgroupfs import remove_cgroup_tree
 from tpfilter_dev.controlplane import ControlPlane
-from tpfilter_dev.kubelet import Kubelet, remove_cgroup_tree
+from tpfilter_dev.kubelet import Kubelet
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -66,22 +66,7 @@ def main() -> None:
     cgroup_root.mkdir()
     pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{token}"
     with ControlPlane() as plane:
-        subprocess.run(
-            ["kubectl", f"--kubeconfig={plane.kubeconfig}", "apply", "-f", str(ROOT / "crds")],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                "kubectl",
-                f"--kubeconfig={plane.kubeconfig}",
-                "wait",
-                "--for=condition=Established",
-                "crd/tracingpolicies.cilium.io",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        plane.install_crds(ROOT / "crds")
         api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
         custom = kubernetes.client.CustomObjectsApi(api)
         node = f"bench-{token}"

@@ -27,11 +27,12 @@ import time
 import uuid
 from pathlib import Path
 
-from benchkit import move_self, rmdir_cgroup
+from benchkit import move_self
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import Policy, parse_policy
 from tpfilter.programs import ProgramManager
+from tpfilter_dev.cgroupfs import rmdir_cgroup
 
 
 def exec_loop(binary: Path, n: int, cgroup: Path) -> float:

@@ -44,12 +44,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchkit import move_self, rmdir_cgroup, scratch_pin_dir
+from benchkit import move_self, scratch_pin_dir
 from tpfilter import bpfsys, sizing
 from tpfilter.bpfmaps import InstallItem, PinnedFilterMaps, probe
 from tpfilter.bpfsrc import bcc_source
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.descendants import WALK_ALL
+from tpfilter_dev.cgroupfs import rmdir_cgroup
 
 HERE = Path(__file__).resolve().parent
 CHECK_COST_C = HERE / "bpf" / "check_cost.c"

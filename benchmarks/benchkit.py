@@ -7,9 +7,7 @@ here is named ``tpf-bench-*`` and removed by whoever made it.
 
 from __future__ import annotations
 
-import errno
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,22 +28,6 @@ def scratch_pin_dir() -> Iterator[Path]:
             for entry in path.iterdir():
                 entry.unlink()
             path.rmdir()
-
-
-def rmdir_cgroup(path: Path) -> None:
-    """rmdir a cgroup; an exited process can keep it busy for a moment: retry EBUSY for up
-    to ~2 s. Gone already is fine."""
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    path.rmdir()
 
 
 def move_self(cgroup: Path) -> None:

@@ -143,6 +143,20 @@ class ControlPlane:
             _terminate(self._apiserver)
             self._apiserver = None
 
+    def kubectl(self, *args: str) -> str:
+        """Run kubectl against this control plane; its stdout, or CalledProcessError."""
+        return subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    def install_crds(self, crds: Path) -> None:
+        """Apply the CRDs in ``crds`` and wait until the API server serves them."""
+        self.kubectl("apply", "-f", str(crds))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+
     def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "certs").mkdir(exist_ok=True)

@@ -28,8 +28,9 @@ from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.cli import collect_status, format_status
 from tpfilter_dev.agentproc import AgentProcess, eventually
+from tpfilter_dev.cgroupfs import remove_cgroup_tree
 from tpfilter_dev.controlplane import ControlPlane
-from tpfilter_dev.kubelet import Container, Kubelet, remove_cgroup_tree
+from tpfilter_dev.kubelet import Container, Kubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,15 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     step = _Steps()
     with ControlPlane() as plane:
         step(f"control plane up: {plane.url} (KUBECONFIG={plane.kubeconfig})")
-        _kubectl(plane, "apply", "-f", str(ROOT / "crds"))
-        _kubectl(
-            plane,
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/tracingpolicies.cilium.io",
-            "crd/tracingpoliciesnamespaced.cilium.io",
-        )
+        plane.install_crds(ROOT / "crds")
         step("CRDs installed")
         api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
         kubelet = Kubelet(api_client=api, node_name=node_name, cgroup_root=cgroup_root)
@@ -74,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             kubelet.register_node({"kubernetes.io/hostname": node_name})
             agent.start()
             step(f"agent running for node {node_name} (log: {agent.log_path})")
-            print(_kubectl(plane, "apply", "-f", str(args.policy)).strip())
+            print(plane.kubectl("apply", "-f", str(args.policy)).strip())
             selected = kubelet.create_pod(
                 "default",
                 "ubuntu",
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 def _show_enforcement(plane: ControlPlane, selected: Container, other: Container) -> None:
     """The seed's intent on this node's hooks: apply the tracepoint variant, exec in pods."""
     example = ROOT / "examples" / "seed-policy-tracepoint.yaml"
-    print("\n" + _kubectl(plane, "apply", "-f", str(example)).strip())
+    print("\n" + plane.kubectl("apply", "-f", str(example)).strip())
     print("exec in the selected pod (allow list: sleep, cat, my-server-1):")
     deadline = time.monotonic() + 20
     while _exec_in(selected, "/usr/bin/true") != -signal.SIGKILL and time.monotonic() < deadline:
@@ -149,15 +142,6 @@ def _exec_in(container: Container, *argv: str) -> int:
 def _seed() -> Path:
     shared = ROOT.parent / "shared" / "examples" / "seed-policy.yaml"
     return shared if shared.exists() else ROOT / "examples" / "seed-policy.yaml"
-
-
-def _kubectl(plane: ControlPlane, *args: str) -> str:
-    return subprocess.run(
-        ["kubectl", f"--kubeconfig={plane.kubeconfig}", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def _wait_for_interrupt() -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpfilter_dev.cgroupfs import remove_cgroup_tree, rmdir_cgroup
 from tpfilter_dev.controlplane import die_with_parent
 
 # The API server derives status.qosClass from the resources (and then never lets it change).
@@ -224,13 +225,13 @@ class Kubelet:
             container.process.wait()
             container.process = None
         if container.cgroup is not None:
-            _rmdir_when_empty(container.cgroup)
+            rmdir_cgroup(container.cgroup)
             container.cgroup = None
 
     def _remove_pod_dirs(self, pod: Pod) -> None:
         marker = pod.uid if self.driver == "cgroupfs" else pod.uid.replace("-", "_")
         for path in sorted(self.cgroup_root.rglob(f"*pod{marker}*"), key=lambda p: -len(p.parts)):
-            _rmdir_when_empty(path)
+            rmdir_cgroup(path)
 
     def close(self) -> None:
         """Kill every process and remove every cgroup this stand-in made."""
@@ -247,32 +248,5 @@ def _enter(procs: Path) -> None:
     die_with_parent()
 
 
-def remove_cgroup_tree(root: Path) -> None:
-    """rmdir a cgroup subtree, deepest first (cgroupfs refuses rm -r)."""
-    if not root.exists():
-        return
-    dirs = [p for p in root.rglob("*") if p.is_dir()]
-    for path in [*sorted(dirs, key=lambda p: -len(p.parts)), root]:
-        _rmdir_when_empty(path)
-
-
-def _rmdir_when_empty(path: Path, timeout: float = 5.0) -> None:
-    # A killed process leaves its cgroup a moment after wait() returns: retry briefly.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-__all__ = ["Container", "Kubelet", "Pod", "container_cgroup", "remove_cgroup_tree"]

@@ -20,8 +20,9 @@ from harness import AgentProcess
 from tpfilter.bpfmaps import PinnedFilterMaps, probe
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import GROUP, VERSION, PolicyKind
+from tpfilter_dev.cgroupfs import remove_cgroup_tree
 from tpfilter_dev.controlplane import ControlPlane, ControlPlaneError, binary
-from tpfilter_dev.kubelet import Kubelet, remove_cgroup_tree
+from tpfilter_dev.kubelet import Kubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.apiserver
@@ -44,15 +45,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     except ControlPlaneError as exc:
         pytest.fail(str(exc))  # this machine can build them: a missing binary is an error
     with ControlPlane() as plane:
-        kubectl(plane, "apply", "-f", str(ROOT / "crds"))
-        for kind in PolicyKind:
-            kubectl(
-                plane,
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                f"crd/{kind.plural}.{GROUP}",
-            )
+        plane.install_crds(ROOT / "crds")
         yield plane
 
 

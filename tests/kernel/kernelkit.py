@@ -8,7 +8,6 @@ whatever the test did, so tests never see each other's state and leave nothing b
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from tpfilter import bpfsys
 from tpfilter.bpfmaps import PinnedFilterMaps, probe
 from tpfilter.bpfsrc import bcc_source
 from tpfilter.cgroups import CgroupMountError, find_cgroup2_mount
+from tpfilter_dev.cgroupfs import remove_cgroup_tree
 
 BPF_ROOT = Path("/sys/fs/bpf")
 BPF_DIR = Path(__file__).parent / "bpf"
@@ -114,36 +114,6 @@ def scratch_pin_dir(prefix: str = "tpf-test") -> Iterator[Path]:
 def cgroup_id(path: Path) -> int:
     """The directory's inode number: the ID bpf_get_current_cgroup_id() returns."""
     return os.stat(path).st_ino
-
-
-def rmdir_cgroup(path: Path) -> None:
-    """rmdir a cgroup. An exited (even reaped) process can keep it busy for a moment while
-    the kernel finishes its exit: retry EBUSY for up to ~2 s. Gone already is fine."""
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    path.rmdir()
-
-
-def remove_cgroup_tree(top: Path, *, move_to: Path | None = None) -> None:
-    """rmdir ``top`` and every cgroup below it, deepest first (cgroupfs refuses rm -r).
-    With ``move_to``, the processes still in each cgroup are moved there first."""
-    if not top.exists():
-        return
-    for dirpath, _dirs, _files in os.walk(top, topdown=False):
-        path = Path(dirpath)
-        if move_to is not None:
-            for pid in (path / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-                    (move_to / "cgroup.procs").write_text(pid)
-        rmdir_cgroup(path)
 
 
 class CgroupTree:

@@ -37,7 +37,6 @@ from kernelkit import (
     cgroup_id,
     expect,
     kernel_marks,
-    rmdir_cgroup,
     run_in_cgroup,
     skip_reason,
 )
@@ -45,6 +44,7 @@ from kernelkit import (
 from tpfilter import bpfsys
 from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.descendants import GONE, UNKNOWN, WALK_ALL, CgroupFsLevels
+from tpfilter_dev.cgroupfs import rmdir_cgroup
 
 CGROUP2 = cgroup2_mount()
 pytestmark = kernel_marks(
