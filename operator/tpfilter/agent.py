@@ -128,7 +128,7 @@ class Agent:
                 self.store.replace_policies(kind, bodies, rv)
             self.store.replace_pods(*listed.pods)
             self.store.replace_node(*listed.node)
-            self.store.synced = self.health.synced = True
+            self.health.synced = True
             self.engine.check_drift()
             self._wake.set()
             return

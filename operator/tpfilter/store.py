@@ -94,7 +94,6 @@ class Store:
         self._pods = _Table[Pod]()
         self._nodes = _Table[dict[str, str]]()  # only this node's Node object, by UID
         self._invalid: dict[str, InvalidPolicy] = {}
-        self.synced = False  # True once a full list of every resource has been taken
 
     # --- events -----------------------------------------------------------------------
 
