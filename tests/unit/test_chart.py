@@ -278,6 +278,8 @@ def test_cluster_role_is_read_only_on_pods_and_policies(helm: str) -> None:
     assert by_resource[("", "pods")] >= {"list", "watch"}
     for plural in ("tracingpolicies", "tracingpoliciesnamespaced"):
         assert by_resource[("cilium.io", plural)] >= {"list", "watch"}
+    # its own Node's labels, for nodeSelector: read only
+    assert {"get", "list", "watch"} <= by_resource[("", "nodes")] <= READ_VERBS
     # kopf's resource observer watches CRDs; posting is disabled, so no events.
     assert by_resource[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
     assert ("", "events") not in by_resource
