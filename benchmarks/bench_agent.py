@@ -24,10 +24,9 @@ from tpfilter import statefile
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import GROUP, VERSION
-from tpfilter_dev.agentproc import AgentProcess, eventually
-from tpfilter_dev.cgroupfs import remove_cgroup_tree
+from tpfilter_dev.agentproc import eventually
 from tpfilter_dev.controlplane import ControlPlane
-from tpfilter_dev.kubelet import Kubelet
+from tpfilter_dev.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -63,23 +62,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tpf-bench-"))
     print(f"work dir (agent log): {work}", flush=True)
     cgroup_root = find_cgroup2_mount() / f"tpf-bench-{token}"
-    cgroup_root.mkdir()
     pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{token}"
     with ControlPlane() as plane:
         plane.install_crds(ROOT / "crds")
         api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
         custom = kubernetes.client.CustomObjectsApi(api)
-        node = f"bench-{token}"
-        kubelet = Kubelet(api_client=api, node_name=node, cgroup_root=cgroup_root)
-        kubelet.register_node()
-        agent = AgentProcess(
-            kubeconfig=plane.kubeconfig,
-            node_name=node,
-            pin_dir=pin_dir,
-            state_dir=work / "state",
+        node = LocalNode(
+            plane=plane,
+            api_client=api,
+            name=f"bench-{token}",
             cgroup_root=cgroup_root,
-            log_path=work / "agent.log",
+            pin_dir=pin_dir,
+            work=work,
         )
+        kubelet, agent = node.kubelet, node.agent
         try:
             agent.start()
             assert agent.process is not None
@@ -173,12 +169,7 @@ def main() -> None:
             warm = timed_restart(cold=False)
             cold = timed_restart(cold=True)
         finally:
-            agent.stop()
-            kubelet.close()
-            remove_cgroup_tree(cgroup_root)
-            if (pin_dir / OUTER_PIN_NAME).exists():
-                with PinnedFilterMaps(pin_dir=pin_dir) as maps:
-                    maps.remove_pins()
+            node.close()
 
     print(
         f"\nagent benchmark: {args.policies} policies, {args.pods} pods, "

@@ -24,13 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.cli import collect_status, format_status
-from tpfilter_dev.agentproc import AgentProcess, eventually
-from tpfilter_dev.cgroupfs import remove_cgroup_tree
+from tpfilter_dev.agentproc import eventually
 from tpfilter_dev.controlplane import ControlPlane
-from tpfilter_dev.kubelet import Container, Kubelet
+from tpfilter_dev.kubelet import Container
+from tpfilter_dev.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,24 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     node_name = socket.gethostname().lower()
     cgroup_root = find_cgroup2_mount() / "tpfilter-demo"
     pin_dir = Path("/sys/fs/bpf/tpfilter-demo")
-    cgroup_root.mkdir(exist_ok=True)
     step = _Steps()
     with ControlPlane() as plane:
         step(f"control plane up: {plane.url} (KUBECONFIG={plane.kubeconfig})")
         plane.install_crds(ROOT / "crds")
         step("CRDs installed")
         api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
-        kubelet = Kubelet(api_client=api, node_name=node_name, cgroup_root=cgroup_root)
-        agent = AgentProcess(
-            kubeconfig=plane.kubeconfig,
-            node_name=node_name,
-            pin_dir=pin_dir,
-            state_dir=work / "state",
+        node = LocalNode(
+            plane=plane,
+            api_client=api,
+            name=node_name,
             cgroup_root=cgroup_root,
-            log_path=work / "agent.log",
+            pin_dir=pin_dir,
+            work=work,
+            labels={"kubernetes.io/hostname": node_name},
         )
+        kubelet, agent = node.kubelet, node.agent
         try:
-            kubelet.register_node({"kubernetes.io/hostname": node_name})
             agent.start()
             step(f"agent running for node {node_name} (log: {agent.log_path})")
             print(plane.kubectl("apply", "-f", str(args.policy)).strip())
@@ -99,12 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 step("running; Ctrl-C stops everything and cleans up")
                 _wait_for_interrupt()
         finally:
-            agent.stop()
-            kubelet.close()
-            remove_cgroup_tree(cgroup_root)
-            if (pin_dir / OUTER_PIN_NAME).exists():
-                with PinnedFilterMaps(pin_dir=pin_dir) as maps:
-                    maps.remove_pins()
+            node.close()
             step("stopped; cgroups and pins removed")
     return 0
 

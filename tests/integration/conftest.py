@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import AgentProcess
 
-from tpfilter.bpfmaps import PinnedFilterMaps, probe
+from tpfilter.bpfmaps import probe
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import GROUP, VERSION, PolicyKind
-from tpfilter_dev.cgroupfs import remove_cgroup_tree
 from tpfilter_dev.controlplane import ControlPlane, ControlPlaneError, binary
-from tpfilter_dev.kubelet import Kubelet
+from tpfilter_dev.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.apiserver
@@ -141,8 +139,8 @@ def cluster(control_plane: ControlPlane, api_client: Any) -> Iterator[Cluster]:
     c.cleanup()
 
 
-class Node:
-    """One node of our own: its kubelet stand-in, its agent, its maps."""
+class Node(LocalNode):
+    """One node of our own: its kubelet stand-in, its agent, its maps, all unique names."""
 
     def __init__(
         self,
@@ -154,38 +152,17 @@ class Node:
         runtime: str = "containerd",
     ) -> None:
         token = secrets.token_hex(4)
-        self.name = f"node-{token}"
-        self.cgroup_root = find_cgroup2_mount() / f"tpf-it-{token}"
-        self.cgroup_root.mkdir()
-        self.pin_dir = Path("/sys/fs/bpf") / f"tpf-it-{token}"
-        self.state_dir = tmp / "state"
-        self.kubelet = Kubelet(
+        super().__init__(
+            plane=plane,
             api_client=api_client,
-            node_name=self.name,
-            cgroup_root=self.cgroup_root,
+            name=f"node-{token}",
+            cgroup_root=find_cgroup2_mount() / f"tpf-it-{token}",
+            pin_dir=Path("/sys/fs/bpf") / f"tpf-it-{token}",
+            work=tmp,
+            labels={"kubernetes.io/hostname": f"node-{token}"},
             driver=driver,
             runtime=runtime,
         )
-        self.kubelet.register_node({"kubernetes.io/hostname": self.name})
-        self.agent = AgentProcess(
-            kubeconfig=plane.kubeconfig,
-            node_name=self.name,
-            pin_dir=self.pin_dir,
-            state_dir=self.state_dir,
-            cgroup_root=self.cgroup_root,
-            log_path=tmp / "agent.log",
-        )
-
-    def close(self) -> None:
-        self.agent.stop()
-        try:
-            self.kubelet.close()
-        finally:
-            remove_cgroup_tree(self.cgroup_root)
-            if (self.pin_dir / "policy_filter_maps").exists():
-                maps = PinnedFilterMaps(pin_dir=self.pin_dir)
-                maps.remove_pins()
-                maps.close()
 
 
 def _node(

@@ -1,0 +1,65 @@
+"""One node on this machine: what the tests, the benchmarks and the demo each need.
+
+A scratch cgroup tree inside the real cgroup v2 mount (where the kubelet stand-in makes
+its containers), a bpffs pin directory and a state directory for the agent, the kubelet
+stand-in with its Node registered, and the agent process (not started). ``close()``
+removes all of it: processes, cgroups and pins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+from tpfilter_dev.agentproc import AgentProcess
+from tpfilter_dev.cgroupfs import remove_cgroup_tree
+from tpfilter_dev.controlplane import ControlPlane
+from tpfilter_dev.kubelet import Kubelet
+
+
+class LocalNode:
+    def __init__(
+        self,
+        *,
+        plane: ControlPlane,
+        api_client: Any,
+        name: str,
+        cgroup_root: Path,
+        pin_dir: Path,
+        work: Path,
+        labels: dict[str, str] | None = None,
+        driver: str = "systemd",
+        runtime: str = "containerd",
+    ) -> None:
+        self.name = name
+        self.cgroup_root = cgroup_root
+        self.pin_dir = pin_dir
+        self.state_dir = work / "state"
+        cgroup_root.mkdir(exist_ok=True)
+        self.kubelet = Kubelet(
+            api_client=api_client,
+            node_name=name,
+            cgroup_root=cgroup_root,
+            driver=driver,
+            runtime=runtime,
+        )
+        self.kubelet.register_node(labels)
+        self.agent = AgentProcess(
+            kubeconfig=plane.kubeconfig,
+            node_name=name,
+            pin_dir=pin_dir,
+            state_dir=self.state_dir,
+            cgroup_root=cgroup_root,
+            log_path=work / "agent.log",
+        )
+
+    def close(self) -> None:
+        self.agent.stop()
+        try:
+            self.kubelet.close()
+        finally:
+            remove_cgroup_tree(self.cgroup_root)
+            if (self.pin_dir / OUTER_PIN_NAME).exists():
+                with PinnedFilterMaps(pin_dir=self.pin_dir) as maps:
+                    maps.remove_pins()
