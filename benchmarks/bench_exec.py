@@ -3,8 +3,10 @@ policies select and outside it, with 0, 1, 10 and 100 policies loaded, in one ru
 
     sudo .venv/bin/python benchmarks/bench_exec.py [--execs 2000] [--rounds 5]
 
-Each measurement is a shell (moved into the cgroup) that fork+execs a copy of
-/usr/bin/true N times; the shell's own cost is the same in every row. "no programs" is
+Each measurement is a shell, started in the cgroup as a container's process (in a PID
+namespace of its own: a process of the node's would be the runtime's, not the
+container's), that fork+execs a copy of /usr/bin/true N times; the shell's own cost and
+the ~1 ms of util-linux `unshare` that starts it are the same in every row. "no programs" is
 measured with the exec program detached. Every policy is on
 sched/sched_process_exec with a NotIn allow list that contains the benchmark binary, so
 inside the selected cgroup each exec runs every policy's filter check *and* its
@@ -39,7 +41,8 @@ def exec_loop(binary: Path, n: int, cgroup: Path) -> float:
     """Seconds for a shell in ``cgroup`` to fork+exec ``binary`` n times."""
     script = f'i=0; while [ "$i" -lt {n} ]; do "{binary}"; i=$((i+1)); done'
     t0 = time.perf_counter()
-    subprocess.run(["/bin/sh", "-c", script], preexec_fn=lambda: move_self(cgroup), check=True)
+    command = ["unshare", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", script]
+    subprocess.run(command, preexec_fn=lambda: move_self(cgroup), check=True)
     return time.perf_counter() - t0
 
 

@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TPFILTER_VENV:-.venv}
 
-APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc clang bpftool linux-headers-amd64 python3-venv python3-pip)
+# util-linux: `unshare`, with which the kubelet stand-in starts container processes.
+APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc clang bpftool linux-headers-amd64 python3-venv python3-pip util-linux)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

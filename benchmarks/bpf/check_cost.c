@@ -11,6 +11,9 @@
  *   2  the design not chosen, for comparison: a descendant map (child cgroup -> container
  *      cgroup, as a cgroup_mkdir tracker would fill it; filled here by the benchmark)
  *      looked up after a miss of the exact lookup
+ *   3  bpf_get_ns_current_pid_tgid() alone: what telling a container's own process from
+ *      the node's adds to a match ("applies" counts the calls that found the node's
+ *      PID namespace)
  */
 #include "policy_filter.h"
 
@@ -53,6 +56,11 @@ int bench_checks(struct bpf_raw_tracepoint_args *ctx)
 		asm volatile("" : "+r"(hits)); /* keeps the empty loop a loop */
 #elif TPF_BENCH_MODE == 1
 		hits += policy_filter_check(policy_id);
+#elif TPF_BENCH_MODE == 3
+		struct bpf_pidns_info ns;
+
+		hits += !bpf_get_ns_current_pid_tgid(TPF_NODE_PIDNS_DEV, TPF_NODE_PIDNS_INO, &ns,
+						     sizeof(ns));
 #else
 		hits += check_with_descendant_map(policy_id);
 #endif

@@ -18,7 +18,9 @@ That directory is found in three situations, tried in this order:
    ``<repo>/operator/tpfilter/bpfsrc.py``).
 
 The pin path goes to the compiler as a macro rather than being written into the header so
-that tests (unique pin dirs) and the agent (``--pin-dir``) compile the same source.
+that tests (unique pin dirs) and the agent (``--pin-dir``) compile the same source. So does
+the node's PID namespace (:func:`node_pid_namespace`): the check tells a container's own
+processes from the runtime's by it, and it is a constant of the node for the agent's life.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ __all__ = [
     "ENV_INCLUDE",
     "HEADER",
     "BccSource",
+    "PidNamespace",
     "bcc_source",
     "cflags",
     "expand_source",
     "include_dir",
+    "node_pid_namespace",
     "outer_pin_path",
 ]
 
@@ -70,15 +74,38 @@ def outer_pin_path(pin_dir: Path = DEFAULT_PIN_DIR) -> Path:
     return Path(pin_dir) / OUTER_PIN_NAME
 
 
+@dataclass(frozen=True, slots=True)
+class PidNamespace:
+    """A PID namespace as bpf_get_ns_current_pid_tgid() names it: nsfs device and inode."""
+
+    dev: int  # the kernel's dev_t (MKDEV: major << 20 | minor), not stat()'s encoding
+    ino: int
+
+
+def node_pid_namespace(ns_link: Path = Path("/proc/self/ns/pid")) -> PidNamespace:
+    """The node's PID namespace: the agent's own, since it runs with hostPID (the chart
+    sets it; run on the host, it is the host's).
+
+    ``/proc/1/ns/pid`` would say the same where readable, but is not everywhere (a
+    sandbox's PID 1 may refuse it even to root); our own link always is.
+    """
+    st = os.stat(ns_link)
+    return PidNamespace(dev=os.major(st.st_dev) << 20 | os.minor(st.st_dev), ino=st.st_ino)
+
+
 def cflags(
-    pin_dir: Path = DEFAULT_PIN_DIR, *, max_policies: int = DEFAULT_MAX_POLICIES
+    pin_dir: Path = DEFAULT_PIN_DIR,
+    *,
+    max_policies: int = DEFAULT_MAX_POLICIES,
+    node_pidns: PidNamespace | None = None,
 ) -> list[str]:
     """Compiler flags for a bcc program that includes ``policy_filter.h``.
 
     For ``bcc.BPF(src_file=..., cflags=cflags(pin_dir))``. bcc hands these to clang as
     argv, not through a shell, so the quotes around the path are part of the macro value
-    and must not be escaped further.
+    and must not be escaped further. ``node_pidns`` defaults to :func:`node_pid_namespace`.
     """
+    pidns = node_pidns or node_pid_namespace()
     pin = outer_pin_path(pin_dir)
     text = str(pin)
     if not pin.is_absolute() or any(c in text for c in '"\\\n'):
@@ -87,6 +114,8 @@ def cflags(
         f"-I{include_dir()}",
         f'-DTPF_FILTER_PIN="{text}"',
         f"-DTPF_MAX_POLICIES={max_policies}",
+        f"-DTPF_NODE_PIDNS_DEV={pidns.dev}ULL",
+        f"-DTPF_NODE_PIDNS_INO={pidns.ino}ULL",
     ]
 
 
@@ -133,6 +162,7 @@ def bcc_source(
     *,
     pin_dir: Path = DEFAULT_PIN_DIR,
     max_policies: int = DEFAULT_MAX_POLICIES,
+    node_pidns: PidNamespace | None = None,
     extra_cflags: tuple[str, ...] = (),
 ) -> BccSource:
     """A program file ready for bcc: header inlined, pin macro set.
@@ -142,5 +172,9 @@ def bcc_source(
     """
     src_file = Path(src_file).resolve()
     text = expand_source(src_file.read_text(encoding="utf-8"), filename=str(src_file))
-    flags = [f"-I{src_file.parent}", *cflags(pin_dir, max_policies=max_policies), *extra_cflags]
+    flags = [
+        f"-I{src_file.parent}",
+        *cflags(pin_dir, max_policies=max_policies, node_pidns=node_pidns),
+        *extra_cflags,
+    ]
     return BccSource(text=text, cflags=flags)

@@ -130,12 +130,13 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 ALL_PODS_NAME = "(every pod container: for hostSelector)"
+HOST_PID_PODS_NAME = "(containers of hostPID pods)"
 
 
 def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
     """Join the agent's last result, its ID records and the kernel's own map accounting."""
     from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
-    from tpfilter.ids import ALL_PODS_ID
+    from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID
     from tpfilter.interfaces import HOST_MARKER
 
     records = {r.policy_id: r for r in statefile.load(state_dir / statefile.STATE_FILE)}
@@ -150,6 +151,7 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
         with PinnedFilterMaps(pin_dir=pin_dir) as maps:
             usage = {u.policy_id: u for u in maps.usage()}
             held = {pid: sorted(inner.cgroup_ids) for pid, inner in maps.read_all().items()}
+    reserved = {ALL_PODS_ID: ALL_PODS_NAME, HOST_PID_PODS_ID: HOST_PID_PODS_NAME}
     rows = []
     for pid in sorted(records.keys() | usage.keys()):
         record, reported, used = records.get(pid), by_id.get(pid, {}), usage.get(pid)
@@ -159,7 +161,7 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
                 "policy_id": pid,
                 "kind": record.kind if record else None,
                 "namespace": record.namespace if record else None,
-                "name": record.name if record else ALL_PODS_NAME if pid == ALL_PODS_ID else None,
+                "name": record.name if record else reserved.get(pid),
                 "cgroups": len(cgroup_ids) if used else 0,
                 "cgroup_ids": cgroup_ids,
                 "host": HOST_MARKER in held.get(pid, []),

@@ -22,6 +22,16 @@ chain meets no pod container. The set is exact: every running container of every
 this node whose cgroup exists, resolved like selected ones (a container still pending has
 no cgroup, so no process in it yet).
 
+hostPID pods: a task in the node's PID namespace counts as a container's own process only
+if the container's pod has ``hostPID: true`` (else it is the runtime or a host tool that
+entered the cgroup). While some filtered policy exists and such a pod has containers here,
+the engine keeps their cgroups under the reserved ID
+:data:`~tpfilter.ids.HOST_PID_PODS_ID`; absent means "none on this node".
+
+Both reserved sets are written before the policies' maps in a pass, so a policy map never
+holds a container that the reserved sets do not know yet (which would, for a moment, take
+a hostPID pod's processes for the runtime's, or a new pod's for host processes).
+
 Errors never stop the loop and never lose data: a container whose cgroup does not exist
 yet is *pending* (the caller retries), a full map or a failed syscall is reported per
 policy and retried on the next call.
@@ -36,7 +46,7 @@ from pathlib import Path
 
 from tpfilter import statefile
 from tpfilter.desired import Selection
-from tpfilter.ids import ALL_PODS_ID, PolicyIds
+from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID, RESERVED_IDS, PolicyIds
 from tpfilter.interfaces import (
     HOST_MARKER,
     CgroupFinder,
@@ -154,6 +164,9 @@ class Engine:
             if any(p.selects_host for p in filtered)
             else None
         )
+        host_pid = frozenset(
+            c.ref for pod in pods if pod.host_pid and filtered for c in pod.containers
+        )
         before = list(self._ids)
         for policy in filtered:
             self._ids.ensure(policy)
@@ -161,10 +174,13 @@ class Engine:
         if list(self._ids) != before:
             self._save()  # before any map exists for a new ID: a crash leaves no orphan
 
-        scratch = self._resolve(filtered, wanted, all_pods)
+        scratch = self._resolve(filtered, wanted, all_pods, host_pid)
         mirror = dict(self._actual())
         operations = plan(scratch.desired, mirror, limit=self._limits.max_cgroups_per_policy)
-        applied = self._apply_all(operations, scratch, mirror)
+        # The reserved sets' writes first (see the module docstring); deletes need no order.
+        first = [op for op in operations if _reserved_write(op)]
+        rest = [op for op in operations if not _reserved_write(op)]
+        applied = self._apply_all(first, scratch, mirror) + self._apply_all(rest, scratch, mirror)
         # After a failed write the kernel may hold part of it: read it back next time.
         self._mirror = mirror if applied == len(operations) else None
 
@@ -174,7 +190,7 @@ class Engine:
                 self._ids.release(record.uid)
         if gone:
             self._save()
-        self._forget_unwanted([*wanted.values(), all_pods or frozenset()])
+        self._forget_unwanted([*wanted.values(), all_pods or frozenset(), host_pid])
         return self._result(policies, applied, scratch, skipped)
 
     def _note_skipped(
@@ -196,6 +212,7 @@ class Engine:
         policies: Iterable[Policy],
         wanted: Mapping[str, frozenset[ContainerRef]],
         all_pods: frozenset[ContainerRef] | None,
+        host_pid: frozenset[ContainerRef],
     ) -> _Pass:
         scratch = _Pass()
         for policy in policies:
@@ -216,6 +233,9 @@ class Engine:
         if all_pods is not None:
             # Never truncated: a pod container left out would count as a host process.
             scratch.desired[ALL_PODS_ID] = frozenset(self._cgroups(ALL_PODS_ID, all_pods, scratch))
+        # Never truncated either; not kept empty (absent means the same, and costs nothing).
+        if found := self._cgroups(HOST_PID_PODS_ID, host_pid, scratch):
+            scratch.desired[HOST_PID_PODS_ID] = frozenset(found)
         return scratch
 
     def _cgroups(self, policy_id: int, refs: Iterable[ContainerRef], scratch: _Pass) -> set[int]:
@@ -336,6 +356,7 @@ class Engine:
         pending = frozenset().union(*scratch.pending.values())
         names = {r.policy_id: str(r.key) for r in self._ids}
         names[ALL_PODS_ID] = "all-pods set (hostSelector)"
+        names[HOST_PID_PODS_ID] = "hostPID pods' set"
         errors = tuple(
             f"{names.get(pid, f'policy {pid}')}: {msg}"
             for pid, msg in sorted(scratch.errors.items())
@@ -345,3 +366,7 @@ class Engine:
     def _save(self) -> None:
         if self._state_path:
             statefile.save(self._state_path, self._ids)
+
+
+def _reserved_write(op: Operation) -> bool:
+    return op.policy_id in RESERVED_IDS and not isinstance(op, Delete)

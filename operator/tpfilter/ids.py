@@ -4,12 +4,16 @@ Pure. An ID belongs to one policy object (by its UID: a policy deleted and re-cr
 under the same name is a new policy with a new ID). ID 0 is reserved for "unfiltered"
 (programs treat it as matching every process), so filtered policies get 1 and up.
 
-The top ID, :data:`ALL_PODS_ID` (``0xFFFFFFFF``), is reserved too: the engine keeps there
-the set of every pod container cgroup on the node, which hostSelector policies need (see
-``bpf/policy_filter.h``). It is never handed to a policy.
+The top two IDs are reserved too, for node-wide sets the engine keeps (see
+``bpf/policy_filter.h``), and never handed to a policy:
+
+- :data:`ALL_PODS_ID` (``0xFFFFFFFF``): every pod container cgroup on the node, which
+  hostSelector policies need;
+- :data:`HOST_PID_PODS_ID` (``0xFFFFFFFE``): the containers of pods with ``hostPID: true``,
+  whose own processes live in the node's PID namespace, like the runtime's.
 
 IDs are handed out in increasing order and reused only after the counter wraps around
-:data:`MAX_ID` (2**32 - 2), and then only IDs no policy holds. A freed ID is therefore not
+:data:`MAX_ID` (2**32 - 3), and then only IDs no policy holds. A freed ID is therefore not
 handed to another policy while a BPF program that looked up the old entry might still be
 running: that program finished billions of allocations ago.
 """
@@ -23,7 +27,9 @@ from typing import Any
 from tpfilter.models import Policy, PolicyKey, PolicyKind
 
 ALL_PODS_ID = 2**32 - 1  # reserved: "every pod container on this node" (hostSelector)
-MAX_ID = ALL_PODS_ID - 1  # the highest ID a policy can get
+HOST_PID_PODS_ID = 2**32 - 2  # reserved: "the containers of hostPID pods on this node"
+RESERVED_IDS = frozenset({ALL_PODS_ID, HOST_PID_PODS_ID})
+MAX_ID = HOST_PID_PODS_ID - 1  # the highest ID a policy can get
 
 
 @dataclass(frozen=True, slots=True)

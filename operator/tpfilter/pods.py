@@ -1,4 +1,4 @@
-"""What the agent needs of a Pod: labels, QoS class and its live containers.
+"""What the agent needs of a Pod: labels, QoS class, hostPID and its live containers.
 
 Pure: built from the Pod object as the API server sends it (a plain dict), so the same code
 serves kopf event bodies, list results and unit tests.
@@ -45,10 +45,14 @@ class Pod:
     labels: Mapping[str, str] = field(default_factory=dict)
     containers: tuple[Container, ...] = ()
     resource_version: str = ""
+    # spec.hostPID: the containers' own processes live in the node's PID namespace, so
+    # the BPF check cannot tell them from the runtime's by namespace (policy_filter.h).
+    host_pid: bool = False
 
 
 def parse_pod(body: Mapping[str, Any]) -> Pod:
     metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
     status = body.get("status") or {}
     uid = metadata.get("uid", "")
     qos = status.get("qosClass") or "BestEffort"
@@ -69,6 +73,7 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
         labels=dict(metadata.get("labels") or {}),
         containers=tuple(containers),
         resource_version=metadata.get("resourceVersion", ""),
+        host_pid=spec.get("hostPID") is True,
     )
 
 

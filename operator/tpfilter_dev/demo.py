@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +26,7 @@ from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.cli import collect_status, format_status
 from tpfilter_dev.agentproc import eventually
 from tpfilter_dev.controlplane import ControlPlane
-from tpfilter_dev.kubelet import Container
+from tpfilter_dev.kubelet import Kubelet, Pod
 from tpfilter_dev.localnode import LocalNode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(format_status(collect_status(pin_dir=pin_dir, state_dir=agent.state_dir)))
             print(f"\n(cgroup {want} is the ubuntu container; bpftool map show shows the maps)")
-            _show_enforcement(plane, selected.containers["ubuntu"], other.containers["nginx"])
+            _show_enforcement(plane, kubelet, (selected, "ubuntu"), (other, "nginx"))
             if not args.once:
                 step("running; Ctrl-C stops everything and cleans up")
                 _wait_for_interrupt()
@@ -102,34 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _show_enforcement(plane: ControlPlane, selected: Container, other: Container) -> None:
-    """The seed's intent on this node's hooks: apply the tracepoint variant, exec in pods."""
+def _show_enforcement(
+    plane: ControlPlane, kubelet: Kubelet, selected: tuple[Pod, str], other: tuple[Pod, str]
+) -> None:
+    """The seed's intent on this node's hooks: apply the tracepoint variant, exec in pods
+    (as `kubectl exec` does: the container's cgroup and PID namespace)."""
     example = ROOT / "examples" / "seed-policy-tracepoint.yaml"
     print("\n" + plane.kubectl("apply", "-f", str(example)).strip())
     print("exec in the selected pod (allow list: sleep, cat, my-server-1):")
     deadline = time.monotonic() + 20
-    while _exec_in(selected, "/usr/bin/true") != -signal.SIGKILL and time.monotonic() < deadline:
+    while (
+        kubelet.exec(*selected, "/usr/bin/true") != -signal.SIGKILL and time.monotonic() < deadline
+    ):
         time.sleep(0.2)  # the agent syncs the programs right after the maps
-    for container, argv in (
+    for (pod, name), argv in (
         (selected, ["/usr/bin/true"]),
         (selected, ["/usr/bin/sleep", "0"]),
         (other, ["/usr/bin/true"]),
     ):
-        code = _exec_in(container, *argv)
+        code = kubelet.exec(pod, name, *argv)
         outcome = "killed by SIGKILL" if code == -signal.SIGKILL else f"exit {code}"
-        print(f"  {container.name:7} {' '.join(argv):16} -> {outcome}")
-
-
-def _exec_in(container: Container, *argv: str) -> int:
-    assert container.cgroup is not None
-    procs = container.cgroup / "cgroup.procs"
-    return subprocess.run(
-        list(argv),
-        preexec_fn=lambda: procs.write_text(str(os.getpid())),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=10,
-    ).returncode
+        print(f"  {name:7} {' '.join(argv):16} -> {outcome}")
 
 
 def _seed() -> Path:

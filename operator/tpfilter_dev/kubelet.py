@@ -3,7 +3,9 @@
 It does, for real, the parts of a kubelet that the agent can observe: it registers a Node,
 binds Pods to it, creates each container's cgroup v2 directory where kubelet + the runtime
 would (systemd or cgroupfs driver; containerd, CRI-O or Docker naming), starts a process
-in it, and reports the container ID and Running in the pod status, as the kubelet does.
+in it (in a PID namespace of its own, unless the pod has hostPID: true, as a runtime does),
+and reports the container ID and Running in the pod status, as the kubelet does.
+:meth:`Kubelet.exec` is `kubectl exec`: it joins the container's cgroup and namespace.
 
 The cgroup layout is written out here on purpose, independently of the agent's own path
 logic (``tpfilter.cgroup_paths``): a shared mistake would otherwise pass unnoticed.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpfilter_dev import contain
 from tpfilter_dev.cgroupfs import remove_cgroup_tree, rmdir_cgroup
 from tpfilter_dev.controlplane import die_with_parent
 
@@ -61,6 +64,7 @@ class Pod:
     uid: str
     qos: str
     containers: dict[str, Container] = field(default_factory=dict)
+    host_pid: bool = False
 
 
 def container_cgroup(
@@ -118,6 +122,7 @@ class Kubelet:
         labels: dict[str, str] | None = None,
         containers: list[tuple[str, str]] | None = None,
         qos: str = "BestEffort",
+        host_pid: bool = False,
         start: bool = True,
     ) -> Pod:
         specs = containers or [("main", "docker.io/library/busybox:1.36")]
@@ -125,6 +130,7 @@ class Kubelet:
             "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
             "spec": {
                 "nodeName": self.node_name,
+                "hostPID": host_pid,
                 "containers": [
                     {"name": n, "image": i, "resources": RESOURCES[qos]} for n, i in specs
                 ],
@@ -132,7 +138,7 @@ class Kubelet:
         }
         created = self.core.create_namespaced_pod(namespace, body)
         uid = str(created.metadata.uid)
-        pod = Pod(namespace, name, uid, qos, {n: Container(n, i) for n, i in specs})
+        pod = Pod(namespace, name, uid, qos, {n: Container(n, i) for n, i in specs}, host_pid)
         self.pods[(namespace, name)] = pod
         if start:
             self.start(pod)
@@ -157,6 +163,19 @@ class Kubelet:
         self._run(pod, container)
         self.report(pod)
         return container
+
+    def exec(self, pod: Pod, name: str, *argv: str, timeout: float = 10) -> int:
+        """`kubectl exec`: run ``argv`` in the container's cgroup and PID namespace (the
+        node's for a hostPID pod). Returns the exit status (-9: SIGKILLed)."""
+        container = pod.containers[name]
+        assert container.cgroup is not None, f"{name} is not running"
+        command = contain.argv(container.cgroup, argv, pid_ns="node" if pod.host_pid else "join")
+        if not pod.host_pid:
+            contain.wait_started(container.cgroup)
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        )
+        return done.returncode
 
     def delete_pod(self, pod: Pod) -> None:
         for container in pod.containers.values():
@@ -212,8 +231,14 @@ class Kubelet:
         )
         container.cgroup.mkdir(parents=True)
         procs = container.cgroup / "cgroup.procs"
+        # util-linux unshare, not tpfilter_dev.contain: the same steps (enter the cgroup,
+        # a new PID namespace, fork, exec), without a Python start per container (hundreds
+        # of pods in the tests and benchmarks); nobody needs this process's exit status.
+        command = ["sleep", "infinity"]
+        if not pod.host_pid:
+            command = ["unshare", "--pid", "--fork", "--kill-child", *command]
         container.process = subprocess.Popen(
-            ["sleep", "infinity"],
+            command,
             preexec_fn=lambda: _enter(procs),
             start_new_session=True,
         )

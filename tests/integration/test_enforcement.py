@@ -5,7 +5,6 @@ real BPF programs on sched_process_exec, real processes in real container cgroup
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,25 +13,20 @@ from conftest import Cluster, Node, kubectl
 from harness import eventually, kernel_view
 
 from tpfilter.models import PolicyKind
-from tpfilter_dev.kubelet import Container
+from tpfilter_dev import contain
+from tpfilter_dev.kubelet import Container, Pod
 
 pytestmark = pytest.mark.apiserver
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed-policy-tracepoint.yaml"
 
 
-def run_in(container: Container, *argv: str) -> int:
-    """Exec ``argv`` as a process of ``container`` (in its cgroup), as `kubectl exec` would."""
+def as_runtime(container: Container, *argv: str) -> int:
+    """Exec ``argv`` as the container runtime (or a host tool) would in the container: in
+    its cgroup, but from the node's PID namespace. Returns the exit status."""
     assert container.cgroup is not None
-    procs = container.cgroup / "cgroup.procs"
-    done = subprocess.run(
-        list(argv),
-        preexec_fn=lambda: procs.write_text(str(os.getpid())),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=10,
-    )
-    return done.returncode
+    command = contain.argv(container.cgroup, argv, pid_ns="node")
+    return subprocess.run(command, stdin=subprocess.DEVNULL, timeout=10).returncode
 
 
 def test_seed_tracepoint_policy_kills_denied_binaries_only_in_selected_pods(
@@ -40,8 +34,14 @@ def test_seed_tracepoint_policy_kills_denied_binaries_only_in_selected_pods(
 ) -> None:
     node.agent.start()
     ns = cluster.namespace()
-    ubuntu = node.kubelet.create_pod(ns, "ubuntu", labels={"app": "ubuntu"}).containers["main"]
-    nginx = node.kubelet.create_pod(ns, "nginx", labels={"app": "nginx"}).containers["main"]
+    kubelet = node.kubelet
+    ubuntu_pod = kubelet.create_pod(ns, "ubuntu", labels={"app": "ubuntu"})
+    nginx_pod = kubelet.create_pod(ns, "nginx", labels={"app": "nginx"})
+    ubuntu = ubuntu_pod.containers["main"]
+
+    def run_in(pod: Pod, *argv: str) -> int:  # kubectl exec
+        return kubelet.exec(pod, "main", *argv)
+
     kubectl(cluster.plane, "apply", "-f", str(EXAMPLE))
     cluster._policies.append((PolicyKind.CLUSTER, None, "policy-1-tracepoint"))
     eventually(
@@ -54,14 +54,17 @@ def test_seed_tracepoint_policy_kills_denied_binaries_only_in_selected_pods(
 
     # The programs are synced right after the maps: wait until the denied exec is killed.
     eventually(
-        lambda: run_in(ubuntu, "/usr/bin/true") == -9,
+        lambda: run_in(ubuntu_pod, "/usr/bin/true") == -9,
         timeout=20,
         what="exec of /usr/bin/true in the selected pod is SIGKILLed",
     )
-    assert run_in(ubuntu, "/usr/bin/sleep", "0") == 0  # on the allow list
-    assert run_in(ubuntu, "/usr/bin/cat", "/dev/null") == 0
-    assert run_in(nginx, "/usr/bin/true") == 0  # a pod the policy does not select
+    assert run_in(ubuntu_pod, "/usr/bin/sleep", "0") == 0  # on the allow list
+    assert run_in(ubuntu_pod, "/usr/bin/cat", "/dev/null") == 0
+    assert run_in(nginx_pod, "/usr/bin/true") == 0  # a pod the policy does not select
     assert subprocess.run(["/usr/bin/true"]).returncode == 0  # the host
+    # The runtime entering the selected container's cgroup is not the container (issue 5
+    # part 3): same cgroup, but the node's PID namespace.
+    assert as_runtime(ubuntu, "/usr/bin/true") == 0
 
     events = [json.loads(line) for line in node.agent.events_path.read_text().splitlines()]
     kills = [e for e in events if e["action"] == "sigkill" and e["binary"] == "/usr/bin/true"]
@@ -83,7 +86,7 @@ def test_seed_tracepoint_policy_kills_denied_binaries_only_in_selected_pods(
 
     kubectl(cluster.plane, "delete", "-f", str(EXAMPLE))
     eventually(
-        lambda: run_in(ubuntu, "/usr/bin/true") == 0,
+        lambda: run_in(ubuntu_pod, "/usr/bin/true") == 0,
         timeout=20,
         what="enforcement stops once the policy is deleted",
     )
@@ -96,7 +99,7 @@ def test_seed_kprobe_policy_is_reported_unsupported_here_not_crashed_on(
     status says why it cannot run here; nothing else is affected."""
     node.agent.start()
     ns = cluster.namespace()
-    ubuntu = node.kubelet.create_pod(ns, "ubuntu", labels={"app": "ubuntu"}).containers["main"]
+    ubuntu = node.kubelet.create_pod(ns, "ubuntu", labels={"app": "ubuntu"})
     seed = Path(__file__).resolve().parents[2] / "examples" / "seed-policy.yaml"
     kubectl(cluster.plane, "apply", "-f", str(seed))
     cluster._policies.append((PolicyKind.CLUSTER, None, "policy-1"))
@@ -111,4 +114,20 @@ def test_seed_kprobe_policy_is_reported_unsupported_here_not_crashed_on(
         what="the seed's program status",
     )
     assert "kprobe" in text
-    assert run_in(ubuntu, "/usr/bin/true") == 0
+    assert node.kubelet.exec(ubuntu, "main", "/usr/bin/true") == 0
+
+
+def test_hostpid_pods_are_enforced_in_the_nodes_pid_namespace(node: Node, cluster: Cluster) -> None:
+    """A hostPID pod's processes share the node's PID namespace with the runtime's; the
+    agent records its containers (pod spec.hostPID) so they are still its own."""
+    node.agent.start()
+    ns = cluster.namespace()
+    ubuntu = node.kubelet.create_pod(ns, "ubuntu", labels={"app": "ubuntu"}, host_pid=True)
+    kubectl(cluster.plane, "apply", "-f", str(EXAMPLE))
+    cluster._policies.append((PolicyKind.CLUSTER, None, "policy-1-tracepoint"))
+    eventually(
+        lambda: node.kubelet.exec(ubuntu, "main", "/usr/bin/true") == -9,
+        timeout=30,
+        what="exec of /usr/bin/true in the selected hostPID pod is SIGKILLed",
+    )
+    assert node.kubelet.exec(ubuntu, "main", "/usr/bin/sleep", "0") == 0

@@ -26,6 +26,7 @@ from tpfilter import bpfsys
 from tpfilter.bpfmaps import PinnedFilterMaps, probe
 from tpfilter.bpfsrc import bcc_source
 from tpfilter.cgroups import CgroupMountError, find_cgroup2_mount
+from tpfilter_dev import contain
 from tpfilter_dev.cgroupfs import remove_cgroup_tree
 
 BPF_ROOT = Path("/sys/fs/bpf")
@@ -157,35 +158,25 @@ class Cgroups:
             remove_cgroup_tree(self._made.pop())
 
 
-def enter_cgroup(cgroup: Path, nested: Sequence[str] = ()) -> None:
-    """Move this process into ``cgroup``; with ``nested``, then into the cgroups
-    ``cgroup/nested[0]/nested[1]/...`` one after the other, making those missing."""
-    pid = str(os.getpid())
-    here = cgroup
-    (here / "cgroup.procs").write_text(pid)
-    for name in nested:
-        here = here / name
-        if not here.exists():
-            here.mkdir()
-        (here / "cgroup.procs").write_text(pid)
-
-
 def run_in_cgroup(
     argv: Sequence[str | Path],
     cgroup: Path | None,
     nested: Sequence[str] = (),
     *,
     check: bool = False,
+    pid_ns: str = "new",
 ) -> int:
-    """Run ``argv`` as a process of ``cgroup`` (and ``nested`` below it, see
-    :func:`enter_cgroup`), moved there by itself between fork and exec; None: the caller's
-    cgroup. Returns the exit status (-9: SIGKILL)."""
-
-    def enter() -> None:
-        if cgroup is not None:
-            enter_cgroup(cgroup, nested)
-
-    return subprocess.run([str(a) for a in argv], preexec_fn=enter, check=check).returncode
+    """Run ``argv`` as a process of the container whose cgroup is ``cgroup``, started as a
+    runtime starts one (``tpfilter_dev.contain``): in a PID namespace of its own
+    (``pid_ns="node"``: the node's, as a hostPID pod's or the runtime's own process), and
+    with ``nested``, moved down into ``cgroup/nested[0]/nested[1]/...`` (made if missing)
+    before exec. ``cgroup`` None: a host process in the caller's cgroup. Returns the exit
+    status (-9: SIGKILL)."""
+    if cgroup is None:
+        command = [str(a) for a in argv]
+    else:
+        command = contain.argv(cgroup, argv, pid_ns=pid_ns, nested=nested)
+    return subprocess.run(command, check=check).returncode
 
 
 # -- BPF maps and programs --------------------------------------------------------------------

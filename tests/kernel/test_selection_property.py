@@ -9,6 +9,10 @@ engine's or PinnedFilterMaps' caches) and mapped to policies through the state f
 disk, must equal what the model below says. The model is written here from the documented
 semantics (README "What the selectors mean"), not from tpfilter.desired.
 
+Policies may have hostSelector {} (their map then holds the host marker, and the node-wide
+all-pods set is kept), and pods may be hostPID pods (the node-wide hostPID set): the model
+names those reserved maps too.
+
 The cgroup finder is a deterministic fake over real cgroups: each container gets its own
 directory from a pool made once (at three depths), so the levels array of the child-cgroup
 walk is checked too (it must cover the depth of every cgroup in any map).
@@ -44,7 +48,8 @@ from tpfilter.bpfmaps import (
     PinnedFilterMaps,
 )
 from tpfilter.engine import Engine, ReconcileResult
-from tpfilter.interfaces import ContainerRef, InnerMapState, MapFullError, MapUsage
+from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID
+from tpfilter.interfaces import HOST_MARKER, ContainerRef, InnerMapState, MapFullError, MapUsage
 from tpfilter.models import parse_policy
 from tpfilter.pods import parse_pod
 
@@ -104,7 +109,10 @@ CONTAINER_SELECTOR = st.one_of(
 )
 POD = st.sampled_from(POD_NAMES)
 CONTAINER = st.sampled_from(CONTAINER_NAMES)
-POD_EVENT = st.tuples(st.just("pod"), POD, st.sampled_from(NAMESPACES), LABELS)
+# hostPID is fixed at creation (the API server refuses to change it), like the namespace.
+POD_EVENT = st.tuples(
+    st.just("pod"), POD, st.sampled_from(NAMESPACES), LABELS, st.sampled_from([False, False, True])
+)
 ADD_CONTAINER = st.tuples(
     st.just("add_container"),
     POD,
@@ -119,6 +127,7 @@ POLICY_EVENT = st.tuples(
     st.sampled_from(NAMESPACES),
     POD_SELECTOR,
     CONTAINER_SELECTOR,
+    st.sampled_from([ABSENT, ABSENT, {}]),  # hostSelector (cluster policies only)
 )
 # Weighted towards what builds state (pods, containers, policies), so that most
 # sequences end with maps that hold cgroups; the rest changes or removes it.
@@ -145,7 +154,8 @@ def initial_batch(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     """A first batch that builds a node worth changing: pods with containers, policies."""
     events: list[tuple[Any, ...]] = []
     for name in draw(st.lists(POD, min_size=1, max_size=3, unique=True)):
-        events.append(("pod", name, draw(st.sampled_from(NAMESPACES)), draw(LABELS)))
+        host_pid = draw(st.sampled_from([False, False, True]))
+        events.append(("pod", name, draw(st.sampled_from(NAMESPACES)), draw(LABELS), host_pid))
         for container in draw(st.lists(CONTAINER, min_size=1, max_size=2, unique=True)):
             image = draw(st.sampled_from(sorted(IMAGES)))
             with_cgroup = draw(st.sampled_from([True, True, False]))
@@ -164,6 +174,7 @@ INITIAL = initial_batch()
 class ModelPod:
     namespace: str
     labels: dict[str, str]
+    host_pid: bool = False
     containers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (id, image)
 
 
@@ -174,6 +185,7 @@ class ModelPolicy:
     namespace: str
     pod_selector: Any  # ABSENT, None or a selector dict
     container_selector: Any
+    host_selector: Any = ABSENT  # ABSENT or {}; a namespaced policy cannot have one
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -199,36 +211,60 @@ def given_(selector: Any) -> bool:
 
 
 def filtered(p: ModelPolicy) -> bool:
-    """Unfiltered = a cluster policy with neither selector: it has no map at all."""
-    return p.kind == NAMESPACED or given_(p.pod_selector) or given_(p.container_selector)
+    """Unfiltered = a cluster policy with no selector at all: it has no map."""
+    return (
+        p.kind == NAMESPACED
+        or given_(p.pod_selector)
+        or given_(p.container_selector)
+        or given_(p.host_selector)
+    )
+
+
+ALL_PODS, HOST_PID_PODS = "(all pods)", "(hostPID pods)"  # the reserved sets' names
 
 
 def model(
     policies: Mapping[str, ModelPolicy], pods: Mapping[str, ModelPod], cgroups: Mapping[str, int]
 ) -> dict[str, tuple[set[int], set[str]]]:
-    """{uid of each filtered policy: (cgroup IDs its map holds, selected containers pending)}."""
+    """{uid of each filtered policy, or a reserved set's name: (the cgroup IDs its map holds,
+    its containers pending)}.
+
+    - A policy's map: the cgroups of the containers it selects, plus the host marker with
+      hostSelector {}. A cluster policy with only a hostSelector selects no pod.
+    - ALL_PODS, while some policy has hostSelector {}: every pod container's cgroup.
+    - HOST_PID_PODS, while some policy is filtered and it is not empty: the cgroups of the
+      containers of hostPID pods.
+    """
     out: dict[str, tuple[set[int], set[str]]] = {}
-    for p in policies.values():
-        if not filtered(p):
-            continue
-        want: set[int] = set()
-        pending: set[str] = set()
-        for pod in pods.values():
-            if p.kind == NAMESPACED and pod.namespace != p.namespace:
-                continue
-            if given_(p.pod_selector) and not selector_matches(p.pod_selector, pod.labels):
-                continue
-            for name, (cid, image) in pod.containers.items():
-                labels = {"name": name, "repo": IMAGES[image]}
-                if given_(p.container_selector) and not selector_matches(
-                    p.container_selector, labels
-                ):
-                    continue
-                if cid in cgroups:
-                    want.add(cgroups[cid])
-                else:
-                    pending.add(cid)
+
+    def split(containers: Iterable[str]) -> tuple[set[int], set[str]]:
+        cids = list(containers)
+        return {cgroups[c] for c in cids if c in cgroups}, {c for c in cids if c not in cgroups}
+
+    def selected(p: ModelPolicy, pod: ModelPod) -> Iterator[str]:
+        if p.kind == CLUSTER and not given_(p.pod_selector) and not given_(p.container_selector):
+            return  # only a hostSelector
+        if p.kind == NAMESPACED and pod.namespace != p.namespace:
+            return
+        if given_(p.pod_selector) and not selector_matches(p.pod_selector, pod.labels):
+            return
+        for name, (cid, image) in pod.containers.items():
+            labels = {"name": name, "repo": IMAGES[image]}
+            if not given_(p.container_selector) or selector_matches(p.container_selector, labels):
+                yield cid
+
+    live = [p for p in policies.values() if filtered(p)]
+    for p in live:
+        want, pending = split(cid for pod in pods.values() for cid in selected(p, pod))
+        if given_(p.host_selector):
+            want.add(HOST_MARKER)
         out[p.uid] = (want, pending)
+    if any(given_(p.host_selector) for p in live):
+        out[ALL_PODS] = split(cid for pod in pods.values() for cid, _ in pod.containers.values())
+    if live:  # (a map only if its cgroups are not all pending: see World.check)
+        out[HOST_PID_PODS] = split(
+            cid for pod in pods.values() if pod.host_pid for cid, _ in pod.containers.values()
+        )
     return out
 
 
@@ -382,11 +418,11 @@ class World:
 
     def apply(self, event: tuple[Any, ...]) -> None:
         match event:
-            case ("pod", name, ns, labels):
+            case ("pod", name, ns, labels, host_pid):
                 if name in self.pods:
                     self.pods[name].labels = dict(labels)  # relabel (namespace is fixed)
                 else:
-                    self.pods[name] = ModelPod(ns, dict(labels))
+                    self.pods[name] = ModelPod(ns, dict(labels), host_pid)
             case ("pod_delete", name):
                 pod = self.pods.pop(name, None)
                 for cid, _ in pod.containers.values() if pod else ():
@@ -408,14 +444,16 @@ class World:
             case ("cgroup_appears", i):
                 if self.waiting:
                     self.cgroups[self.waiting.pop(i % len(self.waiting))] = self._cgroup()
-            case ("policy", name, kind, ns, pod_sel, cont_sel):
+            case ("policy", name, kind, ns, pod_sel, cont_sel, host_sel):
+                host_sel = host_sel if kind == CLUSTER else ABSENT  # refused at apply
                 old = self.policies.get(name)
                 if old is not None and (old.kind, old.namespace) == (kind, ns):
                     old.pod_selector, old.container_selector = pod_sel, cont_sel
+                    old.host_selector = host_sel
                 else:  # a different object under the same name: a new UID
                     self.counter += 1
                     self.policies[name] = ModelPolicy(
-                        f"uid-{self.counter}", kind, ns, pod_sel, cont_sel
+                        f"uid-{self.counter}", kind, ns, pod_sel, cont_sel, host_sel
                     )
             case ("policy_delete", name):
                 self.policies.pop(name, None)
@@ -435,6 +473,8 @@ class World:
                 spec["podSelector"] = p.pod_selector
             if p.container_selector is not ABSENT:
                 spec["containerSelector"] = p.container_selector
+            if p.host_selector is not ABSENT:
+                spec["hostSelector"] = p.host_selector
             policies.append(parse_policy({"kind": p.kind, "metadata": metadata, "spec": spec}))
         pods = []
         for name, pod in self.pods.items():
@@ -451,6 +491,7 @@ class World:
                             "uid": f"pod-{name}",
                             "labels": pod.labels,
                         },
+                        "spec": {"hostPID": pod.host_pid},
                         "status": {"qosClass": "BestEffort", "containerStatuses": statuses},
                     }
                 )
@@ -463,17 +504,21 @@ class World:
         expected = model(self.policies, self.pods, self.cgroups)
         kernel, mask = kernel_state(self.pin_dir)
         on_disk = {r.uid: r.policy_id for r in statefile.load(self.state)}
+        reserved = {ALL_PODS: ALL_PODS_ID, HOST_PID_PODS: HOST_PID_PODS_ID}
+        # The hostPID set is not kept empty (absent means the same); the others are.
+        installed = {k for k, (want, _) in expected.items() if k != HOST_PID_PODS or want}
 
-        assert set(on_disk) == set(expected), "the state file names the filtered policies"
+        assert set(on_disk) == set(expected) - set(reserved), "the state file names the policies"
         assert len(set(on_disk.values())) == len(on_disk), "policy IDs are unique"
         assert all(self.engine.policy_id(uid) == pid for uid, pid in on_disk.items())
-        got = {uid: set(kernel[pid][0]) for uid, pid in on_disk.items() if pid in kernel}
-        assert set(kernel) == set(on_disk.values()), "a map for each, and no other map"
-        assert got == {uid: want for uid, (want, _) in expected.items()}
+        ids = {**on_disk, **reserved}
+        got = {name: set(kernel[pid][0]) for name, pid in ids.items() if pid in kernel}
+        assert set(kernel) == {ids[k] for k in installed}, "a map for each, and no other map"
+        assert got == {k: want for k, (want, _) in expected.items() if k in installed}
         for cgroup_ids, max_entries in kernel.values():
             n = len(cgroup_ids)
             assert n <= max_entries and (max_entries <= 8 or n > max_entries // 8)
-            for cgroup_id in cgroup_ids:  # the walk covers every container's depth
+            for cgroup_id in cgroup_ids - {HOST_MARKER}:  # the walk covers every depth
                 assert mask & (1 << self.levels[cgroup_id]), (cgroup_id, mask)
         assert sorted(p.name for p in self.pin_dir.iterdir()) == sorted(
             [OUTER_PIN_NAME, LEVELS_PIN_NAME]
@@ -485,6 +530,7 @@ class World:
         event(f"maps: {len(kernel)}")
         event(f"selected cgroups: {min(3, sum(len(c) for c, _ in kernel.values()))}+")
         event(f"pending: {bool(pending)}")
+        event(f"reserved sets: {sorted(k for k in reserved if k in installed)}")
 
 
 SETTINGS = settings(

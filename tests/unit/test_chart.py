@@ -171,7 +171,7 @@ def test_default_daemonset(helm: str) -> None:
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
     assert agent["securityContext"]["privileged"] is True
-    assert pod["hostPID"] is False
+    assert pod["hostPID"] is True  # the node's PID namespace is the agent's own
     assert pod.get("hostNetwork", False) is False
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]

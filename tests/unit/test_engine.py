@@ -37,6 +37,7 @@ def mkpod(
     *,
     namespace: str = "default",
     image: str = "nginx:1",
+    host_pid: bool = False,
 ) -> Pod:
     """containers: {container name: container ID}."""
     return parse_pod(
@@ -47,6 +48,7 @@ def mkpod(
                 "uid": f"pod-{namespace}-{name}",
                 "labels": labels,
             },
+            "spec": {"hostPID": host_pid},
             "status": {
                 "qosClass": "Burstable",
                 "containerStatuses": [

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpfilter.bpfsrc import bcc_source
+from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
 from tpfilter.programs.layout import Kind, Op
@@ -78,9 +78,20 @@ class Programs:
         from bcc import BPF
 
         self._BPF = BPF
+        node_pidns = node_pid_namespace()
+        # Said once, because a wrong one fails quietly: run without hostPID, the agent's
+        # own namespace is not the node's, and the runtime's processes in a container's
+        # cgroup are then taken for the container's (bpf/policy_filter.h).
+        log.info(
+            "node PID namespace (the agent's own: the DaemonSet runs with hostPID): "
+            "inode %d on nsfs device %d",
+            node_pidns.ino,
+            node_pidns.dev,
+        )
         src = bcc_source(
             program_source(),
             pin_dir=pin_dir,
+            node_pidns=node_pidns,
             extra_cflags=tuple(layout.cflags(exec_offsets=exec_offsets(exec_format))),
         )
         t0 = time.monotonic()
