@@ -26,6 +26,9 @@ from tpfilter import bpfsys
 from tpfilter.bpfmaps import PinnedFilterMaps, probe
 from tpfilter.bpfsrc import bcc_source
 from tpfilter.cgroups import CgroupMountError, find_cgroup2_mount
+from tpfilter.interfaces import ContainerRef
+from tpfilter.models import Policy, parse_policy
+from tpfilter.pods import Pod, parse_pod
 from tpfilter_dev import contain
 from tpfilter_dev.cgroupfs import remove_cgroup_tree
 
@@ -245,6 +248,74 @@ def answers(bpf: Any, cgroup_id: int) -> dict[int, bool]:
 def expect(true_for: set[int]) -> dict[int, bool]:
     """Policy 0 (no podSelector) always applies; the others as listed."""
     return {p: p == 0 or p in true_for for p in POLICIES}
+
+
+def observe(
+    bpf: Any, *cgroups: tuple[Path, int], pid_ns: str = "new", nested: Sequence[str] = ()
+) -> list[dict[int, bool]]:
+    """What check_exec.c recorded for one exec of /bin/true in each cgroup (below it in
+    ``nested``, see :func:`run_in_cgroup`), after forgetting older answers."""
+    bpf[b"check_results"].clear()
+    for path, _ in cgroups:
+        run_in_cgroup(["/bin/true"], path, nested, check=True, pid_ns=pid_ns)
+    return [
+        answers(bpf, cgroup_id(path.joinpath(*nested)) if nested else known)
+        for path, known in cgroups
+    ]
+
+
+# -- engine inputs: policies, pods, a finder ---------------------------------------------------
+
+
+class StaticFinder:
+    """A CgroupFinder over a fixed {container ID: cgroup ID} (real cgroups made by the test)."""
+
+    def __init__(self, cgroups: dict[str, int]) -> None:
+        self.cgroups = cgroups
+
+    def cgroup_id(self, container: ContainerRef) -> int | None:
+        return self.cgroups.get(container.container_id)
+
+    def forget(self, container: ContainerRef) -> None:
+        pass
+
+
+def cluster_policy(name: str, spec: dict[str, Any], uid: str | None = None) -> Policy:
+    return parse_policy(
+        {
+            "kind": "TracingPolicy",
+            "metadata": {"name": name, "uid": uid or f"uid-{name}"},
+            "spec": spec,
+        }
+    )
+
+
+def running_pod(
+    name: str, container_id: str, *, labels: dict[str, str] | None = None, host_pid: bool = False
+) -> Pod:
+    """Pod ``ns/name`` with one running container ``main`` of ID ``container_id``."""
+    return parse_pod(
+        {
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "uid": f"pod-{name}",
+                "labels": labels or {},
+            },
+            "spec": {"hostPID": host_pid},
+            "status": {
+                "qosClass": "BestEffort",
+                "containerStatuses": [
+                    {
+                        "name": "main",
+                        "image": "busybox:1",
+                        "containerID": container_id,
+                        "state": {"running": {}},
+                    }
+                ],
+            },
+        }
+    )
 
 
 # -- the policy programs ----------------------------------------------------------------------

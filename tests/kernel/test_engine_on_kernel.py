@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from kernelkit import CgroupTree, kernel_marks, skip_reason
+from kernelkit import CgroupTree, cluster_policy, kernel_marks, skip_reason
 
 from tpfilter import sizing
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.engine import Engine, Limits
-from tpfilter.models import Policy, PolicyKind, parse_policy
 from tpfilter.pods import Pod, parse_pod
 from tpfilter.statefile import STATE_FILE
 from tpfilter_dev.kubelet import container_cgroup
@@ -88,16 +87,6 @@ class Node:
         return [parse_pod(b) for b in self.pods.values()]
 
 
-def policy(name: str, spec: dict[str, object], uid: str | None = None) -> Policy:
-    return parse_policy(
-        {
-            "kind": PolicyKind.CLUSTER.value,
-            "metadata": {"name": name, "uid": uid or f"uid-{name}"},
-            "spec": spec,
-        }
-    )
-
-
 @pytest.fixture
 def scratch(cgroup_tree: CgroupTree, pin_dir: Path, tmp_path: Path) -> tuple[Node, Path, Path]:
     """A node in a scratch cgroup, a scratch pin dir and a state file: all removed after."""
@@ -123,7 +112,7 @@ def test_reconcile_follows_pods_and_policies(scratch: tuple[Node, Path, Path]) -
     engine, maps = engine_for(node, pin_dir, state)
     with maps:
         node.pod("early", {"app": "web"})
-        web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+        web = cluster_policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
         assert engine.reconcile([web], node.parsed()).converged
         assert held(maps, engine, web.uid) == node.cgroup_ids("early")
 
@@ -148,7 +137,7 @@ def test_inner_maps_grow_and_shrink_to_their_content(scratch: tuple[Node, Path, 
     with maps:
         for i in range(40):
             node.pod(f"p{i}", {"app": "web"})
-        web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+        web = cluster_policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
         engine.reconcile([web], node.parsed())
         (usage,) = maps.usage()
         assert usage.entries == 40
@@ -168,7 +157,7 @@ def test_limit_per_policy_is_a_visible_error(scratch: tuple[Node, Path, Path]) -
     with maps:
         for i in range(10):
             node.pod(f"p{i}", {"app": "web"})
-        web = policy("web", {"podSelector": {}})
+        web = cluster_policy("web", {"podSelector": {}})
         result = engine.reconcile([web], node.parsed())
         assert not result.converged
         assert "over the limit of 8" in (result.statuses[0].error or "")
@@ -179,7 +168,7 @@ def test_restart_adopts_pins_and_state_without_rewriting(scratch: tuple[Node, Pa
     node, pin_dir, state = scratch
     engine, maps = engine_for(node, pin_dir, state)
     node.pod("a", {"app": "web"})
-    web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+    web = cluster_policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
     with maps:
         engine.reconcile([web], node.parsed())
         before = {u.policy_id: u.map_id for u in maps.usage()}
@@ -203,7 +192,7 @@ def test_status_command_reports_policies_and_kernel_memory(
     engine, maps = engine_for(node, pin_dir, state)
     for i in range(8):
         node.pod(f"p{i}", {"app": "web"})
-    web = policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
+    web = cluster_policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
     with maps:
         engine.reconcile([web], node.parsed())
     cmd = [

@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from kernelkit import (
     CHECK_EXEC,
     KILL_EXEC,
     CgroupTree,
     Programs,
-    answers,
+    StaticFinder,
+    cluster_policy,
     expect,
     kernel_marks,
+    observe,
     run_in_cgroup,
+    running_pod,
     skip_reason,
 )
 
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.engine import Engine
 from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID
-from tpfilter.interfaces import HOST_MARKER, ContainerRef
-from tpfilter.models import Policy, parse_policy
-from tpfilter.pods import Pod, parse_pod
+from tpfilter.interfaces import HOST_MARKER
 from tpfilter_dev import contain
 
 pytestmark = kernel_marks(
@@ -44,61 +44,6 @@ pytestmark = kernel_marks(
         bcc=True,
     )
 )
-
-
-class DictFinder:
-    def __init__(self, cgroups: dict[str, int]) -> None:
-        self.cgroups = cgroups
-
-    def cgroup_id(self, container: ContainerRef) -> int | None:
-        return self.cgroups.get(container.container_id)
-
-    def forget(self, container: ContainerRef) -> None:
-        pass
-
-
-def policy(name: str, spec: dict[str, Any]) -> Policy:
-    return parse_policy(
-        {"kind": "TracingPolicy", "metadata": {"name": name, "uid": f"uid-{name}"}, "spec": spec}
-    )
-
-
-def pod(name: str, container_id: str, *, host_pid: bool = False) -> Pod:
-    return parse_pod(
-        {
-            "metadata": {
-                "name": name,
-                "namespace": "ns",
-                "uid": f"pod-{name}",
-                "labels": {"app": name},
-            },
-            "spec": {"hostPID": host_pid},
-            "status": {
-                "qosClass": "BestEffort",
-                "containerStatuses": [
-                    {
-                        "name": "main",
-                        "image": "busybox:1",
-                        "containerID": container_id,
-                        "state": {"running": {}},
-                    }
-                ],
-            },
-        }
-    )
-
-
-def observe(
-    bpf: Any, cgroup: tuple[Path, int], pid_ns: str, nested: tuple[str, ...] = ()
-) -> dict[int, bool]:
-    """policy_filter_check()'s answers for one exec of /bin/true in ``cgroup``/``nested``."""
-    bpf[b"check_results"].clear()
-    assert run_in_cgroup(["/bin/true"], cgroup[0], nested, pid_ns=pid_ns) == 0
-    return answers(bpf, cgroup[1] if not nested else _id(cgroup[0].joinpath(*nested)))
-
-
-def _id(path: Path) -> int:
-    return path.stat().st_ino
 
 
 SELECTS_A_AND_H = {
@@ -112,11 +57,15 @@ def test_the_node_entering_a_container_is_not_the_container(
     a = cgroup_tree.make("kubepods/pod-a/ctr-a")  # selected
     h = cgroup_tree.make("kubepods/pod-h/ctr-h")  # selected, hostPID: true
     b = cgroup_tree.make("kubepods/pod-b/ctr-b")  # selected by nothing
-    pods = [pod("a", "c://a"), pod("h", "c://h", host_pid=True), pod("b", "c://b")]
-    finder = DictFinder({"c://a": a[1], "c://h": h[1], "c://b": b[1]})
+    pods = [
+        running_pod("a", "c://a", labels={"app": "a"}),
+        running_pod("h", "c://h", labels={"app": "h"}, host_pid=True),
+        running_pod("b", "c://b", labels={"app": "b"}),
+    ]
+    finder = StaticFinder({"c://a": a[1], "c://h": h[1], "c://b": b[1]})
     # IDs 1, 2 (check_exec.c answers for IDs 0..4)
-    selects = policy("a-and-h", SELECTS_A_AND_H)
-    host_only = policy("host-only", {"hostSelector": {}})
+    selects = cluster_policy("a-and-h", SELECTS_A_AND_H)
+    host_only = cluster_policy("host-only", {"hostSelector": {}})
 
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
         engine = Engine(finder=finder, maps=maps)
@@ -131,27 +80,27 @@ def test_the_node_entering_a_container_is_not_the_container(
         bpf = programs.load(CHECK_EXEC, pin_dir)
 
         # A container's own processes: started in its namespace, or `kubectl exec`ed.
-        assert observe(bpf, a, "new") == expect({1})
-        assert observe(bpf, a, "new", ("escaped", "deeper")) == expect({1})
+        assert observe(bpf, a, pid_ns="new") == [expect({1})]
+        assert observe(bpf, a, pid_ns="new", nested=("escaped", "deeper")) == [expect({1})]
         # The runtime (or a host tool) in the selected container's cgroup: a host process.
-        assert observe(bpf, a, "node") == expect({2})
-        assert observe(bpf, a, "node", ("child",)) == expect({2})
+        assert observe(bpf, a, pid_ns="node") == [expect({2})]
+        assert observe(bpf, a, pid_ns="node", nested=("child",)) == [expect({2})]
         # A hostPID pod's processes are in the node's namespace and are its own.
-        assert observe(bpf, h, "node") == expect({1})
-        assert observe(bpf, h, "new") == expect({1})
+        assert observe(bpf, h, pid_ns="node") == [expect({1})]
+        assert observe(bpf, h, pid_ns="new") == [expect({1})]
         # A pod nothing selects: its processes match nothing; the node's in it are host.
-        assert observe(bpf, b, "new") == expect(set())
-        assert observe(bpf, b, "node") == expect({2})
+        assert observe(bpf, b, pid_ns="new") == [expect(set())]
+        assert observe(bpf, b, pid_ns="node") == [expect({2})]
         # A host process outside every pod is host, whatever its namespace.
         host = cgroup_tree.make("system.slice/host.service")
-        assert observe(bpf, host, "node") == expect({2})
-        assert observe(bpf, host, "new") == expect({2})
+        assert observe(bpf, host, pid_ns="node") == [expect({2})]
+        assert observe(bpf, host, pid_ns="new") == [expect({2})]
 
         # Pod h goes: the hostPID set goes with it (absent means none), and the node's
         # processes in h's cgroup (were it still there) are host processes.
         assert engine.reconcile([selects, host_only], [pods[0], pods[2]]).converged
         assert HOST_PID_PODS_ID not in maps.read_all()
-        assert observe(bpf, h, "node") == expect({2})
+        assert observe(bpf, h, pid_ns="node") == [expect({2})]
 
         # hostPID pods but no filtered policy: no reserved set at all.
         assert engine.reconcile([], pods).converged
@@ -163,15 +112,15 @@ def test_without_the_hostpid_set_hostpid_processes_count_as_host(
 ) -> None:
     """The set is what makes a hostPID pod's processes its own: the test can fail."""
     h = cgroup_tree.make("kubepods/pod-h/ctr-h")
-    pods = [pod("h", "c://h", host_pid=True)]
+    pods = [running_pod("h", "c://h", labels={"app": "h"}, host_pid=True)]
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
-        engine = Engine(finder=DictFinder({"c://h": h[1]}), maps=maps)
-        assert engine.reconcile([policy("a-and-h", SELECTS_A_AND_H)], pods).converged
+        engine = Engine(finder=StaticFinder({"c://h": h[1]}), maps=maps)
+        assert engine.reconcile([cluster_policy("a-and-h", SELECTS_A_AND_H)], pods).converged
         bpf = programs.load(CHECK_EXEC, pin_dir)
-        assert observe(bpf, h, "node") == expect({1})
+        assert observe(bpf, h, pid_ns="node") == [expect({1})]
         maps.delete(HOST_PID_PODS_ID)
-        assert observe(bpf, h, "node") == expect(set())
-        assert observe(bpf, h, "new") == expect({1})
+        assert observe(bpf, h, pid_ns="node") == [expect(set())]
+        assert observe(bpf, h, pid_ns="new") == [expect({1})]
 
 
 def test_sigkill_spares_the_runtime_and_kills_the_container(

@@ -10,25 +10,24 @@ selected pod's container, a container of a pod nothing selects, and child cgroup
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from kernelkit import (
     CHECK_EXEC,
     CgroupTree,
     Programs,
-    answers,
+    StaticFinder,
+    cluster_policy,
     expect,
     kernel_marks,
-    run_in_cgroup,
+    observe,
+    running_pod,
     skip_reason,
 )
 
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.engine import Engine
 from tpfilter.ids import ALL_PODS_ID
-from tpfilter.interfaces import HOST_MARKER, ContainerRef
-from tpfilter.models import Policy, parse_policy
-from tpfilter.pods import Pod, parse_pod
+from tpfilter.interfaces import HOST_MARKER
 
 pytestmark = kernel_marks(
     skip_reason(
@@ -38,49 +37,6 @@ pytestmark = kernel_marks(
         bcc=True,
     )
 )
-
-
-class DictFinder:
-    def __init__(self, cgroups: dict[str, int]) -> None:
-        self.cgroups = cgroups
-
-    def cgroup_id(self, container: ContainerRef) -> int | None:
-        return self.cgroups.get(container.container_id)
-
-    def forget(self, container: ContainerRef) -> None:
-        pass
-
-
-def policy(name: str, spec: dict[str, Any]) -> Policy:
-    return parse_policy(
-        {"kind": "TracingPolicy", "metadata": {"name": name, "uid": f"uid-{name}"}, "spec": spec}
-    )
-
-
-def pod(name: str, labels: dict[str, str], container_id: str) -> Pod:
-    return parse_pod(
-        {
-            "metadata": {"name": name, "namespace": "ns", "uid": f"pod-{name}", "labels": labels},
-            "status": {
-                "qosClass": "BestEffort",
-                "containerStatuses": [
-                    {
-                        "name": "main",
-                        "image": "busybox:1",
-                        "containerID": container_id,
-                        "state": {"running": {}},
-                    }
-                ],
-            },
-        }
-    )
-
-
-def observe(bpf: Any, *cgroups: tuple[Path, int]) -> list[dict[int, bool]]:
-    bpf[b"check_results"].clear()
-    for path, _ in cgroups:
-        run_in_cgroup(["/bin/true"], path, check=True)
-    return [answers(bpf, cgroup_id) for _, cgroup_id in cgroups]
 
 
 def test_host_selector_matches_host_processes_and_not_unselected_pods(
@@ -94,14 +50,17 @@ def test_host_selector_matches_host_processes_and_not_unselected_pods(
     host_child = cgroup_tree.make("system.slice/host.service/sub")
     root = (cgroup_tree.mount, 1)
 
-    pods = [pod("a", {"app": "a"}, "containerd://a"), pod("b", {"app": "b"}, "containerd://b")]
-    finder = DictFinder({"containerd://a": selected[1], "containerd://b": unselected[1]})
+    pods = [
+        running_pod("a", "containerd://a", labels={"app": "a"}),
+        running_pod("b", "containerd://b", labels={"app": "b"}),
+    ]
+    finder = StaticFinder({"containerd://a": selected[1], "containerd://b": unselected[1]})
     # Allocated in this order: 1, 2, 3 (check_exec.c answers for IDs 0..4).
-    host_and_a = policy(
+    host_and_a = cluster_policy(
         "host-and-a", {"podSelector": {"matchLabels": {"app": "a"}}, "hostSelector": {}}
     )
-    host_only = policy("host-only", {"hostSelector": {}})
-    only_a = policy("only-a", {"podSelector": {"matchLabels": {"app": "a"}}})
+    host_only = cluster_policy("host-only", {"hostSelector": {}})
+    only_a = cluster_policy("only-a", {"podSelector": {"matchLabels": {"app": "a"}}})
 
     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
         engine = Engine(finder=finder, maps=maps)

@@ -20,10 +20,9 @@ from kernelkit import (
     CHECK_EXEC,
     Cgroups,
     Programs,
-    answers,
     expect,
     kernel_marks,
-    run_in_cgroup,
+    observe,
     skip_reason,
 )
 
@@ -37,19 +36,6 @@ pytestmark = kernel_marks(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def exec_in(cgroup: Path) -> None:
-    """Run /bin/true as a process of ``cgroup`` (moved there before its exec)."""
-    run_in_cgroup(["/bin/true"], cgroup, check=True)
-
-
-def observe(bpf: Any, *cgroups: tuple[Path, int]) -> list[dict[int, bool]]:
-    """Exec once in each cgroup (after forgetting older answers) and return the answers."""
-    bpf[b"check_results"].clear()
-    for path, _ in cgroups:
-        exec_in(path)
-    return [answers(bpf, cgroup_id) for _, cgroup_id in cgroups]
 
 
 def outer_map_id_of(bpf: Any) -> int:
