@@ -183,22 +183,41 @@ static __always_inline void tpf_str_reverse(struct tpf_str *str)
 	str->rev_ready = 1;
 }
 
+/*
+ * A string buffer made into a key of the sets of (config, sel, arg), in place: `word0` is 0
+ * for the hash set of exact strings, the prefix length in bits for the LPM tries (whose
+ * struct tpf_lpm_key is the same bytes, cut at TPF_LPM_STR_MAX).
+ */
+static __always_inline void *tpf_set_key(struct tpf_strbuf *buf, u32 word0, u32 config, u8 sel,
+					 u8 arg)
+{
+	buf->word0 = word0;
+	buf->config = config;
+	buf->sel = sel;
+	buf->arg = arg;
+	return buf;
+}
+
+/* The LPM prefix length of a string's key: (config, sel, arg), then its bytes up to the key's. */
+static __always_inline u32 tpf_lpm_bits(struct tpf_str *str)
+{
+	u32 len = str->len;
+
+	if (len > TPF_LPM_STR_MAX)
+		len = TPF_LPM_STR_MAX;
+	return 64 + 8 * len;
+}
+
 /* Is the string in the set (config, sel, arg)? Unreadable or cut strings are in none. */
 static __always_inline bool tpf_str_in(struct tpf_str *str, u32 config, u8 sel, u8 arg)
 {
 	if (str->len < 0 || str->too_long)
 		return false;
-	str->fwd.word0 = 0;
-	str->fwd.config = config;
-	str->fwd.sel = sel;
-	str->fwd.arg = arg;
-	return tpf_strs.lookup(&str->fwd) != NULL;
+	return tpf_strs.lookup(tpf_set_key(&str->fwd, 0, config, sel, arg)) != NULL;
 }
 
 static __always_inline bool tpf_str_match(struct tpf_str *str, u8 op, u32 config, u8 sel, u8 arg)
 {
-	u32 len;
-
 	if (!str || str->len < 0)
 		return false; /* not readable: no operator matches */
 	switch (op) {
@@ -207,25 +226,13 @@ static __always_inline bool tpf_str_match(struct tpf_str *str, u8 op, u32 config
 	case TPF_OP_NE:
 		return !tpf_str_in(str, config, sel, arg);
 	case TPF_OP_PREFIX:
-		len = str->len;
-		if (len > TPF_LPM_STR_MAX)
-			len = TPF_LPM_STR_MAX;
-		str->fwd.word0 = 64 + 8 * len;
-		str->fwd.config = config;
-		str->fwd.sel = sel;
-		str->fwd.arg = arg;
-		return tpf_prefix.lookup((struct tpf_lpm_key *)&str->fwd) != NULL;
+		return tpf_prefix.lookup(tpf_set_key(&str->fwd, tpf_lpm_bits(str), config, sel,
+						     arg)) != NULL;
 	case TPF_OP_POSTFIX:
 		if (str->too_long || !str->rev_ready)
 			return false; /* the end of a cut string is unknown */
-		len = str->len;
-		if (len > TPF_LPM_STR_MAX)
-			len = TPF_LPM_STR_MAX;
-		str->rev.word0 = 64 + 8 * len;
-		str->rev.config = config;
-		str->rev.sel = sel;
-		str->rev.arg = arg;
-		return tpf_postfix.lookup((struct tpf_lpm_key *)&str->rev) != NULL;
+		return tpf_postfix.lookup(tpf_set_key(&str->rev, tpf_lpm_bits(str), config, sel,
+						      arg)) != NULL;
 	}
 	return false;
 }
