@@ -225,7 +225,9 @@ def check_cost() -> str:
     module docstring)."""
     node = node_pid_namespace()
     mount = find_cgroup2_mount()
-    own = Path("/proc/self/cgroup").read_text().splitlines()[-1].split("::", 1)[1]
+    # The cgroup v2 line "0::/path" (on a hybrid host it is not the only line).
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    own = next(line.split("::", 1)[1] for line in lines if line.startswith("0::"))
     command = [sys.executable, __file__, "_check_in_container"]
     done = subprocess.run(
         contain.argv(mount / own.lstrip("/"), command),

@@ -164,8 +164,10 @@ class Engine:
             if any(p.selects_host for p in filtered)
             else None
         )
-        host_pid = frozenset(
-            c.ref for pod in pods if pod.host_pid and filtered for c in pod.containers
+        host_pid = (
+            frozenset(c.ref for pod in pods if pod.host_pid for c in pod.containers)
+            if filtered
+            else frozenset()
         )
         before = list(self._ids)
         for policy in filtered:
