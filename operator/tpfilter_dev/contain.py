@@ -91,9 +91,11 @@ def _cmdline(pid: str) -> bytes:
 
 
 def wait_started(cgroup: Path, *, timeout: float = 10.0) -> int:
-    """Wait until a process started with ``new`` in ``cgroup`` runs its command in its
-    namespace (the helper takes a Python start, ~0.1 s); returns its PID. A runtime
-    reports a container running only then, and `kubectl exec` (``join``) needs it."""
+    """Wait until a process started with ``new`` in ``cgroup`` has exec'd its command in
+    its namespace (the helper takes a Python start, ~0.1 s); returns its PID. `kubectl
+    exec` (``join``) needs it. The new command line shows while the kernel is still
+    finishing that exec (its sched_process_exec tracepoint may not have fired yet): a
+    caller that must not race the exec's programs waits for a sign from the command."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -138,11 +138,18 @@ def test_sigkill_spares_the_runtime_and_kills_the_container(
         assert run_in_cgroup(["/bin/true"], a[0], ("child",), pid_ns="new") == -9
 
         # `kubectl exec` into a running container joins its PID namespace: killed too.
-        # (The container's first process runs sleep, exec'd before the map held it.)
+        # The container's first process is a shell that was exec'd before the map held
+        # the container: it says "up" once it runs its own code (so its exec, tracepoint
+        # included, is over; its new command line shows a little earlier) and then waits
+        # on stdin without exec'ing anything more.
         maps.delete(1)
-        with subprocess.Popen(contain.argv(a[0], ["sleep", "30"])) as container:
+        shell = ["/bin/sh", "-c", "echo up; read line"]
+        with subprocess.Popen(
+            contain.argv(a[0], shell), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        ) as container:
             try:
-                contain.wait_started(a[0])
+                assert container.stdout is not None
+                assert container.stdout.readline() == b"up\n"
                 maps.install(1, {a[1]}, max_entries=8)
                 assert run_in_cgroup(["/bin/true"], a[0], pid_ns="join") == -9
                 assert container.poll() is None  # the container itself is left alone
