@@ -254,13 +254,19 @@ def _bytes(n: int | None) -> str:
 def _probe(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from tpfilter import mapcost, sizing
     from tpfilter.bpfmaps import probe
 
     support = probe()
+    report: dict[str, Any] = asdict(support)
+    if support.ok:
+        # What a policy map costs here, measured: the accounting differs between machines.
+        cost = mapcost.measure(sizing.MIN_ENTRIES)
+        report["inner_map_cost"] = {"empty_min_map": cost.empty, "per_cgroup": cost.per_entry}
     if args.json:
-        print(json.dumps(asdict(support), indent=2, default=str))
+        print(json.dumps(report, indent=2, default=str))
     else:
-        for key, value in asdict(support).items():
+        for key, value in report.items():
             print(f"{key:32} {value}")
     return 0 if support.ok else 1
 

@@ -1,9 +1,11 @@
 """How big each policy's inner map is: sized to its content, not to a worst case.
 
-A BPF hash map's kernel cost with BPF_F_NO_PREALLOC is
-``896 + 16 * n_buckets + 72 * live_entries`` bytes, where ``n_buckets`` is
-``max_entries`` rounded up to a power of two (shared/notes/machine.md). The bucket array
-is the part that is paid for whether used or not, so ``max_entries`` follows the content:
+A BPF hash map's kernel cost with BPF_F_NO_PREALLOC is a fixed part, plus a bucket per
+``max_entries`` rounded up to a power of two, plus each live entry: on one machine
+``896 + 16 * n_buckets + 72 * live_entries`` bytes (shared/notes/machine.md), though the
+fixed part differs between machines (:mod:`tpfilter.mapcost` measures it on the running
+kernel). The bucket array is the part that is paid for whether used or not, so
+``max_entries`` follows the content:
 
 * target capacity: the next power of two at or above twice the entries, at least
   :data:`MIN_ENTRIES`; a power of two because one more entry would double the buckets;
@@ -42,6 +44,13 @@ def needs_rebuild(entries: int, capacity: int, *, limit: int) -> bool:
     return capacity > MIN_ENTRIES and entries <= capacity // SHRINK_DIVISOR and target < capacity
 
 
-def kernel_bytes(max_entries: int, entries: int) -> int:
-    """The kernel's accounting (memlock) of a no-prealloc u64->u8 hash map, for docs/tests."""
+def estimated_kernel_bytes(max_entries: int, entries: int) -> int:
+    """An estimate of the kernel's accounting (memlock) of a no-prealloc u64->u8 hash map.
+
+    One machine's measurement (Linux 6.18, 2 CPUs): good for ratios (how far a sized map is
+    from the smallest one that holds its entries), never to compare for equality with what
+    a kernel reports: another machine of the same kind charged 64 B more per map, and the
+    fixed part grows with the CPU count. :func:`tpfilter.mapcost.measure` gives this
+    kernel's figure.
+    """
     return 896 + 16 * next_power_of_two(max_entries) + 72 * entries

@@ -94,24 +94,24 @@ def test_hysteresis_no_flapping(start: int, other: int) -> None:
         assert cap == 8 or other > cap // 8
 
 
-def test_kernel_bytes_formula() -> None:
-    assert sizing.kernel_bytes(8, 0) == 896 + 16 * 8
-    assert sizing.kernel_bytes(8, 8) == 896 + 16 * 8 + 72 * 8
-    assert sizing.kernel_bytes(100, 3) == 896 + 16 * 128 + 72 * 3  # buckets round up
+def test_estimated_kernel_bytes_rounds_buckets_up() -> None:
+    assert sizing.estimated_kernel_bytes(8, 0) == 896 + 16 * 8
+    assert sizing.estimated_kernel_bytes(8, 8) == 896 + 16 * 8 + 72 * 8
+    assert sizing.estimated_kernel_bytes(100, 3) == 896 + 16 * 128 + 72 * 3  # buckets round up
 
 
 def test_map_for_8_entries_costs_within_1_5x_of_minimum() -> None:
     minimum = 896 + 16 * 8 + 72 * 8
     cap = sizing.target_capacity(8, limit=LIMIT)
-    cost = sizing.kernel_bytes(cap, 8)
+    cost = sizing.estimated_kernel_bytes(cap, 8)
     assert minimum <= cost <= 1.5 * minimum
 
 
 @given(st.integers(1, 20000))
 def test_built_maps_cost_at_most_twice_the_minimum(entries: int) -> None:
     cap = sizing.target_capacity(entries, limit=LIMIT)
-    minimum = sizing.kernel_bytes(entries, entries)
-    assert sizing.kernel_bytes(cap, entries) <= 2 * minimum
+    minimum = sizing.estimated_kernel_bytes(entries, entries)
+    assert sizing.estimated_kernel_bytes(cap, entries) <= 2 * minimum
 
 
 # --- plan -------------------------------------------------------------------------------
