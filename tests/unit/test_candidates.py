@@ -64,7 +64,7 @@ def test_staged_writes_never_lose_a_pair_that_old_or_new_holds(
     during = apply(old, steps.before, ())
     after = apply(during, steps.after, steps.delete_after)
     assert after == new
-    for key, ids in during.items():
+    for ids in during.values():
         assert len(ids) <= INDEX_MAX and list(ids) == sorted(ids)
     for key in old.keys() | new.keys():
         have = set(during.get(key, ()))
