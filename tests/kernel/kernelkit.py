@@ -358,6 +358,12 @@ class IndexedMaps:
         desired.pop(policy_id, None)
         self._write(desired, lambda: self.maps.delete(policy_id))
 
+    def delete_many(self, policy_ids: Sequence[int]) -> None:
+        desired = self._desired()
+        for pid in policy_ids:
+            desired.pop(pid, None)
+        self._write(desired, lambda: self._check(self.maps.delete_many(policy_ids)))
+
     def read_all(self) -> dict[int, InnerMapState]:
         return dict(self.maps.read_all())
 
@@ -428,6 +434,5 @@ def emptied_after(env: Env) -> Iterator[Env]:
         yield env
     finally:
         env.manager.sync([])
-        for policy_id in list(env.maps.read_all()):
-            env.maps.delete(policy_id)
+        env.maps.delete_many(list(env.maps.read_all()))
         env.pods.clear()
