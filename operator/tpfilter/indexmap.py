@@ -235,3 +235,11 @@ class PinnedCandidateIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_usage(pin_dir: Path) -> IndexUsage | None:
+    """The pinned index's usage, or None if there is none (never creates one)."""
+    if not (Path(pin_dir) / INDEX_PIN_NAME).exists():
+        return None
+    with PinnedCandidateIndex(pin_dir=pin_dir) as index:
+        return index.usage()

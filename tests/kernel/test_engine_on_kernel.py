@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from kernelkit import CgroupTree, cluster_policy, kernel_marks, skip_reason
 
-from tpfilter import sizing
+from tpfilter import bpfsys, sizing
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.engine import Engine, Limits
+from tpfilter.indexmap import INDEX_PIN_NAME, PinnedCandidateIndex
 from tpfilter.pods import Pod, parse_pod
 from tpfilter.statefile import STATE_FILE
 from tpfilter_dev.kubelet import container_cgroup
@@ -94,11 +95,33 @@ def scratch(cgroup_tree: CgroupTree, pin_dir: Path, tmp_path: Path) -> tuple[Nod
 
 
 def engine_for(
-    node: Node, pin_dir: Path, state: Path, **limits: int
+    node: Node, pin_dir: Path, state: Path, index: PinnedCandidateIndex | None = None, **limits: int
 ) -> tuple[Engine, PinnedFilterMaps]:
     maps = PinnedFilterMaps(pin_dir=pin_dir)
     finder = CgroupFsFinder(cgroup_root=node.root)
-    return Engine(finder=finder, maps=maps, state_path=state, limits=Limits(**limits)), maps
+    engine = Engine(
+        finder=finder, maps=maps, state_path=state, limits=Limits(**limits), index=index
+    )
+    return engine, maps
+
+
+def reference_memlock(max_entries: int, entries: int) -> int:
+    """What this kernel accounts for a no-prealloc u64 -> u8 hash of ``max_entries``
+    holding ``entries`` keys: a map made here, as a calibration (never a fixed figure)."""
+    fd = bpfsys.create_map(
+        bpfsys.BPF_MAP_TYPE_HASH,
+        name="tpf_reference",
+        key_size=8,
+        value_size=1,
+        max_entries=max_entries,
+        flags=bpfsys.BPF_F_NO_PREALLOC,
+    )
+    try:
+        for key in range(1, entries + 1):
+            bpfsys.map_update(fd, key.to_bytes(8, "little"), b"\x01")
+        return bpfsys.memlock(fd)
+    finally:
+        os.close(fd)
 
 
 def held(maps: PinnedFilterMaps, engine: Engine, uid: str) -> frozenset[int]:
@@ -142,7 +165,7 @@ def test_inner_maps_grow_and_shrink_to_their_content(scratch: tuple[Node, Path, 
         (usage,) = maps.usage()
         assert usage.entries == 40
         assert usage.max_entries == sizing.target_capacity(40, limit=32768) == 128
-        assert usage.memlock == sizing.kernel_bytes(128, 40)
+        assert usage.memlock == reference_memlock(128, 40)
         for i in range(38):
             del node.pods[f"p{i}"]
         engine.reconcile([web], node.parsed())
@@ -189,11 +212,12 @@ def test_status_command_reports_policies_and_kernel_memory(
     scratch: tuple[Node, Path, Path],
 ) -> None:
     node, pin_dir, state = scratch
-    engine, maps = engine_for(node, pin_dir, state)
+    index = PinnedCandidateIndex(pin_dir=pin_dir)
+    engine, maps = engine_for(node, pin_dir, state, index)
     for i in range(8):
         node.pod(f"p{i}", {"app": "web"})
     web = cluster_policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
-    with maps:
+    with maps, index:
         engine.reconcile([web], node.parsed())
     cmd = [
         sys.executable,
@@ -215,7 +239,22 @@ def test_status_command_reports_policies_and_kernel_memory(
         8,
         16,
     )
-    assert row["memlock"] == sizing.kernel_bytes(16, 8) == 1728
+    assert row["memlock"] == reference_memlock(16, 8)
     assert frozenset(row["cgroup_ids"]) == node.cgroup_ids(*(f"p{i}" for i in range(8)))
+    # The candidate index: 8 cgroups, its memory as the kernel accounts it (both maps).
+    slot = bpfsys.obj_get(pin_dir / INDEX_PIN_NAME)
+    raw = bpfsys.map_lookup(slot, b"\0\0\0\0", 4)
+    assert raw is not None
+    inner = bpfsys.map_fd_by_id(int.from_bytes(raw, "little"))
+    try:
+        index_memlock = bpfsys.memlock(slot) + bpfsys.memlock(inner)
+    finally:
+        os.close(slot)
+        os.close(inner)
+    assert data["index"] == {"entries": 8, "max_entries": 16, "memlock": index_memlock}
     table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    assert "ID  KIND" in table and "web" in table and "1,728 B" in table
+    assert "ID  KIND" in table and "web" in table and f"{row['memlock']:,} B" in table
+    assert (
+        "candidate index: 8 cgroups (and host) indexed, max_entries 16, kernel memory "
+        f"{index_memlock:,} B" in table
+    )

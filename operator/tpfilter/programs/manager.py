@@ -486,6 +486,7 @@ class ProgramManager:
             memlock.add_metric(labels, usage.memlock)
         yield cgroups
         yield memlock
+        yield from _index_metrics(self._pin_dir)
 
         own = GaugeMetricFamily(
             "tpfilter_program_map_memlock_bytes",
@@ -497,6 +498,25 @@ class ProgramManager:
         for name, n in sorted(mem.items()):
             own.add_metric([name], n)
         yield own
+
+
+def _index_metrics(pin_dir: Path) -> Iterable[Any]:
+    """The candidate index's size and kernel memory (tpfilter.candidates)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from tpfilter.indexmap import read_usage
+
+    usage = read_usage(pin_dir)
+    entries = GaugeMetricFamily(
+        "tpfilter_candidate_index_entries", "cgroups (and the host key) in the candidate index"
+    )
+    memlock = GaugeMetricFamily(
+        "tpfilter_candidate_index_memlock_bytes", "Kernel memory of the candidate index"
+    )
+    entries.add_metric([], usage.entries if usage else 0)
+    memlock.add_metric([], usage.memlock if usage else 0)
+    yield entries
+    yield memlock
 
 
 def _filter_map_usage(pin_dir: Path) -> list[Any]:
