@@ -187,6 +187,25 @@ def run_in_cgroup(
 # -- BPF maps and programs --------------------------------------------------------------------
 
 
+def reference_memlock(max_entries: int, entries: int) -> int:
+    """What this kernel accounts for a no-prealloc u64 -> u8 hash of ``max_entries``
+    holding ``entries`` keys: a map made here, as a calibration (never a fixed figure)."""
+    fd = bpfsys.create_map(
+        bpfsys.BPF_MAP_TYPE_HASH,
+        name="tpf_reference",
+        key_size=8,
+        value_size=1,
+        max_entries=max_entries,
+        flags=bpfsys.BPF_F_NO_PREALLOC,
+    )
+    try:
+        for key in range(1, entries + 1):
+            bpfsys.map_update(fd, key.to_bytes(8, "little"), b"\x01")
+        return bpfsys.memlock(fd)
+    finally:
+        os.close(fd)
+
+
 def map_exists(map_id: int) -> bool:
     try:
         os.close(bpfsys.map_fd_by_id(map_id))

@@ -20,6 +20,7 @@ from kernelkit import (
     inner_map_ids,
     kernel_marks,
     map_exists,
+    reference_memlock,
     skip_reason,
     wait_maps_gone,
 )
@@ -33,7 +34,6 @@ from tpfilter.bpfmaps import (
     probe,
 )
 from tpfilter.interfaces import InnerMapState, MapFullError
-from tpfilter.sizing import kernel_bytes
 
 pytestmark = kernel_marks(skip_reason("create and pin BPF maps (CAP_BPF/CAP_SYS_ADMIN)"))
 
@@ -230,10 +230,11 @@ def test_memlock_follows_entries_not_capacity(maps: PinnedFilterMaps) -> None:
     maps.install(1, [], max_entries=16)
     maps.install(2, range(1, 9), max_entries=16)
     by_policy = {u.policy_id: u.memlock for u in maps.usage()}
-    # 896 + 16 x buckets + 72 x entries (machine.md): 1,152 empty, 1,728 with 8 entries.
-    assert by_policy[1] == pytest.approx(kernel_bytes(16, 0), rel=0.02)
-    assert by_policy[2] == pytest.approx(kernel_bytes(16, 8), rel=0.02)
-    assert by_policy[2] - by_policy[1] == pytest.approx(72 * 8, abs=16)
+    # Calibrated against no-prealloc maps made here on the running kernel (its accounting
+    # changes between versions: sizing.kernel_bytes is one kernel's formula).
+    assert by_policy[1] == reference_memlock(16, 0)
+    assert by_policy[2] == reference_memlock(16, 8)
+    assert by_policy[2] > by_policy[1]  # entries are paid as they come, not up front
 
 
 def test_foreign_map_at_the_pin_path_is_refused(pin_dir: Path) -> None:

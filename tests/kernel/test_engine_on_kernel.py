@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kernelkit import CgroupTree, cluster_policy, kernel_marks, skip_reason
+from kernelkit import CgroupTree, cluster_policy, kernel_marks, reference_memlock, skip_reason
 
 from tpfilter import bpfsys, sizing
 from tpfilter.bpfmaps import PinnedFilterMaps
@@ -103,25 +103,6 @@ def engine_for(
         finder=finder, maps=maps, state_path=state, limits=Limits(**limits), index=index
     )
     return engine, maps
-
-
-def reference_memlock(max_entries: int, entries: int) -> int:
-    """What this kernel accounts for a no-prealloc u64 -> u8 hash of ``max_entries``
-    holding ``entries`` keys: a map made here, as a calibration (never a fixed figure)."""
-    fd = bpfsys.create_map(
-        bpfsys.BPF_MAP_TYPE_HASH,
-        name="tpf_reference",
-        key_size=8,
-        value_size=1,
-        max_entries=max_entries,
-        flags=bpfsys.BPF_F_NO_PREALLOC,
-    )
-    try:
-        for key in range(1, entries + 1):
-            bpfsys.map_update(fd, key.to_bytes(8, "little"), b"\x01")
-        return bpfsys.memlock(fd)
-    finally:
-        os.close(fd)
 
 
 def held(maps: PinnedFilterMaps, engine: Engine, uid: str) -> frozenset[int]:
