@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tpfilter import bpfsys
 from tpfilter.cgroups import find_cgroup2_mount
 
 pytestmark = pytest.mark.apiserver
+
+
+def one_entry_map_memlock() -> int:
+    """What this kernel accounts for an 8-slot no-prealloc inner map holding one cgroup
+    (a map made here: the figure changes between kernels)."""
+    fd = bpfsys.create_map(
+        bpfsys.BPF_MAP_TYPE_HASH,
+        name="tpf_reference",
+        key_size=8,
+        value_size=1,
+        max_entries=8,
+        flags=bpfsys.BPF_F_NO_PREALLOC,
+    )
+    try:
+        bpfsys.map_update(fd, (1).to_bytes(8, "little"), b"\x01")
+        return bpfsys.memlock(fd)
+    finally:
+        os.close(fd)
 
 
 def test_local_run_shows_maps_and_enforcement_then_cleans_up(control_plane: object) -> None:
@@ -25,7 +45,9 @@ def test_local_run_shows_maps_and_enforcement_then_cleans_up(control_plane: obje
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tracingpolicy.cilium.io/policy-1 created" in out
     status_row = next(line for line in out.splitlines() if line.startswith("1 "))
-    assert "policy-1" in status_row and " 1 " in status_row and "1,096 B" in status_row
+    memlock = f"{one_entry_map_memlock():,} B"
+    assert "policy-1" in status_row and " 1 " in status_row and memlock in status_row
+    assert "candidate index: 1 cgroups (and host) indexed" in out
     assert "ubuntu  /usr/bin/true    -> killed by SIGKILL" in out
     assert "ubuntu  /usr/bin/sleep 0 -> exit 0" in out
     assert "nginx   /usr/bin/true    -> exit 0" in out
