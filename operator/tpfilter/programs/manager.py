@@ -14,7 +14,7 @@ How a sync changes the maps without a moment of wrong enforcement (per hook):
    ``(hook, policy ID)``, the unfiltered list rewritten in place);
 3. the old configs' selectors and sets are deleted.
 
-A program that read a slot just before step 4 may find its selectors gone: it then
+A program that read an entry just before step 3 may find its selectors gone: it then
 takes no decision for that policy (fail closed for Post, open for Sigkill, for that one
 event in flight). Changes are effective when ``sync`` returns.
 """
