@@ -125,3 +125,50 @@ def test_index_keeps_host_pod_and_runtime_semantics(loaded: Env, cgroup_tree: Cg
     env.manager.sync([])
     engine.reconcile([], pods)
     assert env.maps.index.read_all() == {}
+
+
+def test_programs_first_then_the_agent_adopts_their_index(
+    pin_dir: Path, cgroup_tree: CgroupTree, tmp_path: Path
+) -> None:
+    """Either start order works: here the programs create and pin the (empty) index and
+    the filter maps, and the agent's side adopts both and fills them."""
+    import io
+
+    from tpfilter.bpfmaps import PinnedFilterMaps
+    from tpfilter.indexmap import INDEX_PIN_NAME, PinnedCandidateIndex
+    from tpfilter.programs import ProgramManager
+
+    root = tmp_path
+    manager = ProgramManager(
+        pin_dir=pin_dir,
+        node_name="n",
+        resolve=lambda c: None,
+        events_out=io.StringIO(),
+        probe_lsm=False,
+    )
+    try:
+        manager.start(events_thread=False)
+        assert manager.available and (pin_dir / INDEX_PIN_NAME).exists()
+        ctr, ctr_id = cgroup_tree.make("kubepods/pod-a/ctr-a")
+        binary = root / "adopted"
+        shutil.copy("/usr/bin/true", binary)
+        policy = cluster_policy(
+            "adopt", kill_spec(root, binary, podSelector={"matchLabels": {"app": "a"}})
+        )
+        with (
+            PinnedFilterMaps(pin_dir=pin_dir) as maps,
+            PinnedCandidateIndex(pin_dir=pin_dir) as index,
+        ):
+            engine = Engine(finder=StaticFinder({"containerd://a": ctr_id}), maps=maps, index=index)
+            pods = [running_pod("a", "containerd://a", labels={"app": "a"})]
+            assert engine.reconcile([policy], pods).converged
+            assert (
+                manager.sync([(policy, engine.policy_id(policy.uid))])["uid-adopt"].state
+                == "loaded"
+            )
+            assert run_in_cgroup([binary], ctr) == -9
+            assert run_in_cgroup([binary], None) == 0
+            manager.sync([])
+            engine.reconcile([], pods)
+    finally:
+        manager.close()
