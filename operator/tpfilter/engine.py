@@ -51,7 +51,7 @@ from pathlib import Path
 from tpfilter import statefile
 from tpfilter.desired import Selection
 from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID, RESERVED_IDS, PolicyIds
-from tpfilter.indexsync import IndexKeeper, left_out_errors
+from tpfilter.indexsync import IndexKeeper
 from tpfilter.interfaces import (
     HOST_MARKER,
     CandidateIndex,
@@ -216,28 +216,19 @@ class Engine:
     def _index_before(
         self, scratch: _Pass, mirror: Mapping[int, InnerMapState], pods: Sequence[Pod]
     ) -> bool:
-        """Grow the candidate index for this pass; False (every policy in error, nothing
-        written this pass) if that failed: no inner map may gain what the index lacks."""
+        """Grow the candidate index for this pass (False: it failed, write no inner map)."""
         if self._keeper is None:
             return True
-        try:
-            bounded = self._keeper.before(scratch.desired)
-        except OSError as exc:
-            log.error("candidate index: write failed, the maps wait: %s", exc)
-            for pid in set(scratch.desired) | set(mirror):
-                scratch.errors[pid] = f"candidate index: {exc}"
-            return False
-        if bounded.left_out:
-            pod_of = {
+
+        def pod_of() -> dict[int, str]:
+            return {
                 cgroup: f"{pod.namespace}/{pod.name}"
                 for pod in pods
                 for c in pod.containers
                 if (cgroup := self._cgroup_of.get(c.ref)) is not None
             }
-            for pid, msg in left_out_errors(bounded, pod_of).items():
-                before = scratch.errors.get(pid)
-                scratch.errors[pid] = f"{before}; {msg}" if before else msg
-        return True
+
+        return self._keeper.grow(scratch.desired, scratch.errors, present=mirror, pod_of=pod_of)
 
     def _note_skipped(
         self, policies: Sequence[Policy], node_labels: Mapping[str, str]

@@ -17,7 +17,7 @@ It mirrors what it wrote and reads the kernel back after a failed write and on
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from tpfilter.candidates import Bounded, Steps, apply, index_for, stage
 from tpfilter.interfaces import CandidateIndex
@@ -54,6 +54,30 @@ class IndexKeeper:
         self._mirror = apply(old, steps.before, ())
         self._steps = steps
         return bounded
+
+    def grow(
+        self,
+        desired: Mapping[int, frozenset[int]],
+        errors: dict[int, str],
+        *,
+        present: Iterable[int],
+        pod_of: Callable[[], Mapping[int, str]],
+    ) -> bool:
+        """:meth:`before`, with its outcome put in ``errors`` (policy ID -> message): if
+        the write failed, every policy of ``desired`` and ``present`` (the policies with a
+        map now) gets the error and False says: write no inner map in this pass. Policies
+        past the per-task bound get an error naming the pods (``pod_of``: cgroup -> pod)."""
+        try:
+            bounded = self.before(desired)
+        except OSError as exc:
+            log.error("candidate index: write failed, the maps wait: %s", exc)
+            for pid in {*desired, *present}:
+                errors[pid] = f"candidate index: {exc}"
+            return False
+        if bounded.left_out:
+            for pid, msg in left_out_errors(bounded, pod_of()).items():
+                errors[pid] = f"{errors[pid]}; {msg}" if pid in errors else msg
+        return True
 
     def after(self, *, inner_maps_ok: bool) -> str | None:
         """Step 3; returns an error message if the index write failed (it is retried)."""
