@@ -16,6 +16,7 @@ from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.engine import Engine, Limits
 from tpfilter.handlers import build_registry
+from tpfilter.indexmap import PinnedCandidateIndex
 from tpfilter.kube import load_api_client, make_lister
 from tpfilter.programs import Metrics, ProgramManager
 from tpfilter.programs.podindex import PodIndex
@@ -47,6 +48,8 @@ def build_agent(config: AgentConfig) -> Agent:
         maps=maps,
         state_path=config.state_dir / statefile.STATE_FILE,
         limits=config.limits,
+        # What the programs look up first: which policies can apply to a task at all.
+        index=PinnedCandidateIndex(pin_dir=config.pin_dir),
     )
     lister = make_lister(api_client=load_api_client(), node_name=config.node_name)
     metrics = Metrics()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import AgentProcess
 from tpfilter_dev.cgroupfs import remove_cgroup_tree
 from tpfilter_dev.controlplane import ControlPlane
@@ -60,6 +61,7 @@ class LocalNode:
             self.kubelet.close()
         finally:
             remove_cgroup_tree(self.cgroup_root)
+            (self.pin_dir / INDEX_PIN_NAME).unlink(missing_ok=True)
             if (self.pin_dir / OUTER_PIN_NAME).exists():
                 with PinnedFilterMaps(pin_dir=self.pin_dir) as maps:
                     maps.remove_pins()

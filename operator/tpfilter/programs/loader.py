@@ -13,7 +13,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ class Programs:
             for name in (
                 "tpf_hooks",
                 "tpf_slots",
+                "tpf_pcfg",
                 "tpf_sels",
                 "tpf_strs",
                 "tpf_prefix",
@@ -224,10 +225,30 @@ class Programs:
         slots = self._t["tpf_slots"]
         _delete(slots, slots.Key(hook, slot))
 
-    def write_hook(self, hook: int, n: int, str_mask: int, rev_mask: int, capture: int) -> None:
+    def write_policy_hook(
+        self, hook: int, policy_id: int, entries: Sequence[tuple[int, HookConfig]]
+    ) -> None:
+        """A filtered policy's entries on a hook, replaced whole (one map update)."""
+        table = self._t["tpf_pcfg"]
+        leaf = table.Leaf()
+        leaf.n = len(entries)
+        for j, (config_id, cfg) in enumerate(entries):
+            slot = leaf.slots[j]
+            slot.config, slot.policy_id = config_id, policy_id
+            slot.nsel, slot.capture = len(cfg.selectors), cfg.capture
+        table[table.Key(hook, policy_id)] = leaf
+
+    def delete_policy_hook(self, hook: int, policy_id: int) -> None:
+        table = self._t["tpf_pcfg"]
+        _delete(table, table.Key(hook, policy_id))
+
+    def write_hook(
+        self, hook: int, n: int, npol: int, str_mask: int, rev_mask: int, capture: int
+    ) -> None:
         hooks = self._t["tpf_hooks"]
         leaf = hooks.Leaf()
         leaf.n, leaf.str_mask, leaf.rev_mask, leaf.capture = n, str_mask, rev_mask, capture
+        leaf.npol = npol
         hooks[ct.c_int(hook)] = leaf
 
     # -- stats and events -----------------------------------------------------------------
