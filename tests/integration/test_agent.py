@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Cluster, Node, kubectl
 from harness import eventually, kernel_view
 
+from conftest import Cluster, Node, kubectl
 from tpfilter.models import PolicyKind
 
 pytestmark = pytest.mark.apiserver

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cluster, Node, kubectl
 from harness import eventually, kernel_view
 
+from conftest import Cluster, Node, kubectl
 from tpfilter.models import PolicyKind
 from tpfilter_dev import contain
 from tpfilter_dev.kubelet import Container, Pod
