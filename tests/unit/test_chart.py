@@ -205,6 +205,7 @@ def test_default_daemonset(helm: str) -> None:
     assert "/sys/kernel/tracing" not in m
     assert env["TPFILTER_HOST_ROOT"]["value"] == "/host"
     assert env["TPFILTER_MOUNT_BPFFS"]["value"] == "1"
+    assert "KUBERNETES_SERVICE_HOST" not in env  # the Service, as in any cluster
 
 
 def test_overrides(helm: str) -> None:
@@ -231,6 +232,8 @@ def test_overrides(helm: str) -> None:
             "mountBpffs": "false",
             "priorityClassName": "",
             "nodeSelector.pool": "bpf",
+            "kubernetesServiceHost": "192.0.2.10",
+            "kubernetesServicePort": "6443",
         },
         extra=["--set-json", "tolerations=[]"],
     )
@@ -263,6 +266,8 @@ def test_overrides(helm: str) -> None:
     assert env["TPFILTER_HOST_ROOT"]["value"] == ""
     assert env["TPFILTER_MOUNT_BPFFS"]["value"] == "0"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["KUBERNETES_SERVICE_HOST"]["value"] == "192.0.2.10"
+    assert env["KUBERNETES_SERVICE_PORT"]["value"] == "6443"
     assert "priorityClassName" not in pod
     assert "tolerations" not in pod
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "bpf"}

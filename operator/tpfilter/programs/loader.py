@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
@@ -26,16 +27,16 @@ from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
 
-PROGRAM_SOURCE = Path(__file__).resolve().parents[3] / "bpf" / "programs" / "tpf_programs.c"
 ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1))
 
 
 def program_source() -> Path:
-    """tpf_programs.c: $TPFILTER_PROGRAMS_SOURCE, else the repository's bpf/programs/."""
+    """tpf_programs.c: $TPFILTER_PROGRAMS_SOURCE, else bpf/programs/ beside
+    policy_filter.h (the package's copy when installed, the repository's in a checkout)."""
     env = os.environ.get(ENV_SOURCE)
-    return Path(env) if env else PROGRAM_SOURCE
+    return Path(env) if env else bpfsrc.include_dir() / "programs" / "tpf_programs.c"
 
 
 def exec_offsets(fmt: TracepointFormat) -> tuple[int, int, int]:
