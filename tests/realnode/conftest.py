@@ -29,6 +29,7 @@ import pytest
 
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
+from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import eventually, kernel_view
 from tpfilter_dev.realnode import NODE_IP, RealNode
 
@@ -230,6 +231,7 @@ def cluster() -> Iterator[Cluster]:
                 capture_output=True,
                 check=False,
             )  # fmt: skip
+    (PIN_DIR / INDEX_PIN_NAME).unlink(missing_ok=True)
     if (PIN_DIR / "policy_filter_maps").exists():
         PinnedFilterMaps(pin_dir=PIN_DIR).remove_pins()
     shutil.rmtree(STATE_DIR, ignore_errors=True)

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 from conftest import PIN_DIR, RELEASE_NS, ROOT, STATE_DIR, Cluster, maps_on_host
+from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME
+from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import eventually
 
 SEED = ROOT / "examples" / "seed-policy.yaml"
@@ -207,4 +209,4 @@ def test_helm_uninstall_leaves_only_the_pins_and_state(cluster: Cluster, ns: str
     assert "policy-1" in cluster.kubectl("get", "tracingpolicies", "-o", "name")
     cluster.kubectl("delete", "-f", str(SEED))
     leftover = sorted(p.name for p in Path(PIN_DIR).iterdir())
-    assert leftover == ["policy_filter_maps", "policy_filter_maps_levels"], leftover
+    assert leftover == sorted([OUTER_PIN_NAME, LEVELS_PIN_NAME, INDEX_PIN_NAME]), leftover
