@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds, from source through the Go module proxy, the control-plane and node binaries that the
-# integration tests need (kube-apiserver, etcd, helm) at pinned versions, and caches them
-# outside the repo, keyed by version:
-#   $CACHE/bin/kube-apiserver-$KUBE_VERSION, $CACHE/bin/etcd-$ETCD_VERSION,
-#   $CACHE/bin/helm-$HELM_VERSION, and stable symlinks $CACHE/bin/{kube-apiserver,etcd,helm}.
+# integration and real-node tests need (kube-apiserver, etcd, helm, kubectl; kubelet,
+# kube-scheduler, kube-controller-manager) at pinned versions, and caches them outside the
+# repo, keyed by version: $CACHE/bin/<name>-<version> (e.g. kube-apiserver-$KUBE_VERSION,
+# etcd-$ETCD_VERSION, helm-$HELM_VERSION) and stable symlinks $CACHE/bin/<name>.
 # CACHE is ${TPFILTER_CACHE:-/var/cache/tpfilter}; GOMODCACHE and GOCACHE live under it.
 # Idempotent: a binary that exists and reports its pinned version is not rebuilt, so a
 # second run costs seconds. A cold run takes tens of minutes on 2 cores (kube-apiserver

@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tpfilter_dev import nodeconfig
 from tpfilter_dev.controlplane import (
     DEFAULT_BIN_DIR,
     ControlPlane,
@@ -119,7 +120,7 @@ class RealNode:
             _run("mount", "--make-rshared", "/")
             self._made_shared = True
         self._network_up()
-        pki = self._pki()
+        pki = nodeconfig.make_pki(self.workdir / "pki", ip=NODE_IP, service_range=SERVICE_RANGE)
         self._plane = ControlPlane(
             bin_dir=self.bin_dir,
             workdir=self.workdir / "plane",
@@ -165,74 +166,21 @@ class RealNode:
         _run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
         cni = self.workdir / "cni"
         (cni / "net.d").mkdir(parents=True)
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": "tpf-node",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": BRIDGE,
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": POD_SUBNET}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": str(cni / "ipam"),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }
-        (cni / "net.d" / "10-tpf-node.conflist").write_text(json.dumps(conflist, indent=2))
-
-    def _pki(self) -> Path:
-        """A CA, the API server's serving certificate for every name pods use, SA keys."""
-        pki = self.workdir / "pki"
-        pki.mkdir()
-
-        def openssl(*args: str) -> None:
-            _run("openssl", *args)
-
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"),
-                "-subj", "/CN=tpf-node-ca")  # fmt: skip
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(pki / "apiserver.key"),
-                "-out", str(pki / "apiserver.csr"), "-subj", "/CN=kube-apiserver")  # fmt: skip
-        service_ip = SERVICE_RANGE.split("/")[0].rsplit(".", 1)[0] + ".1"
-        (pki / "san.ext").write_text(
-            "subjectAltName=DNS:kubernetes,DNS:kubernetes.default,"
-            "DNS:kubernetes.default.svc,DNS:localhost,"
-            f"IP:{NODE_IP},IP:127.0.0.1,IP:{service_ip}\n"
+        (cni / "net.d" / "10-tpf-node.conflist").write_text(
+            json.dumps(nodeconfig.cni_conflist(bridge=BRIDGE, subnet=POD_SUBNET, data=cni / "ipam"))
         )
-        openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"),
-                "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "2",
-                "-extfile", str(pki / "san.ext"), "-out", str(pki / "apiserver.crt"))  # fmt: skip
-        return pki
 
     def _start_containerd(self) -> None:
         base = self.workdir / "containerd"
         base.mkdir()
         config = base / "config.toml"
         config.write_text(
-            f"""version = 2
-root = "{base / "root"}"
-state = "{base / "state"}"
-[grpc]
-  address = "{self.containerd_socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_REF}"
-  # No process here has CAP_SYS_RESOURCE: a negative oom_score_adj would fail runc init.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{self.workdir / "cni" / "net.d"}"
-"""
+            nodeconfig.containerd_config(
+                base=base,
+                socket=self.containerd_socket,
+                sandbox_image=PAUSE_REF,
+                cni_conf_dir=self.workdir / "cni" / "net.d",
+            )
         )
         self._procs["containerd"] = self.plane.spawn(
             "containerd", ["containerd", f"--config={config}"]
@@ -291,29 +239,9 @@ state = "{base / "state"}"
         )
         config = base / "config.yaml"
         config.write_text(
-            f"""apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-cgroupDriver: cgroupfs
-containerRuntimeEndpoint: unix://{self.containerd_socket}
-failSwapOn: false
-address: {NODE_IP}
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: {free_port()}
-authentication:
-  anonymous: {{enabled: true}}
-  webhook: {{enabled: false}}
-authorization: {{mode: AlwaysAllow}}
-evictionHard:
-  memory.available: "100Mi"
-  nodefs.available: "1%"
-  imagefs.available: "1%"
-  nodefs.inodesFree: "1%"
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-resolvConf: /etc/resolv.conf
-serializeImagePulls: false
-"""
+            nodeconfig.kubelet_config(
+                socket=self.containerd_socket, address=NODE_IP, healthz_port=free_port()
+            )
         )
         self._procs["kubelet"] = self.plane.spawn(
             "kubelet",

@@ -9,10 +9,17 @@ import subprocess
 import threading
 from pathlib import Path
 
-from conftest import PIN_DIR, RELEASE_NS, ROOT, STATE_DIR, Cluster, maps_on_host
 from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME
 from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import eventually
+from tpfilter_dev.realcluster import (
+    PIN_DIR,
+    RELEASE_NS,
+    ROOT,
+    STATE_DIR,
+    Cluster,
+    maps_on_host,
+)
 
 SEED = ROOT / "examples" / "seed-policy.yaml"
 TRACEPOINT_SEED = ROOT / "examples" / "seed-policy-tracepoint.yaml"
@@ -80,6 +87,7 @@ def test_restarted_container_is_mapped_by_its_new_cgroup(cluster: Cluster, ns: s
     cluster.kubectl("apply", "-f", str(SEED))
     try:
         first_id, first = cluster.container_id(ns, "ubuntu"), cluster.cgroup_id(ns, "ubuntu")
+        assert first_id is not None
         converge(SEED_KEY, frozenset({first}), "the first container mapped")
         # The runtime kills the container; kubelet starts a new one (new ID, new cgroup).
         subprocess.run(
