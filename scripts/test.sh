@@ -3,15 +3,18 @@
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -m unit    # extra arguments go to pytest
 # It installs the apt/pip packages (scripts/install.sh), builds or reuses the control-plane
-# binaries (scripts/build-k8s-bins.sh) and the images of the real node (scripts/build-images.sh),
+# binaries (scripts/build-k8s-bins.sh), the images of the real node (scripts/build-images.sh)
+# and the VM (scripts/build-vm.sh),
 # runs ruff and mypy, then pytest: unit tests, real-kernel tests (BPF maps, cgroups),
 # integration tests against a real kube-apiserver + etcd, and the real-node e2e suite
-# (helm install of the chart on a kubelet + containerd node).
+# (helm install of the chart on a kubelet + containerd node), and tests/vm inside a QEMU guest
+# running Debian's stock kernel (kprobes, BPF LSM: tests/kernel/test_vm_suite.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/build-k8s-bins.sh
 bash scripts/build-images.sh >/dev/null   # the real node's images (cached; prints paths)
+bash scripts/build-vm.sh >/dev/null       # Debian's stock kernel + guest root for tests/vm (cached)
 export PATH="${TPFILTER_CACHE:-/var/cache/tpfilter}/bin:$PATH"
 echo "== ruff";  .venv/bin/ruff check .
 echo "== mypy";  .venv/bin/mypy

@@ -1,0 +1,12 @@
+"""tests/vm runs INSIDE the VM that tpfilter_dev.vm boots (Debian's stock kernel: kprobes,
+BPF LSM, fmod_ret). On the host these files are not collected: tests/kernel/test_vm_suite.py
+boots the VM and runs this directory there, failing if any guest test fails."""
+
+from __future__ import annotations
+
+import os
+
+from tpfilter_dev.vm import IN_VM_ENV
+
+if not os.environ.get(IN_VM_ENV):
+    collect_ignore_glob = ["test_*.py"]
