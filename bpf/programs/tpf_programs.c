@@ -135,6 +135,9 @@ BPF_F_TABLE("hash", struct tpf_int_key, u8, tpf_ints, TPF_MAX_SET_ENTRIES, BPF_F
 BPF_F_TABLE("percpu_hash", u64, u64, tpf_stats, TPF_MAX_STAT_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
 BPF_PROG_ARRAY(tpf_stages, 2);
+/* Override verdicts: pid_tgid -> argError, from a kprobe's selector to the BPF LSM program
+ * the kernel calls inside the same security_* function (tpf_kprobe.c). */
+BPF_F_TABLE("hash", u64, s32, tpf_override, 16384, BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(tpf_events, TPF_RINGBUF_PAGES);
 /* Never written: declared so that bcc hands the agent the event's ctypes layout. */
 BPF_ARRAY(tpf_event_layout, struct tpf_event, 1);
@@ -443,13 +446,20 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 }
 
 
-static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u8 sel, u8 actions)
+static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u8 sel, u8 actions,
+				    s32 error)
 {
 	struct tpf_event *ev = &w->sc.ev;
 	u32 config = slot->config;
 
 	tpf_count(config, TPF_STAT_MATCH);
 	ev->flags = 0;
+	if (actions & TPF_ACT_OVERRIDE) {
+		u64 id = bpf_get_current_pid_tgid();
+
+		if (tpf_override.update(&id, &error) != 0)
+			tpf_count(config, TPF_STAT_ERROR);
+	}
 	if (actions & TPF_ACT_SIGKILL) {
 		if (bpf_send_signal(9) == 0) {
 			tpf_count(config, TPF_STAT_SIGKILL);
@@ -525,13 +535,13 @@ static __always_inline void tpf_keep(struct tpf_work *w, struct tpf_slot *slot)
  * on each path, the branch on it makes it precise and the verifier stops merging the
  * paths of this loop. For the same reason the kept entries are counted in memory.
  */
-int tpf_stage_filter(void *ctx)
+static __always_inline int tpf_filter_run(void)
 {
 	u32 zero = 0, hook, base, n, nany;
 	struct tpf_work *w = tpf_work.lookup(&zero);
 
 	if (!w)
-		return 0;
+		return -1;
 	hook = w->hook;
 	base = w->cursor;
 	nany = w->nany;
@@ -572,32 +582,41 @@ int tpf_stage_filter(void *ctx)
 	base += TPF_FILTER_BATCH;
 	if (base < n && base < TPF_MAX_ANY + TPF_MAX_CANDS) {
 		w->cursor = base;
-		tpf_stages.call(ctx, TPF_STAGE_FILTER);
-		return 0; /* not reached unless the tail call failed */
+		return TPF_STAGE_FILTER;
 	}
 	if (!w->nkept)
-		return 0; /* no policy applies to this task */
+		return -1; /* no policy applies to this task */
 	w->cursor = 0;
 	w->sc.ev.pid = bpf_get_current_pid_tgid() >> 32;
 	w->sc.ev.tid = (u32)bpf_get_current_pid_tgid();
 	bpf_get_current_comm(w->sc.ev.comm, sizeof(w->sc.ev.comm));
-	tpf_stages.call(ctx, TPF_STAGE_SELECT);
+	return TPF_STAGE_SELECT;
+}
+
+/* The stage programs of the tracepoint entries (tpf_kprobe.c has the kprobes' own: a tail
+ * call needs a program array of the caller's program type). */
+int tpf_stage_filter(void *ctx)
+{
+	int next = tpf_filter_run();
+
+	if (next >= 0)
+		tpf_stages.call(ctx, next);
 	return 0;
 }
 
 /* SELECT: selectors and actions of the kept slots in [cursor, cursor + TPF_SELECT_BATCH). */
-int tpf_stage_select(void *ctx)
+static __always_inline int tpf_select_run(void)
 {
 	u32 zero = 0, hook, base, n;
 	struct tpf_hook *h;
 	struct tpf_work *w = tpf_work.lookup(&zero);
 
 	if (!w)
-		return 0;
+		return -1;
 	hook = w->hook;
 	h = tpf_hooks.lookup(&hook);
 	if (!h)
-		return 0;
+		return -1;
 	base = w->cursor;
 	n = w->nkept;
 	if (base == 0)
@@ -606,7 +625,7 @@ int tpf_stage_select(void *ctx)
 	for (u32 k = 0; k < TPF_SELECT_BATCH; k++) {
 		struct tpf_slot *slot;
 		u32 i = base + k, config, nsel;
-		s32 matched = -1;
+		s32 matched = -1, error = 0;
 		u8 actions = 0;
 
 		if (i >= n || i >= TPF_MAX_KEPT)
@@ -615,7 +634,7 @@ int tpf_stage_select(void *ctx)
 		config = slot->config;
 		nsel = slot->nsel;
 		if (nsel == 0) {
-			tpf_act(w, slot, 0xff, TPF_ACT_POST);
+			tpf_act(w, slot, 0xff, TPF_ACT_POST, 0);
 			continue;
 		}
 #pragma clang loop unroll(disable)
@@ -633,17 +652,27 @@ int tpf_stage_select(void *ctx)
 			if (tpf_sel_match(w, config, s, sel)) {
 				matched = s;
 				actions = sel->actions;
+				error = sel->error;
 				break;
 			}
 		}
 		if (matched >= 0)
-			tpf_act(w, slot, matched, actions);
+			tpf_act(w, slot, matched, actions, error);
 	}
 	base += TPF_SELECT_BATCH;
 	if (base < n && base < TPF_MAX_KEPT) {
 		w->cursor = base;
-		tpf_stages.call(ctx, TPF_STAGE_SELECT);
+		return TPF_STAGE_SELECT;
 	}
+	return -1;
+}
+
+int tpf_stage_select(void *ctx)
+{
+	int next = tpf_select_run();
+
+	if (next >= 0)
+		tpf_stages.call(ctx, next);
 	return 0;
 }
 
@@ -729,3 +758,6 @@ int tpf_sys_enter(struct tpf_sys_enter_ctx *ctx)
 	tpf_stages.call(ctx, TPF_STAGE_FILTER);
 	return 0;
 }
+
+/* tpf_kprobe.c follows here when the node has kprobes: the loader appends it to this text
+ * (bcc makes programs only of the functions of its main text, not of included files). */

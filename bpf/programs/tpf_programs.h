@@ -91,6 +91,7 @@
 /* actions (bits) */
 #define TPF_ACT_POST 1
 #define TPF_ACT_SIGKILL 2
+#define TPF_ACT_OVERRIDE 4 /* kprobes on security_*: the LSM hook returns tpf_sel.error */
 
 /* tpf_stats key: (config << 8) | counter */
 #define TPF_STAT_MATCH 0   /* a selector matched (whatever the actions) */
@@ -155,7 +156,8 @@ struct tpf_sel {
 	u8 nargs;   /* matchArgs entries used, <= TPF_MAX_ARGS */
 	u8 bin_op;  /* TPF_BIN_* */
 	u8 actions; /* TPF_ACT_* bits */
-	u8 pad[5];
+	u8 pad;
+	s32 error;  /* Override's argError (a negative errno) */
 	struct tpf_arg args[TPF_MAX_ARGS];
 };
 

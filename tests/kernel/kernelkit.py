@@ -394,8 +394,9 @@ class Env:
 
 
 @contextlib.contextmanager
-def program_env() -> Iterator[Env]:
-    """A started ProgramManager on a unique pin dir, its filter maps, an event buffer."""
+def program_env(*, probe_lsm: bool = False) -> Iterator[Env]:
+    """A started ProgramManager on a unique pin dir, its filter maps, an event buffer
+    (``probe_lsm``: probe BPF LSM too, which Override on kprobes needs)."""
     from tpfilter.programs import ProgramManager
 
     root = Path("/tmp") / f"tpf-test-bin-{uuid.uuid4().hex[:8]}"
@@ -412,7 +413,7 @@ def program_env() -> Iterator[Env]:
                 node_name="test-node",
                 resolve=pods.get,
                 events_out=events,
-                probe_lsm=False,
+                probe_lsm=probe_lsm,
             )
             try:
                 manager.start(events_thread=False)

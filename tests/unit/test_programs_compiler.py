@@ -102,15 +102,15 @@ def test_seed_policy_is_unsupported_here_with_reasons() -> None:
     body = yaml.safe_load((EXAMPLES / "seed-policy.yaml").read_text())
     plan = compile_spec(dict(parse_policy(body).spec.model_extra or {}), ENV)
     assert not plan.ok and not plan.configs
-    assert "spec.kprobes: this node's kernel has no kprobes" in plan.unsupported
-    assert any(r.startswith("spec.options") for r in plan.unsupported)
+    # Its only option (disable-kprobe-multi) asks for nothing tpfilter does otherwise.
+    assert plan.unsupported == ("spec.kprobes: this node's kernel has no kprobes",)
 
 
-def test_kprobes_on_a_node_that_has_them_are_not_implemented() -> None:
+def test_kprobes_without_the_nodes_btf_say_so() -> None:
     env = NodeEnv(tracepoint_format=fmt, syscall_numbers=SYSCALLS, kprobes=None)
     plan = compile_spec({"kprobes": [{"call": "fd_install"}]}, env)
     assert plan.unsupported == (
-        "spec.kprobes: kprobe programs are not implemented by tpfilter yet",
+        "spec.kprobes[0]: the node's BTF (/sys/kernel/btf/vmlinux) could not be read",
     )
 
 

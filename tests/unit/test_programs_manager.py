@@ -56,7 +56,7 @@ class FakePrograms:
         for alternatives in self.must_see:
             assert alternatives & visible_all, "a surviving policy vanished mid-sync"
 
-    def attach(self, tp: str) -> None:
+    def attach(self, tp: str, cfg: object = None) -> None:
         self.attached.add(tp)
 
     def detach(self, tp: str) -> None:

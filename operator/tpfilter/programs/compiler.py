@@ -26,6 +26,7 @@ from typing import Any
 from tpfilter.programs import layout
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tracefs import Field, TracepointFormat
+from tpfilter.programs.values import parse_int
 
 __all__ = [
     "ArgMatch",
@@ -87,6 +88,8 @@ class NodeEnv:
     kprobes: str | None = "kprobes are not available"  # None = available, else why not
     lsm: str | None = "BPF LSM programs are not available"
     tracepoints: str | None = None  # None = tracefs and the programs are there
+    kernel: Any = None  # programs.btf.KernelBtf of the node (kprobes: functions, offsets)
+    kprobe_hook: Callable[[str], int | None] | None = None  # a kernel function's hook ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class Selector:
     binaries: tuple[bytes, ...] = ()
     args: tuple[ArgMatch, ...] = ()
     actions: Action = Action.POST
+    error: int = 0  # Override's argError
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,8 @@ class HookConfig:
     capture: int = layout.NO_CAPTURE  # strs[] index of a user string put in events
     message: str = ""
     tags: tuple[str, ...] = ()
+    mechanism: str = ""  # how the node runs it, when not obvious from the name
+    str_reader: tuple[int, int] = (layout.NO_READER, 0)  # kprobes: (arg, member offset)
 
     @property
     def attach(self) -> str | None:
@@ -182,24 +188,6 @@ class _Errors:
 
     def add(self, where: str, what: str) -> None:
         self.reasons.append(f"{where}: {what}")
-
-
-def parse_int(text: object) -> int:
-    """A Tetragon integer value: decimal, 0x hex, 0 octal, optional sign."""
-    if isinstance(text, bool):
-        raise ValueError(f"not an integer: {text!r}")
-    if isinstance(text, int):
-        return text
-    s = str(text).strip()
-    sign = -1 if s.startswith("-") else 1
-    body = s.lstrip("+-")
-    if body.lower().startswith("0x"):
-        value = int(body[2:], 16)
-    elif len(body) > 1 and body.startswith("0"):
-        value = int(body[1:], 8)
-    else:
-        value = int(body, 10)
-    return sign * value
 
 
 def _normalise(value: int, int_type: IntType) -> int:
@@ -578,12 +566,13 @@ def compile_spec(spec: Mapping[str, Any], env: NodeEnv) -> PolicyPlan:
                 if cfg is not None:
                     configs.append(cfg)
         elif key == "kprobes":
-            errors.add(
-                "spec.kprobes",
-                env.kprobes
-                if env.kprobes is not None
-                else "kprobe programs are not implemented by tpfilter yet",
-            )
+            from tpfilter.programs.kprobes import compile_kprobes
+
+            configs += compile_kprobes(value, env, errors)
+        elif key == "options":
+            from tpfilter.programs.kprobes import compile_options
+
+            compile_options(value, errors)
         elif key == "lsmhooks":
             errors.add(
                 "spec.lsmhooks",
@@ -602,4 +591,6 @@ def spec_dict(extra: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def hooks_of(configs: Sequence[HookConfig]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(c.name for c in configs))
+    return tuple(
+        dict.fromkeys(f"{c.name} ({c.mechanism})" if c.mechanism else c.name for c in configs)
+    )

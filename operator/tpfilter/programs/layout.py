@@ -30,6 +30,7 @@ EQ_STR_MAX = STR_MAX - 2  # 255 bytes read means "maybe cut": equality needs <= 
 ARG_BINARY = 0xFF
 NO_CAPTURE = 0xFF
 NO_SELECTOR = 0xFF
+NO_READER = 0xFF  # a kprobe hook that reads no string
 
 # Value slots of the exec hook (values[]), and where user strings live (strs[k]).
 EXEC_PID = 0
@@ -73,6 +74,7 @@ class BinOp(IntEnum):
 class Action(IntFlag):
     POST = 1
     SIGKILL = 2
+    OVERRIDE = 4  # kprobes on security_* functions: the BPF LSM hook returns argError
 
 
 class Stat(IntEnum):

@@ -22,6 +22,7 @@ from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
+from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.tracefs import TracepointFormat
 
@@ -75,7 +76,16 @@ def _rss_now_bytes() -> int:
 class Programs:
     """The compiled programs and their maps. Not thread-safe: callers serialise writes."""
 
-    def __init__(self, *, pin_dir: Path, exec_format: TracepointFormat) -> None:
+    def __init__(
+        self,
+        *,
+        pin_dir: Path,
+        exec_format: TracepointFormat,
+        kprobes: bool = False,
+        lsm: bool = False,
+    ) -> None:
+        """``kprobes``: also the kprobe program (tpf_kprobe.c); ``lsm`` with it: its BPF LSM
+        Override programs (attached at once: they act only on verdicts a kprobe wrote)."""
         from bcc import BPF
 
         self._BPF = BPF
@@ -93,10 +103,17 @@ class Programs:
             program_source(),
             pin_dir=pin_dir,
             node_pidns=node_pidns,
-            extra_cflags=tuple(layout.cflags(exec_offsets=exec_offsets(exec_format))),
+            extra_cflags=(
+                *layout.cflags(exec_offsets=exec_offsets(exec_format)),
+                *(["-DTPF_WITH_KPROBES"] if kprobes else []),
+                *(["-DTPF_WITH_LSM"] if kprobes and lsm else []),
+            ),
         )
         t0 = time.monotonic()
-        self.bpf: Any = BPF(text=src.text.encode(), cflags=src.cflags)
+        text = src.text
+        if kprobes:  # bcc makes programs only of functions in its main text
+            text += (program_source().parent / "tpf_kprobe.c").read_text()
+        self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
         t1 = time.monotonic()
         stages = self.bpf.get_table(b"tpf_stages")
         for name, index in _STAGES:
@@ -104,6 +121,13 @@ class Programs:
             stages[ct.c_int(index)] = ct.c_int(fn.fd)
         self._exec_fn = self.bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
         self._sys_fn = self.bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
+        self.kprobes = kprobes
+        if kprobes:
+            kstages = self.bpf.get_table(b"tpf_kstages")
+            for name, index in _STAGES:
+                fn = self.bpf.load_func(name.replace("_stage", "_kstage").encode(), BPF.KPROBE)
+                kstages[ct.c_int(index)] = ct.c_int(fn.fd)
+            self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
         t2 = time.monotonic()
         self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
         self._attached: set[str] = set()
@@ -125,9 +149,15 @@ class Programs:
 
     # -- attach ----------------------------------------------------------------------------
 
-    def attach(self, tracepoint: str) -> None:
-        """Attach (no compile): the exec program or the generic sys_enter program."""
+    def attach(self, tracepoint: str, cfg: HookConfig | None = None) -> None:
+        """Attach (no compile): the exec program, the generic sys_enter program, or (a
+        ``kprobe/<function>`` of ``cfg``) the kprobe program."""
         if tracepoint in self._attached:
+            return
+        if tracepoint.startswith("kprobe/"):
+            assert cfg is not None, "a kprobe is attached for a hook entry"
+            kprobe_attach(self, tracepoint.removeprefix("kprobe/"), cfg)
+            self._attached.add(tracepoint)
             return
         fn = b"tpf_exec" if tracepoint == "sched/sched_process_exec" else b"tpf_sys_enter"
         self.bpf.attach_tracepoint(tp=tracepoint.replace("/", ":").encode(), fn_name=fn)
@@ -135,6 +165,10 @@ class Programs:
 
     def detach(self, tracepoint: str) -> None:
         if tracepoint not in self._attached:
+            return
+        if tracepoint.startswith("kprobe/"):
+            kprobe_detach(self, tracepoint.removeprefix("kprobe/"))
+            self._attached.discard(tracepoint)
             return
         self.bpf.detach_tracepoint(tracepoint.replace("/", ":").encode())
         self._attached.discard(tracepoint)
@@ -153,6 +187,7 @@ class Programs:
             leaf.nargs = len(sel.args)
             leaf.bin_op = int(sel.bin_op)
             leaf.actions = int(sel.actions)
+            leaf.error = sel.error
             for j, arg in enumerate(sel.args):
                 a = leaf.args[j]
                 a.kind = int(arg.kind)

@@ -32,6 +32,7 @@ from typing import Any, Literal, TextIO
 
 from tpfilter.models import Policy
 from tpfilter.programs import layout
+from tpfilter.programs.btf import KernelBtf
 from tpfilter.programs.compiler import HookConfig, NodeEnv, compile_spec, hooks_of
 from tpfilter.programs.events import (
     ConfigInfo,
@@ -42,8 +43,9 @@ from tpfilter.programs.events import (
 )
 from tpfilter.programs.hooktable import Entry as _Entry
 from tpfilter.programs.hooktable import over_capacity, write_hook
+from tpfilter.programs.kprobes import KprobeHooks
 from tpfilter.programs.layout import Stat
-from tpfilter.programs.metrics import Metrics
+from tpfilter.programs.metrics import Metrics, filter_map_usage, index_metrics
 from tpfilter.programs.probe import NodeFeatures, probe_features
 from tpfilter.programs.tracefs import TracepointFormat, read_format, syscall_numbers
 
@@ -114,6 +116,8 @@ class ProgramManager:
         self._programs: Any = None  # loader.Programs once started
         self._unavailable: str | None = "not started"
         self.features: NodeFeatures | None = None
+        self._kernel: KernelBtf | None = None  # the node's BTF (kprobes)
+        self._khooks = KprobeHooks()
         self._formats: dict[tuple[str, str], TracepointFormat | None] = {}
         self._loaded: dict[str, _Loaded] = {}
         self._hooks: dict[int, list[_Entry]] = {}
@@ -154,7 +158,11 @@ class ProgramManager:
             return
         assert exec_fmt is not None
         try:
-            programs = Programs(pin_dir=self._pin_dir, exec_format=exec_fmt)
+            self._kernel = KernelBtf.load_or_none()
+            ok = features.kprobes is None, features.lsm is None
+            programs = Programs(
+                pin_dir=self._pin_dir, exec_format=exec_fmt, kprobes=ok[0], lsm=ok[1]
+            )
         except Exception as exc:  # bcc raises plain Exception for compile/load errors
             self._unavailable = f"the policy programs failed to compile or load: {exc}"
             log.exception("policy programs unavailable")
@@ -276,6 +284,8 @@ class ProgramManager:
             kprobes=features.kprobes if features else "not probed",
             lsm=features.lsm if features else "not probed",
             tracepoints=self._unavailable,
+            kernel=self._kernel,
+            kprobe_hook=self._khooks,
         )
 
     def statuses(self) -> dict[str, ProgramStatus]:
@@ -362,7 +372,7 @@ class ProgramManager:
             try:
                 for cfg in configs:
                     if cfg.attach is not None:
-                        programs.attach(cfg.attach)
+                        programs.attach(cfg.attach, cfg)
                     config_id = self._alloc_config()
                     self._infos[config_id] = ConfigInfo(name, uid, cfg)
                     loaded.configs.append((config_id, cfg))
@@ -480,13 +490,13 @@ class ProgramManager:
         with self._lock:
             names = {lo.policy_id: lo.policy for lo in self._loaded.values() if lo.policy_id}
             names.update({s.policy_id: s.policy for s in self._statuses.values() if s.policy_id})
-        for usage in _filter_map_usage(self._pin_dir):
+        for usage in filter_map_usage(self._pin_dir):
             labels = [names.get(usage.policy_id, ""), str(usage.policy_id)]
             cgroups.add_metric(labels, usage.entries)
             memlock.add_metric(labels, usage.memlock)
         yield cgroups
         yield memlock
-        yield from _index_metrics(self._pin_dir)
+        yield from index_metrics(self._pin_dir)
 
         own = GaugeMetricFamily(
             "tpfilter_program_map_memlock_bytes",
@@ -498,35 +508,3 @@ class ProgramManager:
         for name, n in sorted(mem.items()):
             own.add_metric([name], n)
         yield own
-
-
-def _index_metrics(pin_dir: Path) -> Iterable[Any]:
-    """The candidate index's size and kernel memory (tpfilter.candidates)."""
-    from prometheus_client.core import GaugeMetricFamily
-
-    from tpfilter.indexmap import read_usage
-
-    usage = read_usage(pin_dir)
-    entries = GaugeMetricFamily(
-        "tpfilter_candidate_index_entries", "cgroups (and the host key) in the candidate index"
-    )
-    memlock = GaugeMetricFamily(
-        "tpfilter_candidate_index_memlock_bytes", "Kernel memory of the candidate index"
-    )
-    entries.add_metric([], usage.entries if usage else 0)
-    memlock.add_metric([], usage.memlock if usage else 0)
-    yield entries
-    yield memlock
-
-
-def _filter_map_usage(pin_dir: Path) -> list[Any]:
-    """MapUsage of every policy's inner map, read from the pinned maps (never creates)."""
-    from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
-
-    if not (pin_dir / OUTER_PIN_NAME).exists():
-        return []
-    maps = PinnedFilterMaps(pin_dir=pin_dir)
-    try:
-        return list(maps.usage())
-    finally:
-        maps.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -116,3 +117,35 @@ class Metrics:
             server, _thread = self._server
             server.shutdown()
             self._server = None
+
+
+def index_metrics(pin_dir: Path) -> Iterable[Any]:
+    """The candidate index's size and kernel memory (tpfilter.candidates)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from tpfilter.indexmap import read_usage
+
+    usage = read_usage(pin_dir)
+    entries = GaugeMetricFamily(
+        "tpfilter_candidate_index_entries", "cgroups (and the host key) in the candidate index"
+    )
+    memlock = GaugeMetricFamily(
+        "tpfilter_candidate_index_memlock_bytes", "Kernel memory of the candidate index"
+    )
+    entries.add_metric([], usage.entries if usage else 0)
+    memlock.add_metric([], usage.memlock if usage else 0)
+    yield entries
+    yield memlock
+
+
+def filter_map_usage(pin_dir: Path) -> list[Any]:
+    """MapUsage of every policy's inner map, read from the pinned maps (never creates)."""
+    from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+
+    if not (pin_dir / OUTER_PIN_NAME).exists():
+        return []
+    maps = PinnedFilterMaps(pin_dir=pin_dir)
+    try:
+        return list(maps.usage())
+    finally:
+        maps.close()

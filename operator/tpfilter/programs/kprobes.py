@@ -1,0 +1,235 @@
+"""``spec.kprobes`` -> hook entries of the generic kprobe program (bpf/programs/tpf_kprobe.c).
+
+Pure, like the rest of the compiler: the node comes in through :class:`NodeEnv` (its BTF
+as ``env.kernel``, a hook ID per kernel function as ``env.kprobe_hook``).
+
+What runs (docs/policies.md): one kprobe program, attached to each function a policy
+names, reads the function's arguments from the registers; a ``linux_binprm`` argument
+is read as its ``filename`` (the member's offset comes from the node's BTF and is written
+into a map, so nothing is compiled per policy). Candidates, ``policy_filter_check`` and
+selectors are the tracepoints' (the same stages). ``Override`` on ``security_<hook>``:
+the selector records ``argError`` for the task and the BPF LSM program of ``<hook>``,
+which the kernel calls inside ``security_<hook>``, returns it. Debian's kernels have no
+``bpf_override_return`` (no CONFIG_FUNCTION_ERROR_INJECTION), so where no LSM program
+exists for the hook the policy is refused as a whole, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tpfilter.programs import layout
+from tpfilter.programs.compiler import (
+    _ARG_DEFAULTS,
+    _ARG_KEYS,
+    _INT_TYPES,
+    ArgMatch,
+    ArgSpec,
+    HookConfig,
+    NodeEnv,
+    Selector,
+    _compile_actions,
+    _compile_match_arg,
+    _Errors,
+    _Source,
+    parse_int,
+)
+from tpfilter.programs.layout import Action, IntType, Kind
+
+# LSM hooks the programs have an Override program for (tpf_kprobe.c, TPF_WITH_LSM).
+OVERRIDE_LSM_HOOKS = frozenset({"bprm_creds_for_exec"})
+FIRST_HOOK = 600  # kprobe hook IDs: above any syscall number, below HOOK_EXEC
+_KPROBE_KEYS = frozenset({"call", "syscall", "return", "args", "selectors", "message", "tags"})
+_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"})
+_STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
+_IGNORED_OPTIONS = frozenset({"disable-kprobe-multi"})  # one kprobe per function anyway
+
+
+class KprobeHooks:
+    """Hook IDs for kernel functions, stable for the agent's life (the ``kprobe_hook`` of
+    NodeEnv); None when all are taken."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+
+    def __call__(self, func: str) -> int | None:
+        if func not in self._ids:
+            hook = FIRST_HOOK + len(self._ids)
+            if hook >= layout.HOOK_EXEC:
+                return None
+            self._ids[func] = hook
+        return self._ids[func]
+
+
+def compile_options(options: Any, errors: _Errors) -> None:
+    if not isinstance(options, list):
+        errors.add("spec.options", "must be a list")
+        return
+    for i, opt in enumerate(options):
+        name = opt.get("name") if isinstance(opt, Mapping) else None
+        if name not in _IGNORED_OPTIONS:
+            errors.add(f"spec.options[{i}]", f"option {name!r} is not supported")
+
+
+def compile_kprobes(value: Any, env: NodeEnv, errors: _Errors) -> list[HookConfig]:
+    if not isinstance(value, list):
+        errors.add("spec.kprobes", "must be a list")
+        return []
+    if env.kprobes is not None:
+        errors.add("spec.kprobes", env.kprobes)
+        return []
+    out = []
+    for i, kp in enumerate(value):
+        cfg = _compile_kprobe(kp, f"spec.kprobes[{i}]", env, errors)
+        if cfg is not None:
+            out.append(cfg)
+    return out
+
+
+def override_mechanism(call: str, env: NodeEnv) -> tuple[str | None, str]:
+    """(why Override cannot run on ``call`` or None, the mechanism that runs it)."""
+    hook = call.removeprefix("security_")
+    if hook == call:
+        return (
+            f"Override on {call}: this node has no mechanism (tpfilter overrides "
+            "security_* functions through their BPF LSM hook; bpf_override_return, which "
+            "Debian kernels lack, is not used)",
+            "",
+        )
+    if env.lsm is not None:
+        return f"Override on {call} needs a BPF LSM program: {env.lsm}", ""
+    if env.kernel is None or not env.kernel.has_lsm_hook(hook):
+        return f"Override on {call}: the kernel has no BPF LSM hook {hook}", ""
+    if hook not in OVERRIDE_LSM_HOOKS:
+        return (
+            f"Override on {call}: tpfilter has an LSM Override program for "
+            f"{', '.join(sorted(OVERRIDE_LSM_HOOKS))} only",
+            "",
+        )
+    return None, f"Override: BPF LSM {hook}"
+
+
+def _arg_source(
+    arg: Mapping[str, Any], params: tuple[str, ...], env: NodeEnv
+) -> tuple[_Source, tuple[int, int] | None] | str:
+    index = int(arg["index"])
+    if not 0 <= index < min(len(params), 6):
+        return f"index {index}: the function has {len(params)} parameters (at most 6 read)"
+    user_type = str(arg["type"]) if arg.get("type") is not None else None
+    if user_type in _STRUCT_STRINGS:
+        struct_name, member = _STRUCT_STRINGS[user_type]
+        if params[index] != f"struct {struct_name} *":
+            return f"parameter {index} is {params[index]}, not struct {struct_name} *"
+        offset = env.kernel.member_offset(struct_name, member)
+        if offset is None:
+            return f"struct {struct_name} has no member {member} in this kernel's BTF"
+        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset)
+    int_type = _INT_TYPES.get(user_type or "")
+    if int_type is None:
+        return f"argument type {user_type!r} is not supported on kprobes (linux_binprm, ints)"
+    return _Source(Kind.INT, index, int_type), None
+
+
+def _compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
+    if not isinstance(kp, Mapping):
+        errors.add(where, "not a mapping")
+        return None
+    extra = {k for k, v in kp.items() if k not in _KPROBE_KEYS and v not in (None, [], {})}
+    if kp.get("syscall"):
+        extra.add("syscall: true")
+    if kp.get("return"):
+        extra.add("return: true")
+    if extra:
+        errors.add(where, f"{', '.join(sorted(extra))} not supported (yet) on kprobes")
+        return None
+    call = str(kp.get("call", ""))
+    if env.kernel is None:
+        errors.add(where, "the node's BTF (/sys/kernel/btf/vmlinux) could not be read")
+        return None
+    params = env.kernel.func_params(call)
+    if params is None:
+        errors.add(where, f"kernel function {call!r} does not exist on this node (not in BTF)")
+        return None
+    hook = env.kprobe_hook(call) if env.kprobe_hook is not None else None
+    if hook is None:
+        errors.add(where, "no kprobe hook ID left on this node")
+        return None
+
+    sources: dict[int, _Source] = {}
+    specs: list[ArgSpec] = []
+    reader: tuple[int, int] | None = None
+    for i, arg in enumerate(kp.get("args") or []):
+        at = f"{where}.args[{i}]"
+        if not isinstance(arg, Mapping) or "index" not in arg:
+            errors.add(at, "needs an index")
+            continue
+        bad = {k for k in set(arg) - _ARG_KEYS if _ARG_DEFAULTS.get(k, ...) != arg[k]}
+        got = f"{', '.join(sorted(bad))} not supported" if bad else _arg_source(arg, params, env)
+        if isinstance(got, str):
+            errors.add(at, got)
+            continue
+        source, string = got
+        if string is not None:
+            if reader is not None:
+                errors.add(at, "one string argument per kprobe is supported")
+                continue
+            reader = string
+        sources[int(arg["index"])] = source
+        label = str(arg.get("label") or f"arg{arg['index']}")
+        specs.append(ArgSpec(int(arg["index"]), label, source.kind, source.src, source.int_type))
+
+    selectors: list[Selector] = []
+    mechanisms = {"kprobe"}
+    for s, raw in enumerate(kp.get("selectors") or []):
+        at = f"{where}.selectors[{s}]"
+        if not isinstance(raw, Mapping):
+            errors.add(at, "not a mapping")
+            continue
+        extra = {k for k, v in raw.items() if k not in _SELECTOR_KEYS and v not in (None, [], {})}
+        if extra:
+            errors.add(at, f"{', '.join(sorted(extra))} not supported on kprobes")
+            continue
+        matches: list[ArgMatch | None] = [
+            _compile_match_arg(m, f"{at}.matchArgs[{j}]", sources, errors)
+            for j, m in enumerate(raw.get("matchArgs") or [])
+        ]
+        raw_actions = raw.get("matchActions")
+        actions = _compile_actions(
+            raw_actions, f"{at}.matchActions", errors, can_override=True, hook_kind="kprobe"
+        )
+        error = 0
+        for act in raw_actions if isinstance(raw_actions, list) else []:
+            if not isinstance(act, Mapping) or str(act.get("action", "")).lower() != "override":
+                continue
+            why, mechanism = override_mechanism(call, env)
+            try:
+                error = parse_int(act.get("argError", 0))
+            except ValueError:
+                why = why or f"argError {act.get('argError')!r} is not an integer"
+            if why is None and not -4095 <= error <= -1:
+                why = f"argError {error} is not a negative errno (-4095 .. -1)"
+            if why is not None:
+                errors.add(f"{at}.matchActions", why)
+            actions |= Action.OVERRIDE
+            mechanisms.add(mechanism)
+        if len(matches) > layout.MAX_ARGS or any(m is None for m in matches):
+            if len(matches) > layout.MAX_ARGS:
+                errors.add(f"{at}.matchArgs", f"more than {layout.MAX_ARGS} entries")
+            continue
+        selectors.append(
+            Selector(args=tuple(m for m in matches if m is not None), actions=actions, error=error)
+        )
+    if len(selectors) > layout.MAX_SELECTORS:
+        errors.add(f"{where}.selectors", f"more than {layout.MAX_SELECTORS} selectors")
+    tags = kp.get("tags") or []
+    return HookConfig(
+        hook=hook,
+        name=f"kprobe/{call}",
+        selectors=tuple(selectors),
+        args=tuple(specs),
+        message=str(kp.get("message") or ""),
+        tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+        mechanism="; ".join(sorted(m for m in mechanisms if m)),
+        str_reader=reader or (layout.NO_READER, 0),
+    )

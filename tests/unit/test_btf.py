@@ -1,0 +1,56 @@
+"""tpfilter.programs.btf on a hand-made BTF blob (and the node's own, where readable)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tpfilter.programs.btf import VMLINUX, KernelBtf
+
+
+def _blob() -> bytes:
+    names = b"\0int\0linux_binprm\0pad\0filename\0security_bprm_creds_for_exec\0bpf_lsm_x\0"
+
+    def off(name: bytes) -> int:
+        return names.index(b"\0" + name + b"\0") + 1
+
+    def info(kind: int, vlen: int = 0) -> int:
+        return (kind << 24) | vlen
+
+    types = b"".join(
+        [
+            struct.pack("<IIII", off(b"int"), info(1), 4, 0x01000020),  # 1: int
+            struct.pack("<III", 0, info(2), 4),  # 2: int *  (char * stand-in)
+            struct.pack("<III", off(b"linux_binprm"), info(4, 2), 104)  # 3: struct
+            + struct.pack("<III", off(b"pad"), 1, 0)
+            + struct.pack("<III", off(b"filename"), 2, 96 * 8),
+            struct.pack("<III", 0, info(2), 3),  # 4: struct linux_binprm *
+            struct.pack("<III", 0, info(13, 1), 1) + struct.pack("<II", 0, 4),  # 5: proto
+            struct.pack("<III", off(b"security_bprm_creds_for_exec"), info(12), 5),  # 6
+            struct.pack("<III", off(b"bpf_lsm_x"), info(12), 5),  # 7
+        ]
+    )
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(names))
+    return header + types + names
+
+
+def test_functions_params_offsets_and_lsm_hooks() -> None:
+    btf = KernelBtf.parse(_blob())
+    assert btf.func_params("security_bprm_creds_for_exec") == ("struct linux_binprm *",)
+    assert btf.func_params("nope") is None
+    assert btf.member_offset("linux_binprm", "filename") == 96
+    assert btf.member_offset("linux_binprm", "nope") is None
+    assert btf.has_lsm_hook("x") and not btf.has_lsm_hook("y")
+
+
+def test_not_btf_is_refused() -> None:
+    with pytest.raises(ValueError):
+        KernelBtf.parse(b"\0" * 32)
+
+
+@pytest.mark.skipif(not VMLINUX.exists(), reason="no /sys/kernel/btf/vmlinux")
+def test_the_nodes_btf_has_the_seed_policys_function() -> None:
+    btf = KernelBtf.load()
+    assert btf.func_params("security_bprm_creds_for_exec") == ("struct linux_binprm *",)
+    assert btf.member_offset("linux_binprm", "filename") is not None
