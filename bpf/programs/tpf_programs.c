@@ -10,6 +10,8 @@
  *   tpf_sys_enter  attached to each syscalls/sys_enter_* a policy names (attaching an
  *                  already loaded program compiles nothing); the hook is the syscall
  *                  number the tracepoint reports.
+ *   tpf_kprobe     (tpf_kprobe.c, appended where the node has kprobes) each kernel function
+ *                  a policy names; Override through the function's BPF LSM hook.
  *
  * For every event:
  *
@@ -25,7 +27,8 @@
  *   2. selectors in order; the first that matches decides (Tetragon: selectors are ORed,
  *      the filters inside one are ANDed, the values of one filter are ORed - NotEqual and
  *      NotIn: ANDed, i.e. "none of");
- *   3. its actions: Post (an event to the ring buffer; the default), NoPost, Sigkill.
+ *   3. its actions: Post (an event to the ring buffer; the default), NoPost, Sigkill,
+ *      Override (kprobes: a verdict for the LSM program, tpf_kprobe.c).
  *
  * Verifier cost: bcc (0.26) supports neither bpf_loop callbacks nor BPF-to-BPF calls, so
  * everything is inlined and every loop is a bounded loop the verifier walks, and
@@ -314,9 +317,16 @@ static __always_inline void tpf_str_reverse(struct tpf_str *str)
 	len = str->len & (TPF_STR_MAX - 1);
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < TPF_STR_MAX - 1; i++) {
+		u32 d = i, from;
+
 		if (i >= len)
 			break;
-		str->rev.s[i & (TPF_STR_MAX - 1)] = str->fwd.s[(len - 1 - i) & (TPF_STR_MAX - 1)];
+		from = len - 1 - i;
+		/* Hide the write index from clang so that it keeps the mask and does not turn the
+		 * write into a pointer increment: the 6.1 verifier (Debian 12) loses that
+		 * pointer's bound and refuses the program; 6.18 accepts either. */
+		asm volatile("" : "+r"(d));
+		str->rev.s[d & (TPF_STR_MAX - 1)] = str->fwd.s[from & (TPF_STR_MAX - 1)];
 	}
 	str->rev_ready = 1;
 }

@@ -161,3 +161,18 @@ def test_hook_ids_are_stable_per_function() -> None:
     hooks = KprobeHooks()
     a, b = hooks("f"), hooks("g")
     assert a == FIRST_HOOK and b == FIRST_HOOK + 1 and hooks("f") == a
+
+
+def test_the_probe_table_names_the_override_mechanism() -> None:
+    from tpfilter.programs.probe import NodeFeatures
+
+    stock = NodeFeatures(
+        tracepoints=None, kprobes=None, kprobe_override="no", lsm=None, tracefs=None
+    )
+    assert dict(stock.table())["Override"].startswith("BPF LSM program")
+    no_lsm = replace(stock, lsm="EPERM")
+    assert dict(no_lsm.table())["Override"] == (
+        "none (bpf_override_return is not used; BPF LSM: EPERM)"
+    )
+    no_kprobes = replace(stock, kprobes="no kprobes")
+    assert dict(no_kprobes.table())["Override"] == "none: no kprobes"

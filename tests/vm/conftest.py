@@ -5,8 +5,12 @@ boots the VM and runs this directory there, failing if any guest test fails."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from tpfilter_dev.vm import IN_VM_ENV
 
 if not os.environ.get(IN_VM_ENV):
     collect_ignore_glob = ["test_*.py"]
+else:  # the kernel tests' helpers (scratch cgroups, pin dirs, a started ProgramManager)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))

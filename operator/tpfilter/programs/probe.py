@@ -34,7 +34,17 @@ class NodeFeatures:
             ("kprobes", self.kprobes or "yes"),
             ("kprobe override", self.kprobe_override or "yes"),
             ("BPF LSM programs", self.lsm or "yes"),
+            ("Override", self.override_mechanism),
         ]
+
+    @property
+    def override_mechanism(self) -> str:
+        """What runs Override of a kprobe here (tpfilter.programs.kprobes)."""
+        if self.kprobes is not None:
+            return f"none: {self.kprobes}"
+        if self.lsm is not None:
+            return f"none (bpf_override_return is not used; BPF LSM: {self.lsm})"
+        return "BPF LSM program of the security_* function's hook (bprm_creds_for_exec)"
 
 
 def probe_kprobes(tracefs: Path | None) -> str | None:
