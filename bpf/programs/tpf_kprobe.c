@@ -25,7 +25,7 @@
 
 #include <linux/ptrace.h> /* struct pt_regs: the kernel's own (its headers) */
 
-BPF_PROG_ARRAY(tpf_kstages, 2);
+BPF_PROG_ARRAY(tpf_kstages, 3);
 BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -> hook */
 
 struct tpf_khook {
@@ -38,6 +38,15 @@ BPF_ARRAY(tpf_khooks, struct tpf_khook, TPF_NR_HOOKS);
 int tpf_kstage_filter(struct pt_regs *ctx)
 {
 	int next = tpf_filter_run();
+
+	if (next >= 0)
+		tpf_kstages.call(ctx, next);
+	return 0;
+}
+
+int tpf_kstage_strings(struct pt_regs *ctx)
+{
+	int next = tpf_strings_run();
 
 	if (next >= 0)
 		tpf_kstages.call(ctx, next);

@@ -41,12 +41,13 @@
  *                                     else read the event once, then -> FILTER
  *   FILTER (tpf_stage_filter)         policy_filter_check() of TPF_FILTER_BATCH
  *                                     candidates, their entries kept in a compact list,
- *                                     -> itself for the next batch, then -> SELECT
- *   SELECT (tpf_stage_select)         strings read once (first batch), then the selectors
- *                                     and actions of TPF_SELECT_BATCH kept entries,
- *                                     -> itself for the next batch
+ *                                     -> itself for the next batch, then -> STRINGS
+ *   STRINGS (tpf_stage_strings)       the strings the selectors compare, read (and
+ *                                     reversed for Postfix) once, -> SELECT
+ *   SELECT (tpf_stage_select)         the selectors and actions of TPF_SELECT_BATCH kept
+ *                                     entries, -> itself for the next batch
  *
- * 128 candidates take 8 + 16 tail calls, under the kernel's limit of 33. The agent fills
+ * 128 candidates take 8 + 1 + 16 tail calls, under the kernel's limit of 33. The agent fills
  * the stage array before it attaches an entry; a missing stage is a reported load error.
  * The bound that remains is per task, not per hook: TPF_MAX_ANY unfiltered entries per
  * hook, TPF_INDEX_MAX policies selecting one container, TPF_INDEX_MAX hostSelector
@@ -91,6 +92,7 @@
 #endif
 #define TPF_STAGE_FILTER 0
 #define TPF_STAGE_SELECT 1
+#define TPF_STAGE_STRINGS 2
 #ifndef TPF_MAX_PCFG_ENTRIES
 #define TPF_MAX_PCFG_ENTRIES 65536
 #endif
@@ -137,7 +139,7 @@ BPF_F_TABLE("lpm_trie", struct tpf_lpm_key, u8, tpf_postfix, TPF_MAX_SET_ENTRIES
 BPF_F_TABLE("hash", struct tpf_int_key, u8, tpf_ints, TPF_MAX_SET_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("percpu_hash", u64, u64, tpf_stats, TPF_MAX_STAT_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
-BPF_PROG_ARRAY(tpf_stages, 2);
+BPF_PROG_ARRAY(tpf_stages, 3);
 /* Override verdicts: pid_tgid -> argError, from a kprobe's selector to the BPF LSM program
  * the kernel calls inside the same security_* function (tpf_kprobe.c). */
 BPF_F_TABLE("hash", u64, s32, tpf_override, 16384, BPF_F_NO_PREALLOC);
@@ -600,7 +602,35 @@ static __always_inline int tpf_filter_run(void)
 	w->sc.ev.pid = bpf_get_current_pid_tgid() >> 32;
 	w->sc.ev.tid = (u32)bpf_get_current_pid_tgid();
 	bpf_get_current_comm(w->sc.ev.comm, sizeof(w->sc.ev.comm));
+	return TPF_STAGE_STRINGS;
+}
+
+/* STRINGS: the strings the hook's selectors compare, read and reversed once per event, in
+ * a program of their own: in SELECT's, the string loops pushed Debian 6.1's verifier past
+ * its limit (E2BIG). */
+static __always_inline int tpf_strings_run(void)
+{
+	u32 zero = 0, hook;
+	struct tpf_hook *h;
+	struct tpf_work *w = tpf_work.lookup(&zero);
+
+	if (!w)
+		return -1;
+	hook = w->hook;
+	h = tpf_hooks.lookup(&hook);
+	if (!h)
+		return -1;
+	tpf_load_strings(w, h);
 	return TPF_STAGE_SELECT;
+}
+
+int tpf_stage_strings(void *ctx)
+{
+	int next = tpf_strings_run();
+
+	if (next >= 0)
+		tpf_stages.call(ctx, next);
+	return 0;
 }
 
 /* The stage programs of the tracepoint entries (tpf_kprobe.c has the kprobes' own: a tail
@@ -629,8 +659,6 @@ static __always_inline int tpf_select_run(void)
 		return -1;
 	base = w->cursor;
 	n = w->nkept;
-	if (base == 0)
-		tpf_load_strings(w, h);
 #pragma clang loop unroll(disable)
 	for (u32 k = 0; k < TPF_SELECT_BATCH; k++) {
 		struct tpf_slot *slot;

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
-_STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1))
+_STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
 
 
 def program_source() -> Path:
