@@ -317,19 +317,22 @@ static __always_inline void tpf_str_reverse(struct tpf_str *str)
 	if (str->len <= 0)
 		return;
 	len = str->len & (TPF_STR_MAX - 1);
+	/*
+	 * All 255 bytes, no exit on len: rev[i] = fwd[(len - 1 - i) mod 256], and for i >= len
+	 * that index is past the string's NUL, where fwd is zero (tpf_str_reset). A loop that
+	 * stopped at len left up to 255 different states behind it for each string, which
+	 * Debian 6.1's verifier could not prune (E2BIG). The write index is hidden from clang
+	 * so that it keeps the mask instead of making the write a pointer increment, whose
+	 * bound 6.1's verifier loses.
+	 */
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < TPF_STR_MAX - 1; i++) {
-		u32 d = i, from;
+		u32 d = i;
 
-		if (i >= len)
-			break;
-		from = len - 1 - i;
-		/* Hide the write index from clang so that it keeps the mask and does not turn the
-		 * write into a pointer increment: the 6.1 verifier (Debian 12) loses that
-		 * pointer's bound and refuses the program; 6.18 accepts either. */
 		asm volatile("" : "+r"(d));
-		str->rev.s[d & (TPF_STR_MAX - 1)] = str->fwd.s[from & (TPF_STR_MAX - 1)];
+		str->rev.s[d & (TPF_STR_MAX - 1)] = str->fwd.s[(len - 1 - i) & (TPF_STR_MAX - 1)];
 	}
+	str->rev.s[TPF_STR_MAX - 1] = 0;
 	str->rev_ready = 1;
 }
 
