@@ -44,11 +44,18 @@ mirror() { # the Debian mirror apt uses on this machine (the only one reachable)
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# 1. The kernel, unpacked (unpacking into a merged-/usr root would replace its /lib link).
+# The modules that mount the root over virtio-9p, in load order (the initramfs loads them).
+MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p"
+
+# 1. The kernel, unpacked (unpacking into a merged-/usr root would replace its /lib link);
+# of its modules only those (the guest loads no others): 400 MB less.
 KDIR=$CACHE/kernel-$KV
 if [ ! -e "$KDIR/boot/vmlinuz-$KV" ]; then
   tmp=$(mktemp -d "$CACHE/.kernel.XXXXXX")
   (cd "$tmp" && apt-get download -qq "linux-image-$KV" && dpkg-deb -x linux-image-*.deb unpacked)
+  keep=$(for m in $MODS; do printf -- '-not -name %s.ko* ' "$m"; done)
+  # shellcheck disable=SC2086
+  (set -f; find "$tmp/unpacked/lib/modules" -type f -name "*.ko*" $keep -delete)
   rm -rf "$KDIR"; mv "$tmp/unpacked" "$KDIR"; rm -rf "$tmp"
   log "kernel: $KDIR"
 fi
@@ -89,7 +96,7 @@ EOF
   if [ ! -e "$tmp/packages.done" ]; then
     log "guest packages (bcc, bpftool, linux-headers-$KV)"
     chroot_run "$tmp/root" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-      python3-bpfcc bpftool linux-headers-$KV python3-venv python3-pip util-linux procps kmod" \
+      python3-bpfcc bpftool linux-headers-$KV python3-venv python3-pip util-linux procps kmod iproute2" \
       >"$tmp/packages.log" 2>&1 || { tail -n 30 "$tmp/packages.log" >&2; exit 1; }
     touch "$tmp/packages.done"
   fi
@@ -118,8 +125,7 @@ if [ ! -s "$INITRD" ]; then
   mkdir -p "$tmp"/{bin,dev,proc,sys,newroot,lib/modules}
   cp /bin/busybox "$tmp/bin/busybox"
   for a in sh mount mkdir insmod switch_root echo cat sleep; do ln -s busybox "$tmp/bin/$a"; done
-  mods="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs fscache 9pnet 9pnet_virtio 9p"
-  for m in $mods; do
+  for m in $MODS; do
     f=$(find "$KDIR/lib/modules/$KV" -name "$m.ko*" | head -n1)
     [ -n "$f" ] || { log "module $m not in the kernel package (built in?)"; continue; }
     case "$f" in
@@ -133,7 +139,7 @@ if [ ! -s "$INITRD" ]; then
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in $mods; do [ -e /lib/modules/\$m.ko ] && insmod /lib/modules/\$m.ko; done
+for m in $MODS; do [ -e /lib/modules/\$m.ko ] && insmod /lib/modules/\$m.ko; done
 o=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o \$o,cache=loose,ro root /newroot || { echo "TPF-VM: no root"; echo o >/proc/sysrq-trigger; }
 mount -t 9p -o \$o src /newroot/src

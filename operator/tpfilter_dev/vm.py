@@ -84,6 +84,7 @@ mount -t debugfs none /sys/kernel/debug
 mount -t tracefs none /sys/kernel/tracing
 mount -t cgroup2 none /sys/fs/cgroup
 echo 1 > /proc/sys/kernel/sysrq 2>/dev/null
+ip link set lo up  # loopback only (tests serve metrics on 127.0.0.1)
 cd /src
 echo TPF-VM-START
 /bin/sh /job/cmd.sh </dev/null

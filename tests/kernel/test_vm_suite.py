@@ -26,7 +26,9 @@ def test_vm_suite() -> None:
     if image is None:
         pytest.skip(f"no VM image in {vm.cache_dir()}: run scripts/build-vm.sh")
     result = vm.run(
-        "python -m pytest -p no:cacheprovider -q -rA --timeout 900 tests/vm",
+        # tests/vm, and the exec tracepoint programs on this older kernel's verifier too
+        "python -m pytest -p no:cacheprovider -q -rA --timeout 900 tests/vm"
+        " tests/kernel/test_programs_exec.py",
         image=image,
         timeout=GUEST_TIMEOUT,
     )
