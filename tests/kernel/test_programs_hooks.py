@@ -8,13 +8,16 @@ LSM programs refused with EPERM).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tpfilter.models import parse_policy
+from tpfilter.programs.btf import KernelBtf
 from tpfilter.programs.compiler import NodeEnv, compile_spec
+from tpfilter.programs.kprobes import KprobeHooks
 from tpfilter.programs.probe import NodeFeatures, probe_features
 from tpfilter.programs.tracefs import read_format, syscall_numbers
 
@@ -48,12 +51,14 @@ def test_tracepoints_are_available(features: NodeFeatures) -> None:
 
 
 def test_seed_policy_with_kprobe_override(features: NodeFeatures) -> None:
-    if features.kprobe_override is not None:
-        pytest.skip(f"missing kernel feature: kprobe override ({features.kprobe_override})")
+    """Where the node has kprobes, the seed compiles iff BPF LSM programs load (its
+    Override's mechanism); loading it is tests/vm/test_seed_policy.py's (a stock kernel)."""
+    if features.kprobes is not None:
+        pytest.skip(f"missing kernel feature: kprobes ({features.kprobes})")
     seed = parse_policy(yaml.safe_load((EXAMPLES / "seed-policy.yaml").read_text()))
-    plan = compile_spec(dict(seed.spec.model_extra or {}), _env(features))
-    # Kprobe programs are not implemented yet: the node has the feature, tpfilter not.
-    assert not plan.ok and any("not implemented" in r for r in plan.unsupported)
+    env = replace(_env(features), kernel=KernelBtf.load_or_none(), kprobe_hook=KprobeHooks())
+    plan = compile_spec(dict(seed.spec.model_extra or {}), env)
+    assert plan.ok == (features.lsm is None), plan.unsupported
 
 
 def test_lsm_policy(features: NodeFeatures) -> None:
