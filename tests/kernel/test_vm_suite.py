@@ -28,7 +28,7 @@ def test_vm_suite() -> None:
     result = vm.run(
         # tests/vm, and the exec tracepoint programs on this older kernel's verifier too
         "python -m pytest -p no:cacheprovider -q -rA --timeout 900 tests/vm"
-        " tests/kernel/test_programs_exec.py",
+        " tests/kernel/test_programs_exec.py tests/kernel/test_programs_hooks.py",
         image=image,
         timeout=GUEST_TIMEOUT,
     )
