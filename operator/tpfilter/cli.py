@@ -80,6 +80,25 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--no-programs", action="store_true", help="filter maps only, no policy programs"
     )
+    agent.add_argument("--no-report", action="store_true", help="write no TracingPolicyNodeReport")
+    agent.add_argument(
+        "--report-interval",
+        type=float,
+        default=5.0,
+        help="seconds between two report writes for a state change (coalesced)",
+    )
+    agent.add_argument(
+        "--report-counts-interval",
+        type=float,
+        default=60.0,
+        help="seconds between two report writes when only cgroup/pod counts changed",
+    )
+    agent.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=60.0,
+        help="the report is rewritten at least this often (the controller's liveness signal)",
+    )
     agent.add_argument("-v", "--verbose", action="store_true")
     agent.set_defaults(func=_agent)
 
@@ -110,6 +129,7 @@ def _agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("tpfilter agent: --node-name or $NODE_NAME is required", file=sys.stderr)
         return 2
+    from tpfilter.coalesce import WriteRates
     from tpfilter.runner import AgentConfig, run_agent
 
     config = AgentConfig(
@@ -124,6 +144,10 @@ def _agent(args: argparse.Namespace) -> int:
         programs=not args.no_programs,
         events_file=args.events_file,
         metrics_port=args.metrics_port or None,
+        report=not args.no_report,
+        report_rates=WriteRates(
+            args.report_interval, args.report_counts_interval, args.heartbeat_seconds
+        ),
     )
     asyncio.run(run_agent(config))
     return 0

@@ -297,7 +297,11 @@ def test_rbac_and_account_can_be_disabled(helm: str) -> None:
 def test_crds_are_shipped(helm: str) -> None:
     docs = render(helm, extra=["--include-crds"])
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
-    assert crds == {"tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io"}
+    assert crds == {
+        "tracingpolicies.cilium.io",
+        "tracingpoliciesnamespaced.cilium.io",
+        "tracingpolicynodereports.tpfilter.io",
+    }
 
 
 @pytest.mark.parametrize(
