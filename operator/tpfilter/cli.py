@@ -1,6 +1,8 @@
 """``tpfilter``: the node agent and the commands that inspect a node.
 
 * ``tpfilter agent``: the DaemonSet's process (kopf, standalone, cluster-wide).
+* ``tpfilter controller``: the cluster's one writer of policy status (a Deployment): sums
+  up the agents' TracingPolicyNodeReports into each policy's ``status``.
 * ``tpfilter status``: per policy on this node, its ID, kind, name, cgroups held, inner
   map size and kernel memory, as a table or ``--json``. It reads the pinned maps and the
   agent's state files directly, so it works without API access (e.g. ``kubectl exec``).
@@ -102,6 +104,40 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("-v", "--verbose", action="store_true")
     agent.set_defaults(func=_agent)
 
+    controller = sub.add_parser(
+        "controller", help="run the controller: node reports -> every policy's status"
+    )
+    controller.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between two status recomputations"
+    )
+    controller.add_argument(
+        "--stale-after",
+        type=float,
+        default=180.0,
+        help="a node whose report is older than this is shown Stale",
+    )
+    controller.add_argument(
+        "--max-listed-nodes", type=int, default=20, help="not-Ready nodes listed per policy"
+    )
+    controller.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=300.0,
+        help="how often reports of deleted nodes are looked for",
+    )
+    controller.add_argument("--no-events", action="store_true", help="post no Events")
+    controller.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="'' to disable"
+    )
+    controller.add_argument(
+        "--leader-elect", action="store_true", help="hold a Lease to write (replicas > 1)"
+    )
+    controller.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    controller.add_argument("--lease-name", default="tpfilter-controller")
+    controller.add_argument("--lease-seconds", type=float, default=15.0)
+    controller.add_argument("-v", "--verbose", action="store_true")
+    controller.set_defaults(func=_controller)
+
     status = sub.add_parser("status", help="show this node's policies and their maps")
     _paths(status)
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
@@ -150,6 +186,28 @@ def _agent(args: argparse.Namespace) -> int:
         ),
     )
     asyncio.run(run_agent(config))
+    return 0
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from tpfilter.controller import ControllerConfig
+    from tpfilter.controller_runner import ControllerOptions, run_controller
+
+    options = ControllerOptions(
+        config=ControllerConfig(
+            interval=args.interval,
+            stale_after=args.stale_after,
+            max_listed=args.max_listed_nodes,
+            sweep_seconds=args.sweep_seconds,
+            events=not args.no_events,
+        ),
+        liveness=args.liveness or None,
+        leader_elect=args.leader_elect,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        lease_seconds=args.lease_seconds,
+    )
+    asyncio.run(run_controller(options))
     return 0
 
 

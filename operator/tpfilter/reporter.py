@@ -134,6 +134,7 @@ class Reporter:
                 continue
             wait = next_write(current, self.written, self._rates) - self._clock()
             if wait > 0:
+                log.debug("report: nothing to write for %.1fs", wait)
                 await self._sleep(wait)
                 continue
             now = self._clock()
@@ -149,6 +150,7 @@ class Reporter:
             delay = RETRY_FIRST
             self.written = Written(entries=current, at=now)
             self.writes += 1
+            log.debug("report written (%d policies)", len(current))
 
     async def _sleep(self, seconds: float | None) -> None:
         """Until something changed or ``seconds`` passed (None: until something changed)."""

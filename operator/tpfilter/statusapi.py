@@ -1,0 +1,100 @@
+"""The controller's API calls (blocking, official client): lists, status patches, Events.
+
+Policy status goes through the ``/status`` subresource with a JSON merge patch: the
+controller sends the whole status it computed (``None`` for keys to drop), so no
+read-modify-write and no resourceVersion are needed; it is the only writer of status.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from tpfilter.controller import PolicyRef
+from tpfilter.kube import pages
+from tpfilter.models import GROUP, VERSION, PolicyKind
+from tpfilter.reporter import GROUP as REPORT_GROUP
+from tpfilter.reporter import PLURAL as REPORT_PLURAL
+from tpfilter.reporter import VERSION as REPORT_VERSION
+
+COMPONENT = "tpfilter-controller"
+
+
+class KubeStatusApi:
+    def __init__(self, api_client: Any) -> None:
+        import kubernetes
+
+        self._custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+        self._core: Any = kubernetes.client.CoreV1Api(api_client)
+
+    def list_all(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        policies: list[Mapping[str, Any]] = []
+        for kind in PolicyKind:
+            items, _ = pages(
+                self._custom.list_cluster_custom_object,
+                group=GROUP,
+                version=VERSION,
+                plural=kind.plural,
+            )
+            for item in items:
+                item.setdefault("kind", kind.value)  # type: ignore[attr-defined]
+            policies.extend(items)
+        reports, _ = pages(
+            self._custom.list_cluster_custom_object,
+            group=REPORT_GROUP,
+            version=REPORT_VERSION,
+            plural=REPORT_PLURAL,
+        )
+        return policies, reports
+
+    def patch_status(self, ref: PolicyRef, status: Mapping[str, Any]) -> None:
+        body = {"status": dict(status)}
+        if ref.kind is PolicyKind.NAMESPACED:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, ref.namespace, ref.kind.plural, ref.name, body
+            )
+        else:
+            self._custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, ref.kind.plural, ref.name, body
+            )
+
+    def post_event(self, ref: PolicyRef, warning: bool, reason: str, message: str) -> None:
+        namespace = ref.namespace or "default"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": ref.kind.value,
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": ref.uid,
+            },
+            "type": "Warning" if warning else "Normal",
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._core.create_namespaced_event(namespace, body)
+
+    def node_names(self) -> set[str]:
+        items, _ = pages(self._core.list_node)
+        return {str(n["metadata"]["name"]) for n in items}
+
+    def report_names(self) -> set[str]:
+        items, _ = pages(
+            self._custom.list_cluster_custom_object,
+            group=REPORT_GROUP,
+            version=REPORT_VERSION,
+            plural=REPORT_PLURAL,
+        )
+        return {str(r["metadata"]["name"]) for r in items}
+
+    def delete_report(self, node: str) -> None:
+        self._custom.delete_cluster_custom_object(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, node)
