@@ -1046,11 +1046,11 @@ def report_crd() -> Schema:
             "kind": string("Kind of the object."),
             "metadata": {"type": "object"},
             "nodeName": string("The node; the object's name is the same.", max_length=253),
-            "heartbeatTime": {
+            "writeTime": {
                 "type": "string",
                 "format": "date-time",
-                "description": "When the agent last wrote; the controller marks the node "
-                "stale when this is older than its timeout.",
+                "description": "When the agent last wrote this report (it writes on change;"
+                " its liveness is its node Lease, renewed far more often).",
             },
             "summary": string_map(
                 "Policies per state (lower case), for kubectl get.", integer("", fmt=count)
@@ -1067,7 +1067,7 @@ def report_crd() -> Schema:
     columns = [
         {"name": s, "type": "integer", "jsonPath": f".summary.{s.lower()}"} for s in REPORT_STATES
     ]
-    columns.append({"name": "Heartbeat", "type": "date", "jsonPath": ".heartbeatTime"})
+    columns.append({"name": "Written", "type": "date", "jsonPath": ".writeTime"})
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

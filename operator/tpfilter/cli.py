@@ -96,10 +96,21 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between two report writes when only cgroup/pod counts changed",
     )
     agent.add_argument(
+        "--report-refresh-seconds",
+        type=float,
+        default=3600.0,
+        help="the report is rewritten at least this often, even unchanged",
+    )
+    agent.add_argument(
         "--heartbeat-seconds",
         type=float,
-        default=60.0,
-        help="the report is rewritten at least this often (the controller's liveness signal)",
+        default=10.0,
+        help="how often this node's Lease is renewed (the controller's liveness signal)",
+    )
+    agent.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the node Leases (default: $POD_NAMESPACE, else default)",
     )
     agent.add_argument("-v", "--verbose", action="store_true")
     agent.set_defaults(func=_agent)
@@ -182,8 +193,10 @@ def _agent(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         report=not args.no_report,
         report_rates=WriteRates(
-            args.report_interval, args.report_counts_interval, args.heartbeat_seconds
+            args.report_interval, args.report_counts_interval, args.report_refresh_seconds
         ),
+        heartbeat_seconds=args.heartbeat_seconds,
+        lease_namespace=args.lease_namespace,
     )
     asyncio.run(run_agent(config))
     return 0

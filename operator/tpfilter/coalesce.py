@@ -9,8 +9,11 @@ write costs the whole object in etcd and in every watcher's stream. Writes are t
   reason, generation, hooks; a policy added or removed): a burst of events is one write;
 * **at most once per** ``counts_interval`` (longer) when only counts changed (cgroups and
   pods held): pod churn on a busy node is then one write a minute, not one per pod;
-* **at least once per** ``heartbeat_interval``, so that the controller can tell a live
-  node from a node whose agent stopped (it shows the node stale after a timeout).
+* **at least once per** ``refresh_interval`` (an hour by default), a safety net only.
+
+Liveness is not the report's business: a write of the whole report to say "still here"
+would cost its full size per node and interval (docs/status.md). The agent renews a small
+Lease per node instead (``tpfilter.nodelease``), as the kubelet does for its Node.
 
 Every decision is a function of the times and contents handed in, so it is unit-tested
 without clocks; the agent's reporter only sleeps until the time this returns.
@@ -28,13 +31,13 @@ from tpfilter.nodereport import Entry, without_counts
 class WriteRates:
     min_interval: float = 5.0  # seconds between two writes for a significant change
     counts_interval: float = 60.0  # seconds between two writes when only counts changed
-    heartbeat_interval: float = 60.0  # a write at least this often, changed or not
+    refresh_interval: float = 3600.0  # a write at least this often, changed or not
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_interval <= self.counts_interval:
             raise ValueError("need 0 <= min_interval <= counts_interval")
-        if self.heartbeat_interval <= 0:
-            raise ValueError("heartbeat_interval must be positive")
+        if self.refresh_interval <= 0:
+            raise ValueError("refresh_interval must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +52,11 @@ def next_write(current: Sequence[Entry], written: Written | None, rates: WriteRa
     """The wall-clock time at which ``current`` should be written (may be in the past).
 
     Without a previous write: at once (``0.0``). Otherwise the earliest of the times the
-    change (if any) and the heartbeat allow.
+    change (if any) and the refresh allow.
     """
     if written is None:
         return 0.0
-    due = written.at + rates.heartbeat_interval
+    due = written.at + rates.refresh_interval
     if list(current) == list(written.entries):
         return due
     if without_counts(current) != without_counts(written.entries):

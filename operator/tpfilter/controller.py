@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ class StatusApi(Protocol):
     def patch_status(self, ref: PolicyRef, status: Mapping[str, Any]) -> None: ...
     def post_event(self, ref: PolicyRef, warning: bool, reason: str, message: str) -> None: ...
     def node_names(self) -> set[str]: ...
+    def node_leases(self) -> dict[str, float]: ...
     def report_names(self) -> set[str]: ...
     def delete_report(self, node: str) -> None: ...
 
@@ -74,6 +75,7 @@ class ControllerConfig:
     max_listed: int = 20  # nodes listed in a policy's status.nodes
     sweep_seconds: float = 300.0  # reports of deleted nodes: periodic sweep
     events: bool = True  # post Events on condition transitions
+    lease_poll: float = 0.0  # seconds between two lists of node Leases (0: stale_after / 4)
 
 
 @dataclass(slots=True)
@@ -125,6 +127,8 @@ class Controller:
         self._dirty: set[str] = set()
         self._gone_nodes: set[str] = set()
         self._stale: frozenset[str] = frozenset()
+        self._leases: dict[str, float] = {}  # node -> its Lease's renewTime (epoch)
+        self._leases_polled = float("-inf")
         self._wake = asyncio.Event()
         self.counters = Counters()
         self.leading: Callable[[], bool] = lambda: True
@@ -162,7 +166,7 @@ class Controller:
         if old is not None and _older(_rv(body), old[0]):
             return
         try:
-            heartbeat = from_rfc3339(str(body.get("heartbeatTime") or ""))
+            heartbeat = from_rfc3339(str(body.get("writeTime") or ""))
         except ValueError:
             heartbeat = 0.0
         entries = {str(e.get("uid")): dict(e) for e in body.get("policies") or ()}
@@ -223,13 +227,29 @@ class Controller:
         for body in policies:
             self.policy_event(None, body)
 
+    async def _poll_leases(self, now: float) -> None:
+        every = self.config.lease_poll or self.config.stale_after / 4
+        if now - self._leases_polled < every:
+            return
+        try:
+            self._leases = await asyncio.to_thread(self._api.node_leases)
+            self._leases_polled = now
+        except Exception as exc:  # keep the last answer; a node is not stale for our error
+            log.warning("node leases not listed: %s", exc)
+
+    def _alive(self, report: NodeReport) -> NodeReport:
+        """The report, with the latest sign of life: its own write or its node's Lease."""
+        renewed = self._leases.get(report.node, 0.0)
+        return replace(report, heartbeat=renewed) if renewed > report.heartbeat else report
+
     async def step(self) -> None:
         """One pass: stale nodes, reports of deleted nodes, dirty policies' status."""
         now = self._clock()
+        await self._poll_leases(now)
         stale = frozenset(
             node
             for node, (_, r) in self._reports.items()
-            if now - r.heartbeat > self.config.stale_after
+            if now - self._alive(r).heartbeat > self.config.stale_after
         )
         if stale != self._stale:
             log.info("stale nodes now: %s", sorted(stale) or "none")
@@ -241,7 +261,7 @@ class Controller:
         for node in sorted(gone):
             await self._delete_report(node)
         dirty, self._dirty = self._dirty, set()
-        reports = [r for _, r in self._reports.values()]
+        reports = [self._alive(r) for _, r in self._reports.values()]
         text = rfc3339_seconds(now)
         writes = self.counters.writes
         for uid in sorted(dirty):

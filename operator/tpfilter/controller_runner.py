@@ -33,7 +33,8 @@ class ControllerOptions:
 
 async def run_controller(options: ControllerOptions, *, stop: asyncio.Event | None = None) -> None:
     api_client = load_api_client()
-    controller = Controller(api=KubeStatusApi(api_client), config=options.config)
+    api = KubeStatusApi(api_client, lease_namespace=options.lease_namespace)
+    controller = Controller(api=api, config=options.config)
     tasks: set[asyncio.Task[None]] = set()
     if options.leader_elect:
         elector = LeaseElector(

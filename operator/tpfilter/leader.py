@@ -49,8 +49,12 @@ def decide(current: LeaseRecord | None, me: str, now: float, duration: float) ->
     return None
 
 
-def _micro(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def micro_time(epoch: float) -> str:
+    """A Lease's MicroTime. Never a whole second: the client turns the body into its models
+    and back, and writes a whole second without the fraction the API server requires."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    moment = moment.replace(microsecond=max(1, moment.microsecond))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _epoch(text: str | None) -> float:
@@ -74,8 +78,8 @@ def lease_spec(record: LeaseRecord) -> dict[str, Any]:
     return {
         "holderIdentity": record.holder,
         "leaseDurationSeconds": max(1, round(record.duration)),
-        "acquireTime": _micro(record.acquired),
-        "renewTime": _micro(record.renewed),
+        "acquireTime": micro_time(record.acquired),
+        "renewTime": micro_time(record.renewed),
         "leaseTransitions": record.transitions,
     }
 

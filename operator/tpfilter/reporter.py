@@ -45,7 +45,7 @@ def report_body(node: str, entries: Sequence[Entry], at: float) -> dict[str, Any
         "kind": KIND,
         "metadata": {"name": node},
         "nodeName": node,
-        "heartbeatTime": to_rfc3339(at),
+        "writeTime": to_rfc3339(at),
         "summary": summary(entries),
         "policies": list(entries),
     }
@@ -53,10 +53,10 @@ def report_body(node: str, entries: Sequence[Entry], at: float) -> dict[str, Any
 
 def written_of(body: dict[str, Any] | None) -> Written | None:
     """What a report object read back says was written, or None (no usable report)."""
-    if not body or not body.get("heartbeatTime"):
+    if not body or not body.get("writeTime"):
         return None
     try:
-        at = from_rfc3339(str(body["heartbeatTime"]))
+        at = from_rfc3339(str(body["writeTime"]))
     except ValueError:
         return None
     return Written(entries=list(body.get("policies") or []), at=at)

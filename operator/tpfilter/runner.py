@@ -18,6 +18,7 @@ from tpfilter.coalesce import WriteRates
 from tpfilter.engine import Engine, Limits
 from tpfilter.handlers import build_registry
 from tpfilter.kube import load_api_client, make_lister
+from tpfilter.nodelease import NodeLease
 from tpfilter.programs import Metrics, ProgramManager
 from tpfilter.programs.podindex import PodIndex
 from tpfilter.reporter import KubeReportApi, Reporter
@@ -41,6 +42,8 @@ class AgentConfig:
     metrics_addr: str = "0.0.0.0"
     report: bool = True  # write this node's TracingPolicyNodeReport
     report_rates: WriteRates = field(default_factory=WriteRates)
+    heartbeat_seconds: float = 10.0  # node Lease renewal (the controller's liveness signal)
+    lease_namespace: str = "default"
 
 
 def build_agent(config: AgentConfig, api_client: object) -> Agent:
@@ -89,6 +92,14 @@ async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -
             source=lambda: agent.report_entries,
         )
         agent.on_report = reporter.changed
+    lease = None
+    if config.report:
+        lease = NodeLease(
+            api_client=api_client,
+            node_name=config.node_name,
+            namespace=config.lease_namespace,
+            interval=config.heartbeat_seconds,
+        )
     if agent.programs is not None:
         await asyncio.to_thread(agent.programs.start)  # probe + compile once (~2-3 s)
     if agent.metrics is not None and config.metrics_port:
@@ -108,6 +119,8 @@ async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -
     tasks = {operator, loop}
     if reporter is not None:
         tasks.add(asyncio.create_task(reporter.run()))
+    if lease is not None:
+        tasks.add(asyncio.create_task(lease.run()))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

@@ -15,19 +15,37 @@ from typing import Any
 from tpfilter.controller import PolicyRef
 from tpfilter.kube import pages
 from tpfilter.models import GROUP, VERSION, PolicyKind
+from tpfilter.nodelease import LABEL
 from tpfilter.reporter import GROUP as REPORT_GROUP
 from tpfilter.reporter import PLURAL as REPORT_PLURAL
 from tpfilter.reporter import VERSION as REPORT_VERSION
+from tpfilter.reporter import from_rfc3339
 
 COMPONENT = "tpfilter-controller"
 
 
 class KubeStatusApi:
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, lease_namespace: str = "default") -> None:
         import kubernetes
 
         self._custom: Any = kubernetes.client.CustomObjectsApi(api_client)
         self._core: Any = kubernetes.client.CoreV1Api(api_client)
+        self._coordination: Any = kubernetes.client.CoordinationV1Api(api_client)
+        self._lease_namespace = lease_namespace
+
+    def node_leases(self) -> dict[str, float]:
+        """Node name -> renewTime of its agent's Lease (tpfilter.nodelease)."""
+        items, _ = pages(
+            self._coordination.list_namespaced_lease,
+            namespace=self._lease_namespace,
+            label_selector=f"{LABEL}=true",
+        )
+        renewed = {}
+        for lease in items:
+            text = (lease.get("spec") or {}).get("renewTime")
+            if text:
+                renewed[str(lease["metadata"]["name"])] = from_rfc3339(str(text))
+        return renewed
 
     def list_all(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
         policies: list[Mapping[str, Any]] = []

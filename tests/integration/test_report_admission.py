@@ -21,6 +21,7 @@ from harness import eventually
 
 from tpfilter.models import GROUP as POLICY_GROUP
 from tpfilter.models import VERSION as POLICY_VERSION
+from tpfilter.nodelease import lease_body
 from tpfilter.reporter import GROUP, PLURAL, VERSION, report_body
 from tpfilter_dev.controlplane import ControlPlane, binary
 
@@ -30,6 +31,8 @@ KINDS = {
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
 }
@@ -112,11 +115,14 @@ def test_an_agent_writes_only_its_own_nodes_report(
     client = agent_client(cluster.plane, cluster, ns, account, mine)
     as_agent = kubernetes.client.CustomObjectsApi(client)
     try:
-        # The admission policy may take a moment to be loaded by the API server.
+        # The API server loads a new admission policy asynchronously: probe with dry runs
+        # (admission runs for them too; nothing is stored) until it refuses.
         def create_refused() -> bool:
             body = report_body(other, [], 0.0)
             return status_of(
-                lambda: as_agent.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+                lambda: as_agent.create_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, body, dry_run="All"
+                )
             ) in (403, 422)
 
         eventually(create_refused, timeout=30, interval=0.5, what="another node's report refused")
@@ -143,6 +149,13 @@ def test_an_agent_writes_only_its_own_nodes_report(
         patch = {"summary": {"ready": 1}}
         assert status_of(
             lambda: as_agent.patch_cluster_custom_object(GROUP, VERSION, PLURAL, other, patch)
+        ) in (403, 422)
+        # Its node Lease (liveness) in the release namespace: its own only.
+        leases = kubernetes.client.CoordinationV1Api(client)
+        leases.create_namespaced_lease(ns, lease_body(mine, ns, 0.0, 10.0))
+        leases.patch_namespaced_lease(mine, ns, lease_body(mine, ns, 1.0, 10.0))
+        assert status_of(
+            lambda: leases.create_namespaced_lease(ns, lease_body(other, ns, 0.0, 10.0))
         ) in (403, 422)
         # RBAC: no delete, no list, no policy status.
         assert (

@@ -260,7 +260,7 @@ def test_restarts_rewrite_nothing_unchanged(
     cluster: Cluster, make_node: MakeNode, make_controller: MakeController
 ) -> None:
     controller = make_controller()
-    node = make_node(heartbeat_seconds=600.0)
+    node = make_node()  # its Lease is renewed every 2 s; its report must not be rewritten
     cluster.apply_policy(TP, "steady", web_policy())
     wait_status(cluster, "steady", lambda s: counts(s)[:2] == (1, 1))
     policy_rv = cluster.get_policy(TP, "steady")["metadata"]["resourceVersion"]

@@ -140,6 +140,8 @@ def test_default_render_objects_and_labels(helm: str) -> None:
         "DaemonSet",
         "Deployment",
         "Role",
+        "Role",
+        "RoleBinding",
         "RoleBinding",
         "ServiceAccount",
         "ServiceAccount",
@@ -195,11 +197,13 @@ def test_default_daemonset(helm: str) -> None:
         "--liveness=http://0.0.0.0:8080/healthz",
         "--report-interval=5",
         "--report-counts-interval=60",
-        "--heartbeat-seconds=60",
+        "--report-refresh-seconds=3600",
+        "--heartbeat-seconds=10",
     ]
     assert "command" not in agent  # the image's entrypoint script must run
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
     assert agent["securityContext"]["privileged"] is True
     assert pod["hostPID"] is True  # the node's PID namespace is the agent's own
@@ -351,7 +355,8 @@ def test_controller_deployment(helm: str) -> None:
     single = render(helm, {"controller.replicas": "1", "controller.leaderElection": "false"})
     args = only(single, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-elect" not in args
-    assert not [d for d in single if d["kind"] in ("Role", "RoleBinding")]
+    verbs = [r["verbs"] for r in named(single, "Role", CONTROLLER)["rules"]]
+    assert verbs == [["list"]]  # the node Leases only: no Lease of its own
     off = render(helm, {"controller.enabled": "false"})
     assert not [d for d in off if "controller" in d["metadata"]["name"]]
 
@@ -372,7 +377,17 @@ def test_controller_rbac_is_least_privilege(helm: str) -> None:
     by_verbs = {tuple(r["verbs"]): r for r in role["rules"]}
     assert by_verbs[("get", "update")]["resourceNames"] == [CONTROLLER]
     assert "resourceNames" not in by_verbs[("create",)]  # create cannot be name-restricted
+    assert ("list",) in by_verbs  # the agents' node Leases
     assert all(r["resources"] == ["leases"] for r in role["rules"])
+    # The agent: its node Lease, create and patch, in the release namespace only.
+    agent_role = named(docs, "Role", AGENT)
+    assert agent_role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["create", "patch"],
+        }
+    ]
 
 
 def test_node_bound_reports_admission_policy(helm: str) -> None:
@@ -385,9 +400,9 @@ def test_node_bound_reports_admission_policy(helm: str) -> None:
     }
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
-    [rule] = spec["matchConstraints"]["resourceRules"]
-    assert rule["resources"] == ["tracingpolicynodereports"]
-    assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+    resources = {r["resources"][0]: r for r in spec["matchConstraints"]["resourceRules"]}
+    assert resources.keys() == {"tracingpolicynodereports", "leases"}
+    assert all(set(r["operations"]) == {"CREATE", "UPDATE"} for r in resources.values())
     [condition] = spec["matchConditions"]
     assert f"system:serviceaccount:{NAMESPACE}:{AGENT}" in condition["expression"]
     [validation] = spec["validations"]

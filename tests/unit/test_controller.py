@@ -17,6 +17,7 @@ class FakeApi:
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, bool, str]] = []
         self.deleted: list[str] = []
+        self.leases: dict[str, float] = {}
 
     def list_all(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
         return [], []
@@ -29,6 +30,9 @@ class FakeApi:
 
     def node_names(self) -> set[str]:
         return set()
+
+    def node_leases(self) -> dict[str, float]:
+        return dict(self.leases)
 
     def report_names(self) -> set[str]:
         return set()
@@ -58,7 +62,7 @@ def report(node: str, rv: int, heartbeat: float = NOW, state: str = "Ready") -> 
     return {
         "metadata": {"name": node, "resourceVersion": str(rv)},
         "nodeName": node,
-        "heartbeatTime": to_rfc3339(heartbeat),
+        "writeTime": to_rfc3339(heartbeat),
         "policies": [{"uid": "uid-p", "state": state, "generation": 1, "pods": 2}],
     }
 
@@ -126,6 +130,20 @@ def test_a_silent_node_turns_stale_on_the_timer() -> None:
     assert api.patches[-1][1]["reason"] == "NodesStale"
 
 
+def test_a_renewed_node_lease_keeps_a_quiet_node_alive() -> None:
+    clock = [NOW]
+    controller, api = make(clock)
+    controller.report_event(None, report("a", 5))  # written once, never again: no change
+    controller.policy_event(None, policy())
+    api.leases["a"] = NOW + 100
+    clock[0] = NOW + 110
+    step(controller)
+    assert api.patches[-1][1]["reason"] == "AllNodesReady"
+    clock[0] = NOW + 200  # the lease is 100 s old, over stale_after (30 s)
+    step(controller)
+    assert api.patches[-1][1]["reason"] == "NodesStale"
+
+
 def test_deleted_node_report_is_deleted_and_standby_writes_nothing() -> None:
     controller, api = make()
     controller.leading = lambda: False
@@ -150,3 +168,10 @@ def test_lease_rule() -> None:
     assert renewed == LeaseRecord("me", 120, 15, 4, 116)
     assert record_of({"spec": lease_spec(taken)}).holder == "me"
     assert abs(record_of({"spec": lease_spec(taken)}).renewed - 116) < 1e-3
+
+
+def test_lease_times_always_have_their_fraction() -> None:
+    from tpfilter.leader import micro_time
+
+    assert micro_time(0.0) == "1970-01-01T00:00:00.000001Z"
+    assert micro_time(1.5) == "1970-01-01T00:00:01.500000Z"

@@ -85,7 +85,7 @@ def test_long_messages_are_bounded() -> None:
     assert len(entry["message"]) == 512
 
 
-RATES = WriteRates(min_interval=5, counts_interval=60, heartbeat_interval=30)
+RATES = WriteRates(min_interval=5, counts_interval=60, refresh_interval=30)
 BASE = [{"uid": "a", "state": "Ready", "cgroups": 1, "pods": 1}]
 
 
@@ -93,7 +93,7 @@ def test_first_write_is_immediate() -> None:
     assert next_write(BASE, None, RATES) == 0.0
 
 
-def test_unchanged_waits_for_the_heartbeat() -> None:
+def test_unchanged_waits_for_the_refresh() -> None:
     assert next_write(list(BASE), Written(BASE, at=100.0), RATES) == 130.0
 
 
@@ -102,12 +102,12 @@ def test_a_state_change_waits_min_interval() -> None:
     assert next_write(changed, Written(BASE, at=100.0), RATES) == 105.0
 
 
-def test_a_count_change_waits_counts_interval_but_not_past_the_heartbeat() -> None:
+def test_a_count_change_waits_counts_interval_but_not_past_the_refresh() -> None:
     churn = [{**BASE[0], "cgroups": 7, "pods": 3}]
     assert without_counts(churn) == without_counts(BASE)
     assert next_write(churn, Written(BASE, at=100.0), RATES) == 130.0
-    slow_heartbeat = WriteRates(min_interval=5, counts_interval=60, heartbeat_interval=600)
-    assert next_write(churn, Written(BASE, at=100.0), slow_heartbeat) == 160.0
+    slow_refresh = WriteRates(min_interval=5, counts_interval=60, refresh_interval=600)
+    assert next_write(churn, Written(BASE, at=100.0), slow_refresh) == 160.0
 
 
 def test_added_policy_is_significant() -> None:
@@ -119,4 +119,4 @@ def test_rates_are_checked() -> None:
     with pytest.raises(ValueError):
         WriteRates(min_interval=10, counts_interval=5)
     with pytest.raises(ValueError):
-        WriteRates(heartbeat_interval=0)
+        WriteRates(refresh_interval=0)
