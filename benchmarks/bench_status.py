@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tpfilter.accept import Verdict
-from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate
+from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate, seen
 from tpfilter.models import GROUP, VERSION
 from tpfilter.nodelease import lease_body
 from tpfilter.reporter import GROUP as RG
@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--policies", type=int, default=100)
     args = parser.parse_args()
+    import urllib3
+
+    urllib3.disable_warnings()  # the local API server's self-signed certificate
     n_nodes, n_policies = args.nodes, args.policies
 
     sizes = {}
@@ -83,7 +86,7 @@ def main() -> None:
     print(f"report size: 100 policies {sizes[100]:,} B; 1,000 policies {sizes[1000]:,} B")
 
     facts = PolicyFacts("u", 1, Verdict(True, "Accepted", ""))
-    reports = [NodeReport(f"n{i}", 1e9, {"u": entry("u", "p", 1)}) for i in range(1000)]
+    reports = [NodeReport(f"n{i}", 1e9, {"u": seen(entry("u", "p", 1))}) for i in range(1000)]
     started = time.perf_counter()
     for _ in range(20):
         aggregate(facts, reports, previous=None, now=1e9, now_text="T", stale_after=60)

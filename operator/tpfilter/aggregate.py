@@ -29,6 +29,7 @@ Error, Unsupported, Stale, Pending.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -57,12 +58,37 @@ MESSAGE_NODES: Final = 3  # nodes named in a condition's message
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """What the controller keeps of one report entry: only what aggregation reads.
+
+    At 1,000 nodes x 1,000 policies the controller holds 10^6 of these; a slotted object
+    of five fields is a fraction of the entry's JSON dict (names, hooks, counts).
+    """
+
+    state: str
+    reason: str = ""
+    message: str = ""
+    generation: int = 0
+    pods: int = 0
+
+
+def seen(entry: Mapping[str, Any]) -> Seen:
+    return Seen(
+        str(entry.get("state", PENDING)),
+        sys.intern(str(entry.get("reason", ""))),
+        str(entry.get("message", "")),
+        int(entry.get("generation") or 0),
+        int(entry.get("pods") or 0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class NodeReport:
     """One node's report as the controller keeps it."""
 
     node: str
     heartbeat: float  # epoch seconds
-    entries: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by policy UID
+    entries: Mapping[str, Seen] = field(default_factory=dict)  # by policy UID
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +112,10 @@ def node_state(
     policy: PolicyFacts, report: NodeReport, *, now: float, stale_after: float
 ) -> NodeState:
     entry = report.entries.get(policy.uid)
-    generation = int(entry.get("generation") or 0) if entry else 0
+    generation = entry.generation if entry else 0
     current = entry is not None and generation >= policy.generation
-    if current and entry is not None and entry.get("state") == SKIPPED:
-        return NodeState(report.node, SKIPPED, str(entry.get("reason", "")), "", generation)
+    if current and entry is not None and entry.state == SKIPPED:
+        return NodeState(report.node, SKIPPED, entry.reason, "", generation)
     age = now - report.heartbeat
     if age > stale_after:
         message = f"no report from the node for {age:.0f}s (timeout {stale_after:.0f}s)"
@@ -99,14 +125,7 @@ def node_state(
     if not current:
         message = f"the node applies generation {generation}, not {policy.generation}"
         return NodeState(report.node, PENDING, "OldGeneration", message, generation)
-    return NodeState(
-        report.node,
-        str(entry.get("state", PENDING)),
-        str(entry.get("reason", "")),
-        str(entry.get("message", "")),
-        generation,
-        int(entry.get("pods") or 0),
-    )
+    return NodeState(report.node, entry.state, entry.reason, entry.message, generation, entry.pods)
 
 
 def aggregate(

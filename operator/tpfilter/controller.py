@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tpfilter.accept import Verdict, accept
-from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate
+from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate, seen
 from tpfilter.conditions import transitions
 from tpfilter.models import PolicyError, PolicyKind, parse_policy
 from tpfilter.reporter import from_rfc3339
@@ -169,7 +170,7 @@ class Controller:
             heartbeat = from_rfc3339(str(body.get("writeTime") or ""))
         except ValueError:
             heartbeat = 0.0
-        entries = {str(e.get("uid")): dict(e) for e in body.get("policies") or ()}
+        entries = {sys.intern(str(e.get("uid"))): seen(e) for e in body.get("policies") or ()}
         self._reports[node] = (_rv(body), NodeReport(node, heartbeat, entries))
         if old is None:
             self._mark(set(self._policies))

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tpfilter.accept import Verdict, accept
-from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate
+from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate, seen
 from tpfilter.conditions import Wanted, merge, transitions
 
 OK = Verdict(True, "Accepted", "")
@@ -19,7 +19,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def report(node: str, heartbeat: float = NOW, **entries: dict[str, Any]) -> NodeReport:
-    return NodeReport(node=node, heartbeat=heartbeat, entries=entries)
+    return NodeReport(node, heartbeat, {uid: seen(e) for uid, e in entries.items()})
 
 
 def entry(state: str = "Ready", generation: int = 2, **kw: Any) -> dict[str, Any]:
