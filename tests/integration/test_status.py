@@ -281,3 +281,28 @@ def test_restarts_rewrite_nothing_unchanged(
     )
     assert cluster.get_policy(TP, "steady")["metadata"]["resourceVersion"] == policy_rv
     assert report(cluster, node)["metadata"]["resourceVersion"] == report_rv  # type: ignore[index]
+
+
+def test_a_standby_controller_takes_over(
+    cluster: Cluster, make_node: MakeNode, make_controller: MakeController
+) -> None:
+    """Two replicas with leader election: one writes; when it dies, the other does."""
+    import kubernetes
+
+    first = make_controller(leader_elect=True, lease_seconds=3.0)
+    second = make_controller(leader_elect=True, lease_seconds=3.0)
+    make_node()
+    cluster.apply_policy(TP, "before", web_policy())
+    wait_status(cluster, "before", lambda s: counts(s)[:2] == (1, 1))
+
+    leases = kubernetes.client.CoordinationV1Api(cluster.custom.api_client)
+    holder = leases.read_namespaced_lease("tpfilter-controller", "default").spec.holder_identity
+    by_pid = {p.process.pid: p for p in (first, second) if p.process is not None}
+    leader = next(p for pid, p in by_pid.items() if holder.endswith(f"-{pid}"))
+    standby = second if leader is first else first
+    leader.stop()
+
+    cluster.apply_policy(TP, "after", web_policy())
+    wait_status(cluster, "after", lambda s: counts(s)[:2] == (1, 1), timeout=60)
+    now = leases.read_namespaced_lease("tpfilter-controller", "default").spec.holder_identity
+    assert standby.process is not None and now.endswith(f"-{standby.process.pid}")
