@@ -5,8 +5,9 @@ For one policy, a node is:
 
 * **Skipped**: its entry says the nodeSelector does not match, at the policy's current
   generation. Not counted in ``totalNodes`` (the policy does not apply there);
-* **Stale**: the node's last heartbeat is older than ``stale_after`` (its agent stopped,
-  or cannot reach the API server): whatever it said last may no longer be true;
+* **Stale**: the node's last sign of life (its Lease's renewal, or its report's write
+  time) is older than ``stale_after`` (its agent stopped, or cannot reach the API
+  server): whatever it said last may no longer be true;
 * **Pending**: it has no entry for the policy yet (``NotReported``), or its entry is for
   an older generation (``OldGeneration``: a spec change rolling through the nodes);
 * otherwise what its entry says: Ready, Pending, Unsupported or Error.
@@ -87,7 +88,7 @@ class NodeReport:
     """One node's report as the controller keeps it."""
 
     node: str
-    heartbeat: float  # epoch seconds
+    heartbeat: float  # epoch seconds of its last sign of life (Lease renewal or report write)
     entries: Mapping[str, Seen] = field(default_factory=dict)  # by policy UID
 
 
@@ -118,7 +119,9 @@ def node_state(
         return NodeState(report.node, SKIPPED, entry.reason, "", generation)
     age = now - report.heartbeat
     if age > stale_after:
-        message = f"no report from the node for {age:.0f}s (timeout {stale_after:.0f}s)"
+        message = (
+            f"no sign of life from the node's agent for {age:.0f}s (timeout {stale_after:.0f}s)"
+        )
         return NodeState(report.node, STALE, "NodeStale", message, generation)
     if entry is None:
         return NodeState(report.node, PENDING, "NotReported", "the node has not reported it yet")

@@ -72,7 +72,7 @@ class _Policy:
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
     interval: float = 2.0  # seconds between two recomputations (coalescing)
-    stale_after: float = 180.0  # a node without a heartbeat for this long is Stale
+    stale_after: float = 180.0  # a node whose Lease is this old is Stale
     max_listed: int = 20  # nodes listed in a policy's status.nodes
     sweep_seconds: float = 300.0  # reports of deleted nodes: periodic sweep
     events: bool = True  # post Events on condition transitions

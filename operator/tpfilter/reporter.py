@@ -5,7 +5,7 @@ only (the chart's ValidatingAdmissionPolicy refuses another node's writes). When
 is :func:`tpfilter.coalesce.next_write`; this module only sleeps until then and writes.
 
 At start the reporter reads what the API server holds, so a restarted agent rewrites
-nothing that has not changed (it adopts the old heartbeat time too). A failed write is
+nothing that has not changed (it adopts the old write time too). A failed write is
 retried with backoff and never stops the agent: the maps matter more than the report.
 """
 
