@@ -180,6 +180,15 @@ def test_unsupported_on_some_nodes(
     out = kubectl(cluster.plane, "get", "tracingpolicies", "kprobe").stdout
     assert "UnsupportedOnNodes" in out
 
+    # The transition is an Event on the policy (cluster-scoped: in "default").
+    def warned() -> bool:
+        events = cluster.core.list_namespaced_event(
+            "default", field_selector="involvedObject.name=kprobe"
+        ).items
+        return any(e.type == "Warning" and e.reason == "UnsupportedOnNodes" for e in events)
+
+    eventually(warned, timeout=20, interval=0.5, what="a Warning Event on the policy")
+
 
 def test_node_selector_skips_a_node(
     cluster: Cluster, make_node: MakeNode, make_controller: MakeController
