@@ -33,6 +33,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from tpfilter.accept import Verdict
@@ -117,10 +118,12 @@ def node_state(
     current = entry is not None and generation >= policy.generation
     if current and entry is not None and entry.state == SKIPPED:
         return NodeState(report.node, SKIPPED, entry.reason, "", generation)
-    age = now - report.heartbeat
-    if age > stale_after:
+    if now - report.heartbeat > stale_after:
+        # The time, not the age: the message must not change while nothing does, or every
+        # recomputation (a controller restart) would rewrite the status.
+        since = datetime.fromtimestamp(report.heartbeat, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         message = (
-            f"no sign of life from the node's agent for {age:.0f}s (timeout {stale_after:.0f}s)"
+            f"no sign of life from the node's agent since {since} (timeout {stale_after:.0f}s)"
         )
         return NodeState(report.node, STALE, "NodeStale", message, generation)
     if entry is None:

@@ -86,6 +86,14 @@ def test_a_silent_node_is_stale() -> None:
     s = status(report("a", u1=entry()), report("b", heartbeat=NOW - 31, u1=entry()))
     assert conditions(s)["Degraded"] == ("True", "NodesStale")
     assert [n["state"] for n in s["nodes"]] == ["Stale"]
+    [listed] = s["nodes"]
+    assert listed["message"].startswith("no sign of life from the node's agent since 1970-")
+    later = status(
+        report("a", NOW + 100, u1=entry()),
+        report("b", heartbeat=NOW - 31, u1=entry()),
+        now=NOW + 100,
+    )
+    assert later["nodes"] == s["nodes"]  # nothing changed: nothing to rewrite
     fresh = status(report("b", heartbeat=NOW - 29, u1=entry()))
     assert conditions(fresh)["Ready"] == ("True", "AllNodesReady")
 
