@@ -315,3 +315,25 @@ def test_a_standby_controller_takes_over(
     wait_status(cluster, "after", lambda s: counts(s)[:2] == (1, 1), timeout=60)
     now = leases.read_namespaced_lease("tpfilter-controller", "default").spec.holder_identity
     assert standby.process is not None and now.endswith(f"-{standby.process.pid}")
+
+
+def test_pod_churn_is_coalesced_into_one_report_write(
+    cluster: Cluster, make_node: MakeNode
+) -> None:
+    """Counts (pods, cgroups) changing is written at most once per --report-counts-interval:
+    six pods started one after another cost one or two writes of the report, not six."""
+    node = make_node(report_counts_interval=6.0)
+    ns = cluster.namespace()
+    cluster.apply_policy(TP, "churn", web_policy())
+
+    def entry() -> dict[str, Any]:
+        policies = (report(cluster, node) or {}).get("policies", [])
+        return next((e for e in policies if e["name"] == "churn"), {})
+
+    eventually(lambda: entry().get("state") == "Ready", timeout=30, what="policy in the report")
+    written = node.agent.log(10_000).count("report written")
+    for i in range(6):
+        node.kubelet.create_pod(ns, f"web-{i}", labels={"app": "web"})
+    eventually(lambda: entry().get("pods") == 6, timeout=30, interval=0.2, what="6 pods reported")
+    writes = node.agent.log(10_000).count("report written") - written
+    assert 1 <= writes <= 2, f"{writes} report writes for 6 pods"
