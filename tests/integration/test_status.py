@@ -23,7 +23,7 @@ from tpfilter_dev.controllerproc import ControllerProcess
 
 pytestmark = pytest.mark.apiserver
 
-TP = PolicyKind.CLUSTER
+TP, TPN = PolicyKind.CLUSTER, PolicyKind.NAMESPACED
 KPROBE = {"kprobes": [{"call": "security_bprm_check", "syscall": False}]}
 
 MakeNode = Callable[..., Node]
@@ -145,6 +145,16 @@ def test_ready_everywhere_and_shown_by_kubectl_get(
     header, row = out[0].split(), out[1].split()
     assert header[:6] == ["NAME", "POD-SELECTOR", "READY", "NODES", "PODS", "REASON"]
     assert row[0] == "web-ready" and row[-5:-1] == ["2", "2", "3", "AllNodesReady"]
+
+    # The namespaced kind: its own namespace's pods only, status through its own path.
+    cluster.apply_policy(TPN, "web-ns", {"tracepoints": []}, namespace=ns)
+
+    def namespaced() -> dict[str, Any]:
+        return dict(cluster.get_policy(TPN, "web-ns", ns).get("status") or {})
+
+    eventually(lambda: counts(namespaced()) == (2, 2, 4), timeout=40, what="namespaced status")
+    out = kubectl(cluster.plane, "get", "tracingpoliciesnamespaced", "-n", ns).stdout
+    assert "AllNodesReady" in out
 
     # Each node's own report says what it holds there.
     entries = {
