@@ -23,6 +23,7 @@ from pathlib import Path
 from tpfilter import statefile
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
+from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter.models import GROUP, VERSION
 from tpfilter_dev.agentproc import eventually
 from tpfilter_dev.controlplane import ControlPlane
@@ -151,6 +152,7 @@ def main() -> None:
             def timed_restart(*, cold: bool) -> float:
                 agent.stop()
                 if cold:
+                    (pin_dir / INDEX_PIN_NAME).unlink(missing_ok=True)
                     with PinnedFilterMaps(pin_dir=pin_dir) as maps:
                         maps.remove_pins()
                     (agent.state_dir / statefile.STATE_FILE).unlink()

@@ -1,19 +1,24 @@
-"""Exec cost of the policy programs: a small binary exec'd in a loop, inside a cgroup the
-policies select and outside it, with 0, 1, 10 and 100 policies loaded, in one run.
+"""Per-event cost of the policy programs against the number of policies loaded, in one run.
 
-    sudo .venv/bin/python benchmarks/bench_exec.py [--execs 2000] [--rounds 5]
+    sudo .venv/bin/python benchmarks/bench_exec.py [--hook exec|lseek] [--events 2000]
+         [--rounds 3] [--counts 1,10,100,1000,10000] [--one 100,1000]
 
-Each measurement is a shell, started in the cgroup as a container's process (in a PID
-namespace of its own: a process of the node's would be the runtime's, not the
-container's), that fork+execs a copy of /usr/bin/true N times; the shell's own cost and
-the ~1 ms of util-linux `unshare` that starts it are the same in every row. "no programs" is
-measured with the exec program detached. Every policy is on
-sched/sched_process_exec with a NotIn allow list that contains the benchmark binary, so
-inside the selected cgroup each exec runs every policy's filter check *and* its
-selectors (the most work a non-matching exec can cost); outside it only the filter
-checks. Every round measures every configuration (inside and outside); medians are
-reported. Besides wall time, the programs' own run time per exec is read from the
-kernel (kernel.bpf_stats_enabled, restored afterwards).
+Rows: the program detached ("no program"); N policies loaded where none selects the
+calling process (each selects one of 50 other cgroups); N loaded where exactly one selects
+it. The figure is the BPF run time per event from the kernel's own statistics
+(kernel.bpf_stats_enabled, restored afterwards: run_time_ns / run_cnt of the entry
+program, its tail-called stages included); wall time per event is printed beside it but
+is noisy on a shared machine.
+
+``--hook exec`` (default): sched/sched_process_exec; the caller is a shell started as a
+container's process (a PID namespace of its own) that fork+execs a copy of /usr/bin/true;
+every policy is a Sigkill with a NotIn allow list that holds that binary, so the selected
+caller runs its policy's filter check *and* selectors, never killed. ``--hook lseek``: the
+sys_enter variant, syscalls/sys_enter_lseek, a Python loop of lseek(0, 0, SEEK_SET) in the
+same kind of process, every policy a Sigkill on whence == 4444 (never matched).
+
+Before the candidate index every loaded policy cost every event ~0.4 us (outside a
+selected cgroup); with it an unselected caller pays the index lookup only.
 """
 
 from __future__ import annotations
@@ -28,51 +33,69 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from benchkit import move_self
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
+from tpfilter.indexmap import PinnedCandidateIndex
+from tpfilter.indexsync import IndexKeeper
 from tpfilter.models import Policy, parse_policy
 from tpfilter.programs import ProgramManager
 from tpfilter_dev.cgroupfs import rmdir_cgroup
 
+STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+OTHER_CGROUPS = 50
 
-def exec_loop(binary: Path, n: int, cgroup: Path) -> float:
-    """Seconds for a shell in ``cgroup`` to fork+exec ``binary`` n times."""
-    script = f'i=0; while [ "$i" -lt {n} ]; do "{binary}"; i=$((i+1)); done'
+
+def run_loop(hook: str, binary: Path, n: int, cgroup: Path) -> float:
+    """Seconds for a container-like process in ``cgroup`` to make n events of ``hook``."""
+    if hook == "exec":
+        script = f'i=0; while [ "$i" -lt {n} ]; do "{binary}"; i=$((i+1)); done'
+        inner = ["/bin/sh", "-c", script]
+    else:
+        code = f"import os\nfor _ in range({n}):\n    os.lseek(0, 0, 0)\n"
+        inner = [sys.executable, "-c", code]
+    command = ["unshare", "--pid", "--fork", "--kill-child", *inner]
     t0 = time.perf_counter()
-    command = ["unshare", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", script]
-    subprocess.run(command, preexec_fn=lambda: move_self(cgroup), check=True)
+    subprocess.run(
+        command, preexec_fn=lambda: move_self(cgroup), check=True, stdin=subprocess.DEVNULL
+    )
     return time.perf_counter() - t0
 
 
-def policy(i: int, allowed: Path) -> Policy:
+def policy(i: int, hook: str, allowed: Path) -> Policy:
+    tp: dict[str, Any]
+    if hook == "exec":
+        tp = {
+            "subsystem": "sched",
+            "event": "sched_process_exec",
+            "selectors": [
+                {
+                    "matchBinaries": [{"operator": "NotIn", "values": [str(allowed), "/bin/sh"]}],
+                    "matchActions": [{"action": "Sigkill"}],
+                }
+            ],
+        }
+    else:
+        tp = {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [{"index": 7, "type": "int32", "label": "whence"}],
+            "selectors": [
+                {
+                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
+                    "matchActions": [{"action": "Sigkill"}],
+                }
+            ],
+        }
     return parse_policy(
         {
             "kind": "TracingPolicy",
             "metadata": {"name": f"bench-{i}", "uid": f"bench-{i}"},
-            "spec": {
-                "podSelector": {"matchLabels": {"bench": str(i)}},
-                "tracepoints": [
-                    {
-                        "subsystem": "sched",
-                        "event": "sched_process_exec",
-                        "selectors": [
-                            {
-                                "matchBinaries": [
-                                    {"operator": "NotIn", "values": [str(allowed), "/bin/sh"]}
-                                ],
-                                "matchActions": [{"action": "Sigkill"}],
-                            }
-                        ],
-                    }
-                ],
-            },
+            "spec": {"podSelector": {"matchLabels": {"bench": str(i)}}, "tracepoints": [tp]},
         }
     )
-
-
-STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def prog_stats(fd: int) -> tuple[int, int]:
@@ -83,121 +106,133 @@ def prog_stats(fd: int) -> tuple[int, int]:
     return int(fields.get("run_time_ns", "0")), int(fields.get("run_cnt", "0"))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--execs", type=int, default=2000, help="execs per measurement")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--counts", default="0,1,10,100")
-    args = parser.parse_args()
+    parser.add_argument("--hook", choices=["exec", "lseek"], default="exec")
+    parser.add_argument("--events", type=int, default=2000, help="events per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--counts", default="1,10,100,1000,10000")
+    parser.add_argument("--one", default="100,1000", help="counts measured with 1 selecting")
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_exec: needs root", file=sys.stderr)
         return 2
     counts = [int(c) for c in args.counts.split(",")]
+    one = [int(c) for c in args.one.split(",") if c]
+    hook = args.hook
+    tracepoint = "sched/sched_process_exec" if hook == "exec" else "syscalls/sys_enter_lseek"
     mount = find_cgroup2_mount()
     tag = uuid.uuid4().hex[:8]
     pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{tag}"
     inside, outside = mount / f"tpf-bench-in-{tag}", mount / f"tpf-bench-out-{tag}"
-    inside.mkdir()
-    outside.mkdir()
+    others = [mount / f"tpf-bench-o{k}-{tag}" for k in range(OTHER_CGROUPS)]
+    for cg in (inside, outside, *others):
+        cg.mkdir()
     tmp = Path(tempfile.mkdtemp(prefix="tpf-bench-"))
     binary = tmp / "true"
     shutil.copy("/usr/bin/true", binary)
     maps = PinnedFilterMaps(pin_dir=pin_dir)
+    index = PinnedCandidateIndex(pin_dir=pin_dir)
     devnull = open(os.devnull, "w")  # noqa: SIM115
     manager = ProgramManager(
         pin_dir=pin_dir, node_name="bench", resolve=lambda c: None, events_out=devnull
     )
     stats_before = STATS_SYSCTL.read_text().strip() if STATS_SYSCTL.exists() else None
-    labels = ["no programs", *(f"{n} policies" for n in counts)]
-    wall: dict[tuple[str, str], list[float]] = {}
-    kernel: dict[tuple[str, str], list[float]] = {}
-    report = None
+    wall: dict[str, list[float]] = {}
+    kernel: dict[str, list[float]] = {}
+    rows: list[str] = ["no program"]
+    rows += [f"{n:,} loaded, none selects the caller" for n in counts]
+    rows += [f"{n:,} loaded, 1 selects the caller" for n in one]
+    load_seconds = 0.0
     try:
         manager.start(events_thread=False)
-        report = manager.load_report
         programs = manager._programs
         if STATS_SYSCTL.exists():
             STATS_SYSCTL.write_text("1")
-        exec_fd = programs._exec_fn.fd
-        inside_id = os.stat(inside).st_ino
-        for i in range(1, max(counts) + 1):
-            maps.install(i, {inside_id}, max_entries=8)
-        exec_loop(binary, 200, inside)  # warm up
+        fd = programs._exec_fn.fd if hook == "exec" else programs._sys_fn.fd
+        # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
+        top = max([*counts, *one])
+        desired = {
+            i: frozenset({os.stat(others[i % OTHER_CGROUPS]).st_ino}) for i in range(1, top + 1)
+        }
+        desired[1] = desired[1] | {os.stat(inside).st_ino}
+        keeper = IndexKeeper(index)
+        t0 = time.monotonic()
+        keeper.before(desired)  # the index first, as the engine writes it
+        failed = maps.install_many([(i, ids, 8) for i, ids in desired.items()])
+        if failed:
+            raise SystemExit(f"install failed: {list(failed.items())[:3]}")
+        keeper.after(inner_maps_ok=True)
+        load_seconds = time.monotonic() - t0
+
+        def measure(label: str, cgroup: Path) -> None:
+            t0, c0 = prog_stats(fd)
+            seconds = run_loop(hook, binary, args.events, cgroup)
+            t1, c1 = prog_stats(fd)
+            wall.setdefault(label, []).append(seconds / args.events)
+            if c1 > c0:
+                kernel.setdefault(label, []).append((t1 - t0) / (c1 - c0))
+
+        run_loop(hook, binary, 200, outside)  # warm up
         for _ in range(args.rounds):
             # Every round visits every configuration, so drift and noise spread evenly.
-            # "no programs": the exec program detached (attaching again compiles nothing).
-            programs.detach("sched/sched_process_exec")
-            for where, cgroup in (("in", inside), ("out", outside)):
-                seconds = exec_loop(binary, args.execs, cgroup)
-                wall.setdefault(("no programs", where), []).append(seconds / args.execs)
-            programs.attach("sched/sched_process_exec")
-            for n in counts:
-                statuses = manager.sync([(policy(i, binary), i) for i in range(1, n + 1)])
+            manager.sync([])
+            if tracepoint in programs.attached:
+                programs.detach(tracepoint)
+            measure("no program", outside)
+            if hook == "exec":
+                programs.attach(tracepoint)  # compiles nothing (sys_enter: sync attaches)
+            for n in sorted({*counts, *one}):
+                statuses = manager.sync([(policy(i, hook, binary), i) for i in range(1, n + 1)])
                 bad = [s for s in statuses.values() if s.state != "loaded"]
                 if bad:
                     raise SystemExit(f"policies not loaded: {bad[:3]}")
-                for where, cgroup in (("in", inside), ("out", outside)):
-                    t0, c0 = prog_stats(exec_fd)
-                    seconds = exec_loop(binary, args.execs, cgroup)
-                    t1, c1 = prog_stats(exec_fd)
-                    wall.setdefault((f"{n} policies", where), []).append(seconds / args.execs)
-                    if c1 > c0:
-                        per_exec = (t1 - t0) / (c1 - c0)
-                        kernel.setdefault((f"{n} policies", where), []).append(per_exec)
+                if n in counts:
+                    measure(f"{n:,} loaded, none selects the caller", outside)
+                if n in one:
+                    measure(f"{n:,} loaded, 1 selects the caller", inside)
         manager.sync([])
+        usage = index.usage()
     finally:
         if stats_before is not None:
             STATS_SYSCTL.write_text(stats_before)
         manager.close()
         maps.close()
+        index.close()
+        index.remove_pins()
         maps.remove_pins()
         devnull.close()
-        rmdir_cgroup(inside)
-        rmdir_cgroup(outside)
+        for cg in (inside, outside, *others):
+            rmdir_cgroup(cg)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
-    base_in, base_out = med(wall[("no programs", "in")]), med(wall[("no programs", "out")])
+    what = "exec of a copy of /usr/bin/true from /bin/sh" if hook == "exec" else "lseek(0, 0, 0)"
     print(
-        f"exec of a copy of /usr/bin/true from /bin/sh, {args.execs} execs x {args.rounds} "
-        f"rounds (median), {os.cpu_count()} CPUs, kernel {os.uname().release}"
+        f"{tracepoint}: {what}, {args.events} events x {args.rounds} rounds (median), "
+        f"{os.cpu_count()} CPUs, kernel {os.uname().release} (one machine's measurement)"
     )
-    if report is not None:
-        print(
-            f"programs: compile {report.compile_seconds:.2f} s, load {report.load_seconds:.2f} s,"
-            f" agent RSS after load {report.rss_now_bytes / 2**20:.0f} MiB"
-            f" (peak {report.rss_after_bytes / 2**20:.0f} MiB)"
+    print(
+        f"filter maps + candidate index for {top:,} policies written in {load_seconds:.2f} s;"
+        f" index: {usage.entries} entries, max_entries {usage.max_entries},"
+        f" {usage.memlock:,} B of kernel memory"
+    )
+    table = [("configuration", "BPF us/event", "wall us/event")]
+    for label in rows:
+        k = kernel.get(label)
+        table.append(
+            (label, f"{med(k) / 1e3:.2f}" if k else "0 (not run)", f"{med(wall[label]) * 1e6:.1f}")
         )
-    head = (
-        "loaded",
-        "in: exec/s",
-        "us/exec",
-        "added us (wall)",
-        "BPF us/exec",
-        "out: exec/s",
-        "us/exec",
-        "added us (wall)",
-        "BPF us/exec",
-    )
-    table: list[tuple[str, ...]] = [head]
-    for label in labels:
-        row = [label]
-        for where, base in (("in", base_in), ("out", base_out)):
-            t = med(wall[(label, where)])
-            k = kernel.get((label, where))
-            row += [
-                f"{1 / t:,.0f}",
-                f"{t * 1e6:.1f}",
-                f"{(t - base) * 1e6:+.1f}",
-                f"{med(k) / 1e3:.2f}" if k else "0",
-            ]
-        table.append(tuple(row))
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
     for r in table:
-        cells = zip(r, widths, strict=True)
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(cells)))
+        print(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     print(
-        "BPF us/exec: run time of the exec program and its tail-called stages per exec"
+        "BPF us/event: run time of the entry program and its tail-called stages per event"
         " (kernel.bpf_stats_enabled), the precise added cost; wall: noisy on a shared VM."
     )
     return 0

@@ -55,6 +55,8 @@ from tpfilter.bpfmaps import InstallItem, PinnedFilterMaps, probe
 from tpfilter.bpfsrc import PidNamespace, bcc_source, node_pid_namespace
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.descendants import WALK_ALL
+from tpfilter.indexmap import PinnedCandidateIndex
+from tpfilter.indexsync import IndexKeeper
 from tpfilter_dev import contain
 from tpfilter_dev.cgroupfs import rmdir_cgroup
 
@@ -347,27 +349,45 @@ def tpfilter_total_memory(maps: PinnedFilterMaps) -> tuple[int, int]:
     return fixed, sum(u.memlock for u in maps.usage())
 
 
-def load_tpfilter(items: list[InstallItem], *, batch: bool) -> tuple[float, int, int, float]:
-    """(seconds to load, fixed bytes, inner bytes, seconds to delete them all in batches)."""
-    with scratch_pin_dir() as pin_dir, PinnedFilterMaps(pin_dir=pin_dir) as maps:
+def load_tpfilter(items: list[InstallItem], *, batch: bool) -> tuple[float, int, int, int, float]:
+    """(seconds to load maps and candidate index, fixed bytes, inner bytes, index bytes,
+    seconds to delete them all in batches). The index is written as the engine writes it:
+    grown before the inner maps, trimmed after."""
+    with (
+        scratch_pin_dir() as pin_dir,
+        PinnedFilterMaps(pin_dir=pin_dir) as maps,
+        PinnedCandidateIndex(pin_dir=pin_dir) as index,
+    ):
+        keeper = IndexKeeper(index)
+        desired = {p: frozenset(ids) for p, ids, _ in items}
         try:
-            if batch:
-                seconds = timed(lambda: _no_failures(maps.install_many(items)))
-            else:
 
-                def one_by_one() -> None:
+            def load() -> None:
+                keeper.before(desired)
+                if batch:
+                    _no_failures(maps.install_many(items))
+                else:
                     for policy_id, ids, max_entries in items:
                         maps.install(policy_id, ids, max_entries=max_entries)
+                assert keeper.after(inner_maps_ok=True) is None
 
-                seconds = timed(one_by_one)
+            seconds = timed(load)
             fixed, inner = tpfilter_total_memory(maps)
+            index_bytes = index.usage().memlock
             state = maps.read_all()
             assert {p: s.cgroup_ids for p, s in state.items()} == {p: i for p, i, _ in items}
-            unload = timed(lambda: _no_failures(maps.delete_many(p for p, _, _ in items)))
-            assert not maps.read_all()
+
+            def unload() -> None:
+                keeper.before({})
+                _no_failures(maps.delete_many(p for p, _, _ in items))
+                assert keeper.after(inner_maps_ok=True) is None
+
+            unload_seconds = timed(unload)
+            assert not maps.read_all() and not index.read_all()
         finally:
+            index.remove_pins()
             maps.remove_pins()
-    return seconds, fixed, inner, unload
+    return seconds, fixed, inner, index_bytes, unload_seconds
 
 
 def _no_failures(failures: dict[int, Any]) -> None:
@@ -436,7 +456,7 @@ def load_table(*, quick: bool) -> str:
         pods = [tree.make(f"kubepods/burstable/pod-{i:03d}/ctr")[1] for i in range(PODS)]
         for count in COUNTS:
             items = policies(count, pods)
-            b_secs, fixed, inner, unload = load_tpfilter(items, batch=True)
+            b_secs, fixed, inner, index_bytes, unload = load_tpfilter(items, batch=True)
             if quick and count > 1_000:
                 one = "(skipped: --quick)"
             else:
@@ -454,8 +474,9 @@ def load_table(*, quick: bool) -> str:
             rows.append(
                 [
                     f"{count:,}",
-                    mb(fixed + inner),
+                    mb(fixed + inner + index_bytes),
                     f"{inner / count:,.0f} B",
+                    mb(index_bytes),
                     secs(b_secs),
                     one,
                     secs(unload),
@@ -467,6 +488,7 @@ def load_table(*, quick: bool) -> str:
         "policies",
         "tpfilter memory",
         "inner B/policy",
+        "candidate index",
         "load: install_many",
         "load: install one by one",
         "unload: delete_many",
@@ -476,7 +498,8 @@ def load_table(*, quick: bool) -> str:
     return (
         f"{PODS} pods (one container cgroup each), every policy selecting 1-5 of them; "
         "tpfilter memory = outer map (16,384 slots, no prealloc) + levels array + all inner "
-        "maps; Tetragon = its 128-slot preallocated outer map + 32,768-entry preallocated "
+        "maps + candidate index (loads include writing it); Tetragon = its 128-slot "
+        "preallocated outer map + 32,768-entry preallocated "
         "inner maps\n\n" + table(header, rows)
     )
 

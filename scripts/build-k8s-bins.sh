@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds, from source through the Go module proxy, the control-plane binaries that the
-# integration tests need (kube-apiserver, etcd, helm) at pinned versions, and caches them
-# outside the repo, keyed by version:
-#   $CACHE/bin/kube-apiserver-$KUBE_VERSION, $CACHE/bin/etcd-$ETCD_VERSION,
-#   $CACHE/bin/helm-$HELM_VERSION, and stable symlinks $CACHE/bin/{kube-apiserver,etcd,helm}.
+# Builds, from source through the Go module proxy, the control-plane and node binaries that the
+# integration and real-node tests need (kube-apiserver, etcd, helm, kubectl; kubelet,
+# kube-scheduler, kube-controller-manager) at pinned versions, and caches them outside the
+# repo, keyed by version: $CACHE/bin/<name>-<version> (e.g. kube-apiserver-$KUBE_VERSION,
+# etcd-$ETCD_VERSION, helm-$HELM_VERSION) and stable symlinks $CACHE/bin/<name>.
 # CACHE is ${TPFILTER_CACHE:-/var/cache/tpfilter}; GOMODCACHE and GOCACHE live under it.
 # Idempotent: a binary that exists and reports its pinned version is not rebuilt, so a
 # second run costs seconds. A cold run takes tens of minutes on 2 cores (kube-apiserver
@@ -71,12 +71,20 @@ version_ok() {
     etcd)           out=$("$path" --version 2>&1) && [[ $out == *"etcd Version: ${ETCD_VERSION#v}"* ]] ;;
     helm)           out=$("$path" version --short 2>&1) && [[ $out == "$HELM_VERSION"* ]] ;;
     kubectl)        out=$("$path" version --client 2>&1) && [[ $out == *"Client Version: $KUBE_VERSION"* ]] ;;
+    kubelet|kube-scheduler|kube-controller-manager)
+                    out=$("$path" --version 2>&1) && [[ $out == "Kubernetes $KUBE_VERSION" ]] ;;
   esac
 }
 
 build_kube_apiserver() { build_kube_cmd kube-apiserver "$1"; }
 # kubectl from the same module and version: the machine's own kubectl may be missing or old.
 build_kubectl() { build_kube_cmd kubectl "$1"; }
+# The real node of the e2e suite (tpfilter_dev.realnode): kubelet and the two controllers
+# that make DaemonSet pods and schedule them. Same module, so the module and build caches
+# are shared: ~1-3 min more on a warm cache.
+build_kubelet() { build_kube_cmd kubelet "$1"; }
+build_kube_scheduler() { build_kube_cmd kube-scheduler "$1"; }
+build_kube_controller_manager() { build_kube_cmd kube-controller-manager "$1"; }
 
 build_kube_cmd() { # $1: command under k8s.io/kubernetes/cmd, $2: output path
   local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
@@ -146,7 +154,10 @@ ensure kube-apiserver "$KUBE_VERSION" build_kube_apiserver
 ensure etcd "$ETCD_VERSION" build_etcd
 ensure helm "$HELM_VERSION" build_helm
 ensure kubectl "$KUBE_VERSION" build_kubectl
+ensure kubelet "$KUBE_VERSION" build_kubelet
+ensure kube-scheduler "$KUBE_VERSION" build_kube_scheduler
+ensure kube-controller-manager "$KUBE_VERSION" build_kube_controller_manager
 echo "build-k8s-bins: done in $((SECONDS - total))s; binaries:"
-for name in kube-apiserver etcd helm kubectl; do
+for name in kube-apiserver etcd helm kubectl kubelet kube-scheduler kube-controller-manager; do
   echo "  $BIN/$name -> $(readlink "$BIN/$name")"
 done

@@ -76,7 +76,7 @@ fi
 log "building $IMAGE"
 tar -c --exclude=__pycache__ --exclude='*.pyc' \
   Dockerfile pyproject.toml README.md operator/tpfilter bpf \
-  scripts/agent-entrypoint.sh | docker build -t "$IMAGE" -
+  scripts/agent-entrypoint.sh image | docker build -t "$IMAGE" -
 kind load docker-image "$IMAGE" --name "$KIND_CLUSTER"
 docker image inspect "$UBUNTU_IMAGE" >/dev/null 2>&1 || docker pull "$UBUNTU_IMAGE"
 kind load docker-image "$UBUNTU_IMAGE" --name "$KIND_CLUSTER"

@@ -14,6 +14,11 @@ VENV=${TPFILTER_VENV:-.venv}
 
 # util-linux: `unshare`, with which the kubelet stand-in starts container processes.
 APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc clang bpftool linux-headers-amd64 python3-venv python3-pip util-linux)
+# The real node of tests/realnode (tpfilter_dev.realnode): containerd + runc, CNI plugins,
+# what kubelet calls (iptables, conntrack, socat); the images (scripts/build-images.sh):
+# debootstrap, busybox-static, a static C toolchain, openssl for the node's certificates.
+APT_PACKAGES+=(containerd runc iptables conntrack socat containernetworking-plugins
+  debootstrap busybox-static gcc libc6-dev openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

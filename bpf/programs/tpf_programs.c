@@ -11,10 +11,17 @@
  *                  already loaded program compiles nothing); the hook is the syscall
  *                  number the tracepoint reports.
  *
- * For every event, for each slot (one hook entry of one policy) of the hook:
+ * For every event:
  *
- *   1. policy_filter_check(policy ID) - always the first test: is the task in a cgroup
- *      the policy selects (bpf/policy_filter.h)?
+ *   0. the candidates: the hook's unfiltered entries, and the filtered policies the
+ *      candidate index (below) lists for the task's container, plus the hostSelector {}
+ *      policies when the task may be a host process. Policies that cannot apply to the
+ *      task are never looked at, so an event's cost does not grow with them;
+ *   1. for each filtered candidate with entries on this hook (tpf_pcfg{hook, policy}):
+ *      policy_filter_check(policy ID) - always the first test: is the task in a cgroup
+ *      the policy selects (bpf/policy_filter.h)? The index only *chooses* candidates; this
+ *      check decides, so a stale index can only cost a lookup or (the agent writes it
+ *      first) never drop a match;
  *   2. selectors in order; the first that matches decides (Tetragon: selectors are ORed,
  *      the filters inside one are ANDed, the values of one filter are ORed - NotEqual and
  *      NotIn: ANDed, i.e. "none of");
@@ -23,19 +30,24 @@
  * Verifier cost: bcc (0.26) supports neither bpf_loop callbacks nor BPF-to-BPF calls, so
  * everything is inlined and every loop is a bounded loop the verifier walks, and
  * policy_filter_check() itself walks up to 63 cgroup levels (~7,000 verified instructions
- * per call site). One program looping over 128 slots would exceed the verifier's limit,
- * so the work is split into stages chained by tail calls, each handling a batch of slots
+ * per call site). One program looping over 128 candidates would exceed the verifier's
+ * limit, so the work is split into stages chained by tail calls, each handling a batch
  * (per-CPU scratch carries the state; a tail call stays on the CPU, preemption off):
  *
- *   entry (tpf_exec / tpf_sys_enter)  read the event once, then -> FILTER
- *   FILTER (tpf_stage_filter)         policy_filter_check() of TPF_FILTER_BATCH slots,
+ *   entry (tpf_exec / tpf_sys_enter)  the candidates; none: return (the common case);
+ *                                     else read the event once, then -> FILTER
+ *   FILTER (tpf_stage_filter)         policy_filter_check() of TPF_FILTER_BATCH
+ *                                     candidates, their entries kept in a compact list,
  *                                     -> itself for the next batch, then -> SELECT
  *   SELECT (tpf_stage_select)         strings read once (first batch), then the selectors
- *                                     and actions of TPF_SELECT_BATCH kept slots,
+ *                                     and actions of TPF_SELECT_BATCH kept entries,
  *                                     -> itself for the next batch
  *
- * 128 slots take 8 + 16 tail calls, under the kernel's limit of 33. The agent fills the
- * stage array before it attaches an entry; a missing stage is a reported load error.
+ * 128 candidates take 8 + 16 tail calls, under the kernel's limit of 33. The agent fills
+ * the stage array before it attaches an entry; a missing stage is a reported load error.
+ * The bound that remains is per task, not per hook: TPF_MAX_ANY unfiltered entries per
+ * hook, TPF_INDEX_MAX policies selecting one container, TPF_INDEX_MAX hostSelector
+ * policies (the agent reports a policy past a bound as an error naming the pods).
  */
 #include "policy_filter.h"
 #include "tpf_programs.h"
@@ -76,30 +88,41 @@
 #endif
 #define TPF_STAGE_FILTER 0
 #define TPF_STAGE_SELECT 1
-#define TPF_SLOT_WORDS ((TPF_MAX_SLOTS + 63) / 64)
+#ifndef TPF_MAX_PCFG_ENTRIES
+#define TPF_MAX_PCFG_ENTRIES 65536
+#endif
+#ifndef TPF_INDEX_PIN
+#define TPF_INDEX_PIN TPF_FILTER_PIN "_index"
+#endif
 
-/* Per hook: how many slots, and which strings its selectors need. */
+/* Per hook: how many entries, and which strings its selectors need. */
 struct tpf_hook {
-	u32 n;
+	u32 n;       /* unfiltered entries: tpf_slots{hook, 0..n-1} */
 	u8 str_mask; /* bit k: strs[k] is compared by some selector (k = 0: the binary) */
 	u8 rev_mask; /* bit k: ... with Postfix, so its reverse is needed */
 	u8 capture;  /* bit k: strs[k] is put into events (user strings only) */
 	u8 pad;
+	u32 npol;    /* filtered policies with entries in tpf_pcfg{hook, *} */
 };
 
 struct tpf_work {
 	struct tpf_scratch sc;
 	struct tpf_str more[TPF_NR_STRS - 1]; /* strs[1..6]; sc.path is strs[0] */
-	u64 keep[TPF_SLOT_WORDS];           /* FILTER's result, one bit per slot */
-	struct tpf_slot slots[TPF_MAX_SLOTS]; /* the slots FILTER tested, as it saw them */
+	struct tpf_slot slots[TPF_MAX_KEPT];  /* the entries FILTER kept, as it saw them */
+	u32 cand[TPF_MAX_CANDS];              /* candidate policy IDs (after the nany slots) */
 	u32 hook;
-	u32 cursor; /* first slot of the next batch */
+	u32 cursor; /* first candidate (FILTER) or kept entry (SELECT) of the next batch */
+	u32 nany;   /* unfiltered entries of the hook, as the entry program read it */
+	u32 ncand;  /* filtered candidates in cand[] */
+	u32 nkept;  /* entries in slots[] */
 	u8 pass;    /* policy_filter_check()'s last answer, see tpf_stage_filter */
-	u8 pad[7];
+	u8 pad[3];
 };
 
 BPF_ARRAY(tpf_hooks, struct tpf_hook, TPF_NR_HOOKS);
 BPF_F_TABLE("hash", struct tpf_slot_key, struct tpf_slot, tpf_slots, TPF_MAX_SLOT_ENTRIES,
+	    BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct tpf_pcfg_key, struct tpf_pcfg, tpf_pcfg, TPF_MAX_PCFG_ENTRIES,
 	    BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct tpf_sel_key, struct tpf_sel, tpf_sels, TPF_MAX_SEL_ENTRIES,
 	    BPF_F_NO_PREALLOC);
@@ -115,6 +138,118 @@ BPF_PROG_ARRAY(tpf_stages, 2);
 BPF_RINGBUF_OUTPUT(tpf_events, TPF_RINGBUF_PAGES);
 /* Never written: declared so that bcc hands the agent the event's ctypes layout. */
 BPF_ARRAY(tpf_event_layout, struct tpf_event, 1);
+
+/*
+ * The candidate index: which filtered policies can apply to a task, found from its cgroup.
+ *
+ *   tpf_index_maps[0] -> hash {u64 cgroup ID -> struct tpf_cands}   (BPF_F_NO_PREALLOC)
+ *
+ * Key: a container's cgroup ID, as in the policies' inner maps; value: every policy whose
+ * inner map holds it. Key TPF_HOST_MARKER: the policies with hostSelector {}. It is the
+ * inner maps turned inside out (tpfilter/candidates.py computes it from the same desired
+ * state), written by the same single writer (the agent's engine) in an order that keeps
+ * it a superset of them: a policy enters a cgroup's entry before the cgroup enters the
+ * policy's inner map, and leaves it after. A one-slot array of maps holds it so that the
+ * agent can size it to its content and swap a rebuilt map in whole, like the inner maps
+ * (the programs keep the fd of the array). Pinned next to the outer map, created by
+ * whichever comes first, the agent or a program; an empty slot means no candidates (fail
+ * closed, like a missing inner map).
+ */
+BPF_F_TABLE("hash", u64, struct tpf_cands, tpf_index_template, 1, BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array_of_maps$tpf_index_template", u32, int, tpf_index_maps, 1,
+		 TPF_INDEX_PIN);
+
+/*
+ * The first value of `map` found for the task's cgroup, or for an ancestor at the levels
+ * the agent put containers at (the same walk as policy_filter_check()'s, which decides).
+ */
+static __always_inline void *tpf_chain_find(void *map, u64 cgroup_id)
+{
+	u64 ancestor, mask, *levels;
+	u32 zero = 0;
+	void *v;
+	int level;
+
+	v = bpf_map_lookup_elem(map, &cgroup_id);
+	if (v)
+		return v;
+	levels = policy_filter_levels.lookup(&zero);
+	if (!levels)
+		return NULL;
+	mask = *levels;
+	if (mask & TPF_LEVELS_WALK_ALL)
+		mask = ~0ULL;
+	for (level = 0; level <= TPF_MAX_LEVEL && mask; level++, mask >>= 1) {
+		if (!(mask & 1))
+			continue;
+		ancestor = bpf_get_current_ancestor_cgroup_id(level);
+		if (!ancestor || ancestor == cgroup_id)
+			break;
+		v = bpf_map_lookup_elem(map, &ancestor);
+		if (v)
+			return v;
+	}
+	return NULL;
+}
+
+/* Unrolled: constant offsets into the entry (a loop's pointer walk loses its bound). */
+static __always_inline u32 tpf_append(struct tpf_work *w, u32 n, struct tpf_cands *c)
+{
+	u32 m = c->n;
+
+#pragma unroll
+	for (u32 k = 0; k < TPF_INDEX_MAX; k++) {
+		if (k >= m || n >= TPF_MAX_CANDS)
+			break;
+		w->cand[n & (TPF_MAX_CANDS - 1)] = c->ids[k];
+		n++;
+	}
+	return n;
+}
+
+/*
+ * The filtered candidates of the current task into w->cand; returns how many.
+ *
+ * Its container's entry (none: in no selected container), then the hostSelector {}
+ * policies if the task may be a host process: its chain meets no pod container (the
+ * all-pods set, policy_filter.h), or it is in the node's PID namespace (entered a
+ * container's cgroup from the node, or a hostPID pod's: the check tells them apart).
+ * Without the all-pods set a hostSelector policy matches no host process (fails closed),
+ * so it is then a candidate only where it selects the container.
+ */
+static __always_inline u32 tpf_gather(struct tpf_work *w)
+{
+	u64 cgroup_id = bpf_get_current_cgroup_id(), host_key = TPF_HOST_MARKER;
+	u32 zero = 0, all_pods = TPF_ALL_PODS_ID, n = 0;
+	struct tpf_cands *own, *host;
+	struct bpf_pidns_info ns;
+	void *index, *pods;
+	bool maybe_host;
+
+	index = tpf_index_maps.lookup(&zero);
+	if (!index)
+		return 0;
+	own = tpf_chain_find(index, cgroup_id);
+	if (own)
+		n = tpf_append(w, n, own);
+	host = bpf_map_lookup_elem(index, &host_key);
+	if (!host)
+		return n;
+	if (own) {
+		maybe_host = false;
+	} else {
+		pods = policy_filter_maps.lookup(&all_pods);
+		if (!pods)
+			return n;
+		maybe_host = !tpf_chain_find(pods, cgroup_id);
+	}
+	if (!maybe_host)
+		maybe_host = !bpf_get_ns_current_pid_tgid(TPF_NODE_PIDNS_DEV, TPF_NODE_PIDNS_INO,
+							  &ns, sizeof(ns));
+	if (maybe_host)
+		n = tpf_append(w, n, host);
+	return n;
+}
 
 static __always_inline void tpf_count(u32 config, u32 what)
 {
@@ -368,64 +503,80 @@ static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook
 	}
 }
 
-static __always_inline bool tpf_kept(struct tpf_work *w, u32 i)
+/* Keep a copy of an entry whose filter passed: SELECT acts on what FILTER tested. */
+static __always_inline void tpf_keep(struct tpf_work *w, struct tpf_slot *slot)
 {
-	return w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] & (1ULL << (i % 64));
+	u32 m = w->nkept;
+
+	if (m >= TPF_MAX_KEPT) {
+		tpf_count(slot->config, TPF_STAT_ERROR); /* not reachable within the agent's bounds */
+		return;
+	}
+	w->slots[m & (TPF_MAX_KEPT - 1)] = *slot;
+	w->nkept = m + 1;
 }
 
 /*
- * FILTER: policy_filter_check() for slots [cursor, cursor + TPF_FILTER_BATCH).
+ * FILTER: candidates [cursor, cursor + TPF_FILTER_BATCH): first the hook's unfiltered
+ * entries (nany), then the filtered candidate policies (ncand), each with its entries on
+ * this hook (tpf_pcfg) and policy_filter_check() first.
  *
- * Its answer goes through memory (w->pass): as a register it is a constant 0 or 1 on
- * each path, the branch on it makes it precise and the verifier stops merging the paths
- * of this loop. For the same reason nothing counts the kept slots in a register.
+ * The check's answer goes through memory (w->pass): as a register it is a constant 0 or 1
+ * on each path, the branch on it makes it precise and the verifier stops merging the
+ * paths of this loop. For the same reason the kept entries are counted in memory.
  */
 int tpf_stage_filter(void *ctx)
 {
-	u32 zero = 0, hook, base, n;
-	struct tpf_hook *h;
+	u32 zero = 0, hook, base, n, nany;
 	struct tpf_work *w = tpf_work.lookup(&zero);
-	u64 any = 0;
 
 	if (!w)
 		return 0;
 	hook = w->hook;
-	h = tpf_hooks.lookup(&hook);
-	if (!h)
-		return 0;
 	base = w->cursor;
-	n = h->n;
+	nany = w->nany;
+	n = nany + w->ncand;
 #pragma clang loop unroll(disable)
 	for (u32 k = 0; k < TPF_FILTER_BATCH; k++) {
 		struct tpf_slot_key key = {};
+		struct tpf_pcfg_key pkey = {};
+		struct tpf_pcfg *pc;
 		struct tpf_slot *slot;
 		u32 i = base + k;
 
-		if (i >= n || i >= TPF_MAX_SLOTS)
+		if (i >= n || i >= TPF_MAX_ANY + TPF_MAX_CANDS)
 			break;
-		key.hook = hook;
-		key.slot = i;
-		slot = tpf_slots.lookup(&key);
-		if (!slot)
+		if (i < nany) {
+			key.hook = hook;
+			key.slot = i;
+			slot = tpf_slots.lookup(&key);
+			if (slot)
+				tpf_keep(w, slot); /* unfiltered: every process */
 			continue;
-		w->pass = policy_filter_check(slot->policy_id);
+		}
+		pkey.hook = hook;
+		pkey.policy_id = w->cand[(i - nany) & (TPF_MAX_CANDS - 1)];
+		pc = tpf_pcfg.lookup(&pkey);
+		if (!pc)
+			continue; /* the policy has no entry on this hook */
+		w->pass = policy_filter_check(pkey.policy_id);
 		if (!*(volatile u8 *)&w->pass)
 			continue;
-		/* A copy: SELECT must act on the slot this stage tested, even if it changes. */
-		w->slots[i & (TPF_MAX_SLOTS - 1)] = *slot;
-		w->keep[(i / 64) & (TPF_SLOT_WORDS - 1)] |= 1ULL << (i % 64);
+#pragma unroll
+		for (u32 j = 0; j < TPF_MAX_PER_HOOK; j++) {
+			if (j >= pc->n)
+				break;
+			tpf_keep(w, &pc->slots[j]);
+		}
 	}
 	base += TPF_FILTER_BATCH;
-	if (base < n && base < TPF_MAX_SLOTS) {
+	if (base < n && base < TPF_MAX_ANY + TPF_MAX_CANDS) {
 		w->cursor = base;
 		tpf_stages.call(ctx, TPF_STAGE_FILTER);
 		return 0; /* not reached unless the tail call failed */
 	}
-#pragma unroll
-	for (int k = 0; k < TPF_SLOT_WORDS; k++)
-		any |= w->keep[k];
-	if (!any)
-		return 0; /* the common case: no policy applies to this task */
+	if (!w->nkept)
+		return 0; /* no policy applies to this task */
 	w->cursor = 0;
 	w->sc.ev.pid = bpf_get_current_pid_tgid() >> 32;
 	w->sc.ev.tid = (u32)bpf_get_current_pid_tgid();
@@ -448,7 +599,7 @@ int tpf_stage_select(void *ctx)
 	if (!h)
 		return 0;
 	base = w->cursor;
-	n = h->n;
+	n = w->nkept;
 	if (base == 0)
 		tpf_load_strings(w, h);
 #pragma clang loop unroll(disable)
@@ -458,11 +609,9 @@ int tpf_stage_select(void *ctx)
 		s32 matched = -1;
 		u8 actions = 0;
 
-		if (i >= n || i >= TPF_MAX_SLOTS)
+		if (i >= n || i >= TPF_MAX_KEPT)
 			break;
-		if (!tpf_kept(w, i))
-			continue;
-		slot = &w->slots[i & (TPF_MAX_SLOTS - 1)];
+		slot = &w->slots[i & (TPF_MAX_KEPT - 1)];
 		config = slot->config;
 		nsel = slot->nsel;
 		if (nsel == 0) {
@@ -491,20 +640,29 @@ int tpf_stage_select(void *ctx)
 			tpf_act(w, slot, matched, actions);
 	}
 	base += TPF_SELECT_BATCH;
-	if (base < n && base < TPF_MAX_SLOTS) {
+	if (base < n && base < TPF_MAX_KEPT) {
 		w->cursor = base;
 		tpf_stages.call(ctx, TPF_STAGE_SELECT);
 	}
 	return 0;
 }
 
-static __always_inline void tpf_begin(struct tpf_work *w, u32 hook)
+/*
+ * The candidates of this event into w; false if there are none (the common case for a
+ * task that no policy selects: a few lookups and helper calls, whatever is loaded).
+ */
+static __always_inline bool tpf_begin(struct tpf_work *w, u32 hook, struct tpf_hook *h)
 {
-#pragma unroll
-	for (int k = 0; k < TPF_SLOT_WORDS; k++)
-		w->keep[k] = 0;
+	u32 nany = h->n;
+
+	if (nany > TPF_MAX_ANY)
+		nany = TPF_MAX_ANY;
 	w->hook = hook;
 	w->cursor = 0;
+	w->nkept = 0;
+	w->nany = nany;
+	w->ncand = h->npol ? tpf_gather(w) : 0;
+	return nany || w->ncand;
 }
 
 int tpf_exec(void *ctx)
@@ -514,12 +672,13 @@ int tpf_exec(void *ctx)
 	struct tpf_work *w;
 	u32 loc;
 
-	if (!h || h->n == 0)
+	if (!h || (h->n == 0 && h->npol == 0))
 		return 0; /* no policy on this hook: the cost of an unused program */
 	w = tpf_work.lookup(&zero);
 	if (!w)
 		return 0;
-	tpf_begin(w, hook);
+	if (!tpf_begin(w, hook, h))
+		return 0;
 	loc = *(u32 *)((char *)ctx + TPF_EXEC_FILENAME_OFF);
 	tpf_str_reset(&w->sc.path);
 	tpf_str_done(&w->sc.path, bpf_probe_read_kernel_str(w->sc.path.fwd.s, TPF_STR_MAX,
@@ -553,12 +712,13 @@ int tpf_sys_enter(struct tpf_sys_enter_ctx *ctx)
 	if (hook >= TPF_HOOK_EXEC)
 		return 0;
 	h = tpf_hooks.lookup(&hook);
-	if (!h || h->n == 0)
+	if (!h || (h->n == 0 && h->npol == 0))
 		return 0;
 	w = tpf_work.lookup(&zero);
 	if (!w)
 		return 0;
-	tpf_begin(w, hook);
+	if (!tpf_begin(w, hook, h))
+		return 0;
 	w->sc.path.len = -1; /* no binary on this hook (matchBinaries is refused here) */
 	w->sc.path.too_long = 0;
 	w->sc.path.rev_ready = 0;

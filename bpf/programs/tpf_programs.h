@@ -11,8 +11,11 @@
  *
  * How a policy becomes map entries (see tpf_programs.c for how they are read):
  *
- *   tpf_hook_n[hook]              number of live slots of a hook
- *   tpf_slots{hook, slot}         -> {config ID, policy ID, number of selectors, ...}
+ *   tpf_hooks[hook]               number of unfiltered slots and of filtered policies
+ *   tpf_slots{hook, slot}         -> {config ID, 0, number of selectors, ...}: the
+ *                                    hook's unfiltered entries (every process)
+ *   tpf_pcfg{hook, policy ID}     -> {n, slots[n]}: a filtered policy's entries on the
+ *                                    hook, found from the candidate index (tpf_programs.c)
  *   tpf_sels{config, selector}    -> the selector: binaries operator, actions, matchArgs
  *   tpf_strs{0, config, sel, arg, string}    string sets (Equal/NotEqual, In/NotIn)
  *   tpf_prefix{len, config, sel, arg, str}   Prefix sets (LPM trie)
@@ -21,7 +24,7 @@
  *
  * A hook is a small integer: a syscall number for syscalls/sys_enter_*, TPF_HOOK_EXEC for
  * sched/sched_process_exec. A config is one hook entry of one policy (its ID is
- * allocated by the agent); a slot is its place in the hook's list.
+ * allocated by the agent); a slot is its place in the hook's list of unfiltered entries.
  */
 #ifndef TPF_PROGRAMS_H
 #define TPF_PROGRAMS_H
@@ -32,8 +35,20 @@
 #ifndef TPF_HOOK_EXEC
 #define TPF_HOOK_EXEC (TPF_NR_HOOKS - 1)
 #endif
-#ifndef TPF_MAX_SLOTS /* configs (policy hook entries) evaluated per hook */
-#define TPF_MAX_SLOTS 128
+#ifndef TPF_MAX_ANY /* unfiltered entries (policy ID 0) per hook */
+#define TPF_MAX_ANY 32
+#endif
+#ifndef TPF_INDEX_MAX /* policies per candidate index entry (one container, or host) */
+#define TPF_INDEX_MAX 48
+#endif
+#ifndef TPF_MAX_CANDS /* candidates per event: TPF_MAX_ANY + 2 * TPF_INDEX_MAX */
+#define TPF_MAX_CANDS 128
+#endif
+#ifndef TPF_MAX_KEPT /* entries whose filter passed, per event (a power of two) */
+#define TPF_MAX_KEPT 128
+#endif
+#ifndef TPF_MAX_PER_HOOK /* entries of one filtered policy on one hook */
+#define TPF_MAX_PER_HOOK 4
 #endif
 #ifndef TPF_MAX_SELECTORS
 #define TPF_MAX_SELECTORS 8
@@ -97,6 +112,29 @@ struct tpf_slot {
 	u32 policy_id; /* for policy_filter_check(); 0 = every process */
 	u32 nsel;      /* 0: no selectors, every call is posted */
 	u32 capture;   /* values[] index of a user string to put in events, 0xff: none */
+};
+
+struct tpf_pcfg_key {
+	u32 hook;
+	u32 policy_id;
+};
+
+/* A filtered policy's entries on one hook (a policy may name a tracepoint twice). */
+struct tpf_pcfg {
+	u32 n;
+	u32 pad;
+	struct tpf_slot slots[TPF_MAX_PER_HOOK];
+};
+
+/*
+ * The candidate index's value (bpf/programs/tpf_programs.c, written by the agent's engine:
+ * tpfilter/indexmap.py): the IDs of the filtered policies whose inner map holds a
+ * container's cgroup (key: that cgroup ID), or that have hostSelector {} (key
+ * TPF_HOST_MARKER).
+ */
+struct tpf_cands {
+	u32 n;
+	u32 ids[TPF_INDEX_MAX];
 };
 
 struct tpf_sel_key {

@@ -282,7 +282,18 @@ def collect_status(*, pin_dir: Path, state_dir: Path) -> dict[str, Any]:
         "programs": last.get("programs", []),
         "invalid": last.get("invalid", []),
         "total_memlock": sum(u.memlock for u in usage.values()),
+        "index": _index_usage(pin_dir),
     }
+
+
+def _index_usage(pin_dir: Path) -> dict[str, int] | None:
+    """The candidate index the programs look up first (tpfilter.candidates)."""
+    from tpfilter.indexmap import read_usage
+
+    usage = read_usage(pin_dir)
+    if usage is None:
+        return None
+    return {"entries": usage.entries, "max_entries": usage.max_entries, "memlock": usage.memlock}
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -325,6 +336,11 @@ def format_status(status: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"total kernel memory of inner maps: {_bytes(status['total_memlock'])}")
+    if index := status.get("index"):
+        lines.append(
+            f"candidate index: {index['entries']} cgroups (and host) indexed, max_entries "
+            f"{index['max_entries']}, kernel memory {_bytes(index['memlock'])}"
+        )
     for p in status["unfiltered"]:
         lines.append(f"unfiltered (every process, no map): {p['kind']}/{p['name']}")
     for p in status.get("skipped", []):

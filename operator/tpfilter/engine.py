@@ -28,6 +28,10 @@ entered the cgroup). While some filtered policy exists and such a pod has contai
 the engine keeps their cgroups under the reserved ID
 :data:`~tpfilter.ids.HOST_PID_PODS_ID`; absent means "none on this node".
 
+The candidate index (:mod:`tpfilter.candidates`, the programs' first lookup) is written
+around the inner maps by :class:`~tpfilter.indexsync.IndexKeeper`: grown before a pass,
+trimmed after it, so it never lacks a (cgroup, policy) pair an inner map holds.
+
 Both reserved sets are written before the policies' maps in a pass, so a policy map never
 holds a container that the reserved sets do not know yet (which would, for a moment, take
 a hostPID pod's processes for the runtime's, or a new pod's for host processes).
@@ -47,8 +51,10 @@ from pathlib import Path
 from tpfilter import statefile
 from tpfilter.desired import Selection
 from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID, RESERVED_IDS, PolicyIds
+from tpfilter.indexsync import IndexKeeper
 from tpfilter.interfaces import (
     HOST_MARKER,
+    CandidateIndex,
     CgroupFinder,
     ContainerRef,
     FilterMaps,
@@ -105,6 +111,7 @@ class _Pass:
     desired: dict[int, frozenset[int]] = field(default_factory=dict)
     pending: dict[int, set[ContainerRef]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
+    index_error: str | None = None
 
 
 class Engine:
@@ -115,9 +122,11 @@ class Engine:
         maps: FilterMaps,
         state_path: Path | None = None,
         limits: Limits = Limits(),
+        index: CandidateIndex | None = None,
     ) -> None:
         self._finder = finder
         self._maps = maps
+        self._keeper = IndexKeeper(index) if index is not None else None
         self._state_path = state_path
         self._limits = limits
         self._ids = statefile.load(state_path) if state_path else PolicyIds()
@@ -142,6 +151,8 @@ class Engine:
     def check_drift(self) -> None:
         """Make the next reconcile read the kernel maps back and look every cgroup up again."""
         self._mirror = None
+        if self._keeper is not None:
+            self._keeper.forget()
         for ref in self._cgroup_of:
             self._finder.forget(ref)
         self._cgroup_of.clear()
@@ -184,9 +195,16 @@ class Engine:
         # The reserved sets' writes first (see the module docstring); deletes need no order.
         first = [op for op in operations if _reserved_write(op)]
         rest = [op for op in operations if not _reserved_write(op)]
-        applied = self._apply_all(first, scratch, mirror) + self._apply_all(rest, scratch, mirror)
+        applied = 0
+        if self._index_before(scratch, mirror, pods):
+            applied = self._apply_all(first, scratch, mirror)
+            applied += self._apply_all(rest, scratch, mirror)
         # After a failed write the kernel may hold part of it: read it back next time.
         self._mirror = mirror if applied == len(operations) else None
+        if self._keeper is not None and (
+            error := self._keeper.after(inner_maps_ok=applied == len(operations))
+        ):
+            scratch.index_error = f"candidate index: {error}"
 
         failed_deletes = {pid for pid in scratch.errors if pid not in scratch.desired}
         for record in gone:
@@ -196,6 +214,23 @@ class Engine:
             self._save()
         self._forget_unwanted([*wanted.values(), all_pods or frozenset(), host_pid])
         return self._result(policies, applied, scratch, skipped, wanted)
+
+    def _index_before(
+        self, scratch: _Pass, mirror: Mapping[int, InnerMapState], pods: Sequence[Pod]
+    ) -> bool:
+        """Grow the candidate index for this pass (False: it failed, write no inner map)."""
+        if self._keeper is None:
+            return True
+
+        def pod_of() -> dict[int, str]:
+            return {
+                cgroup: f"{pod.namespace}/{pod.name}"
+                for pod in pods
+                for c in pod.containers
+                if (cgroup := self._cgroup_of.get(c.ref)) is not None
+            }
+
+        return self._keeper.grow(scratch.desired, scratch.errors, present=mirror, pod_of=pod_of)
 
     def _note_skipped(
         self, policies: Sequence[Policy], node_labels: Mapping[str, str]
@@ -367,7 +402,7 @@ class Engine:
         errors = tuple(
             f"{names.get(pid, f'policy {pid}')}: {msg}"
             for pid, msg in sorted(scratch.errors.items())
-        )
+        ) + ((scratch.index_error,) if scratch.index_error else ())
         return ReconcileResult(applied, tuple(statuses), pending, errors)
 
     def _save(self) -> None:

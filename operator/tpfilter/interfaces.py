@@ -7,7 +7,9 @@ real parts tested on the real kernel:
 
 * a :class:`CgroupFinder` that turns a container into the ID of its cgroup v2 directory
   (the value ``bpf_get_current_cgroup_id()`` returns in that container);
-* a :class:`FilterMaps`, the one wrapper around the pinned BPF hash-of-maps.
+* a :class:`FilterMaps`, the one wrapper around the pinned BPF hash-of-maps;
+* optionally a :class:`CandidateIndex`, the pinned index the programs consult first
+  (:mod:`tpfilter.candidates` says what it holds and why).
 
 This mirrors Tetragon's pkg/policyfilter (a State, an injected cgroup finder, one map
 wrapper), without its fixed 32,768-entry preallocated inner maps.
@@ -125,4 +127,20 @@ class FilterMaps(Protocol):
 
     def usage(self) -> list[MapUsage]:
         """Kernel memory per inner map."""
+        ...
+
+
+class CandidateIndex(Protocol):
+    """The pinned candidate index: cgroup ID (or the host key) -> policy IDs.
+
+    Entries are tuples of at most :data:`tpfilter.candidates.INDEX_MAX` IDs. Each write
+    replaces whole entries; the index is sized to its content by the implementation.
+    """
+
+    def read_all(self) -> Mapping[int, tuple[int, ...]]:
+        """What the kernel holds."""
+        ...
+
+    def write(self, writes: Mapping[int, tuple[int, ...]], deletes: Collection[int]) -> None:
+        """Set ``writes``, delete ``deletes`` (absent keys are fine). Raises OSError."""
         ...

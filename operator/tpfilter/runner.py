@@ -17,6 +17,7 @@ from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.coalesce import WriteRates
 from tpfilter.engine import Engine, Limits
 from tpfilter.handlers import build_registry
+from tpfilter.indexmap import PinnedCandidateIndex
 from tpfilter.kube import load_api_client, make_lister
 from tpfilter.nodelease import NodeLease
 from tpfilter.programs import Metrics, ProgramManager
@@ -54,6 +55,8 @@ def build_agent(config: AgentConfig, api_client: object) -> Agent:
         maps=maps,
         state_path=config.state_dir / statefile.STATE_FILE,
         limits=config.limits,
+        # What the programs look up first: which policies can apply to a task at all.
+        index=PinnedCandidateIndex(pin_dir=config.pin_dir),
     )
     lister = make_lister(api_client=api_client, node_name=config.node_name)
     metrics = Metrics()

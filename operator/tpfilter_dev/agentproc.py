@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from tpfilter import statefile
+from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.statefile import STATUS_FILE
 from tpfilter_dev.controlplane import die_with_parent, free_port
 
@@ -144,3 +146,25 @@ class AgentProcess:
     def log(self, lines: int = 80) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def kernel_view(pin_dir: Path, state_dir: Path) -> dict[str, frozenset[int]]:
+    """{policy name as "kind/ns/name" or "kind/name": cgroup IDs in its inner map}.
+
+    Read straight from the pinned maps, named through the agent's state file; a map whose ID
+    no record names shows up as "?<id>" (an orphan: a test would fail on it).
+    """
+    records = {r.policy_id: r for r in statefile.load(state_dir / statefile.STATE_FILE)}
+    if not (pin_dir / "policy_filter_maps").exists():
+        return {}
+    maps = PinnedFilterMaps(pin_dir=pin_dir)
+    try:
+        state = maps.read_all()
+    finally:
+        maps.close()
+    view = {}
+    for pid, inner in state.items():
+        record = records.get(pid)
+        name = str(record.key) if record else f"?{pid}"
+        view[name] = inner.cgroup_ids
+    return view

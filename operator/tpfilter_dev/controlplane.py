@@ -59,12 +59,21 @@ class ControlPlane:
     etcd_port: int = field(default_factory=free_port)
     etcd_peer_port: int = field(default_factory=free_port)
     port: int = field(default_factory=free_port)
+    # Where the API server listens and what it advertises (a real node's pods must reach
+    # it: tpfilter_dev.realnode gives it an address of its own), more flags (later ones
+    # win) and more token lines ("token,user,uid,groups").
+    host: str = "127.0.0.1"
+    authorization_mode: str = "RBAC"
+    # No controller-manager makes ServiceAccounts here, so their admission is off.
+    disabled_admission_plugins: str = "ServiceAccount"
+    extra_apiserver_args: tuple[str, ...] = ()
+    extra_tokens: tuple[str, ...] = ()
     _etcd: subprocess.Popen[bytes] | None = None
     _apiserver: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -96,7 +105,7 @@ class ControlPlane:
     def start_etcd(self) -> None:
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         client = f"http://127.0.0.1:{self.etcd_port}"
-        self._etcd = self._spawn(
+        self._etcd = self.spawn(
             "etcd",
             [
                 str(binary("etcd", self.bin_dir)),
@@ -115,25 +124,26 @@ class ControlPlane:
     def start_apiserver(self) -> None:
         """Start (or restart, after :meth:`stop_apiserver`) the API server on the same port."""
         w = self.workdir
-        self._apiserver = self._spawn(
+        self._apiserver = self.spawn(
             "kube-apiserver",
             [
                 str(binary("kube-apiserver", self.bin_dir)),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
                 f"--cert-dir={w / 'certs'}",
                 f"--secure-port={self.port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-                "--authorization-mode=RBAC",
+                f"--authorization-mode={self.authorization_mode}",
                 f"--token-auth-file={w / 'tokens.csv'}",
-                "--disable-admission-plugins=ServiceAccount",
+                f"--disable-admission-plugins={self.disabled_admission_plugins}",
                 f"--service-account-issuer={self.url}/",
                 f"--service-account-key-file={w / 'sa.pub'}",
                 f"--service-account-signing-key-file={w / 'sa.key'}",
                 "--enable-priority-and-fairness=false",
                 "--v=0",
+                *self.extra_apiserver_args,
             ],
         )
         self._wait_ready(timeout=120)
@@ -160,7 +170,8 @@ class ControlPlane:
     def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "certs").mkdir(exist_ok=True)
-        (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        tokens = [f"{self.token},admin,admin,system:masters", *self.extra_tokens]
+        (self.workdir / "tokens.csv").write_text("".join(f"{line}\n" for line in tokens))
         subprocess.run(
             ["openssl", "genrsa", "-out", str(self.workdir / "sa.key"), "2048"],
             check=True,
@@ -198,7 +209,8 @@ current-context: local
 """
         )
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start a process of this cluster: its log in the workdir, dies with this one."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
         return subprocess.Popen(
             argv,

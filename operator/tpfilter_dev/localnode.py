@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
+from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter.reporter import GROUP, PLURAL, VERSION
 from tpfilter_dev.agentproc import AgentProcess
 from tpfilter_dev.cgroupfs import remove_cgroup_tree
@@ -63,6 +64,7 @@ class LocalNode:
             self.delete_from_api()
         finally:
             remove_cgroup_tree(self.cgroup_root)
+            (self.pin_dir / INDEX_PIN_NAME).unlink(missing_ok=True)
             if (self.pin_dir / OUTER_PIN_NAME).exists():
                 with PinnedFilterMaps(pin_dir=self.pin_dir) as maps:
                     maps.remove_pins()

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Cluster, Node, kubectl
 from harness import eventually, kernel_view
 
+from conftest import Cluster, Node, kubectl
 from tpfilter.models import PolicyKind
 from tpfilter_dev import contain
 from tpfilter_dev.kubelet import Container, Pod
@@ -66,9 +67,14 @@ def test_seed_tracepoint_policy_kills_denied_binaries_only_in_selected_pods(
     # part 3): same cgroup, but the node's PID namespace.
     assert as_runtime(ubuntu, "/usr/bin/true") == 0
 
-    events = [json.loads(line) for line in node.agent.events_path.read_text().splitlines()]
-    kills = [e for e in events if e["action"] == "sigkill" and e["binary"] == "/usr/bin/true"]
-    assert kills, events[-5:]
+    def true_killed() -> list[dict[str, Any]]:
+        """The agent's events of /usr/bin/true killed (its event thread polls the ring
+        buffer on its own schedule: the kill's event may not be written yet)."""
+        lines = node.agent.events_path.read_text().splitlines()
+        events = [json.loads(line) for line in lines]
+        return [e for e in events if e["action"] == "sigkill" and e["binary"] == "/usr/bin/true"]
+
+    kills = eventually(true_killed, what="the event of the SIGKILLed /usr/bin/true")
     assert (kills[-1]["namespace"], kills[-1]["pod"], kills[-1]["container"]) == (
         ns,
         "ubuntu",
@@ -76,13 +82,20 @@ def test_seed_tracepoint_policy_kills_denied_binaries_only_in_selected_pods(
     )
     assert kills[-1]["policy"].endswith("policy-1-tracepoint")
 
-    status = json.loads((node.state_dir / "status.json").read_text())
-    (program,) = [
-        p
-        for p in status["programs"]
-        if p.get("name") == "policy-1-tracepoint" or "policy-1-tracepoint" in json.dumps(p)
-    ]
-    assert "loaded" in json.dumps(program)
+    def program_status() -> list[str]:
+        """The policy's program status (the agent writes status.json after it synced the
+        programs: a kill can be seen before the file says so)."""
+        status = json.loads((node.state_dir / "status.json").read_text())
+        return [
+            json.dumps(p)
+            for p in status["programs"]
+            if p.get("name") == "policy-1-tracepoint" or "policy-1-tracepoint" in json.dumps(p)
+        ]
+
+    eventually(
+        lambda: len(program := program_status()) == 1 and "loaded" in program[0],
+        what="status.json: the policy's program loaded",
+    )
 
     kubectl(cluster.plane, "delete", "-f", str(EXAMPLE))
     eventually(

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import kubectl
 
+from conftest import kubectl
 from tpfilter_dev.controlplane import ControlPlane
 
 pytestmark = pytest.mark.apiserver

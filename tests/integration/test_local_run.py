@@ -34,6 +34,7 @@ def test_local_run_shows_maps_and_enforcement_then_cleans_up(control_plane: obje
     assert row, status_row
     max_entries, memlock = int(row[1]), int(row[2].replace(",", ""))
     assert memlock == mapcost.measure(max_entries).bytes(1)
+    assert "candidate index: 1 cgroups (and host) indexed" in out
     assert "ubuntu  /usr/bin/true    -> killed by SIGKILL" in out
     assert "ubuntu  /usr/bin/sleep 0 -> exit 0" in out
     assert "nginx   /usr/bin/true    -> exit 0" in out

@@ -26,7 +26,9 @@ from tpfilter import bpfsys
 from tpfilter.bpfmaps import PinnedFilterMaps, probe
 from tpfilter.bpfsrc import bcc_source
 from tpfilter.cgroups import CgroupMountError, find_cgroup2_mount
-from tpfilter.interfaces import ContainerRef
+from tpfilter.indexmap import PinnedCandidateIndex
+from tpfilter.indexsync import IndexKeeper
+from tpfilter.interfaces import ContainerRef, InnerMapState
 from tpfilter.models import Policy, parse_policy
 from tpfilter.pods import Pod, parse_pod
 from tpfilter_dev import contain
@@ -321,13 +323,61 @@ def running_pod(
 # -- the policy programs ----------------------------------------------------------------------
 
 
+class IndexedMaps:
+    """The filter maps and the candidate index, written as the engine writes them (the
+    index grown before an inner map, trimmed after), for tests that set maps by hand."""
+
+    def __init__(self, maps: PinnedFilterMaps, index: PinnedCandidateIndex) -> None:
+        self.maps, self.index = maps, index
+        self._keeper = IndexKeeper(index)
+
+    def _write(self, desired: dict[int, frozenset[int]], write: Any) -> None:
+        self._keeper.before(desired)
+        write()
+        assert self._keeper.after(inner_maps_ok=True) is None
+
+    def _desired(self) -> dict[int, frozenset[int]]:
+        return {pid: state.cgroup_ids for pid, state in self.maps.read_all().items()}
+
+    def install(self, policy_id: int, cgroup_ids: Any, *, max_entries: int) -> None:
+        desired = {**self._desired(), policy_id: frozenset(cgroup_ids)}
+        self._write(
+            desired, lambda: self.maps.install(policy_id, cgroup_ids, max_entries=max_entries)
+        )
+
+    def install_many(self, items: Sequence[tuple[int, Any, int]]) -> None:
+        desired = {**self._desired(), **{pid: frozenset(ids) for pid, ids, _ in items}}
+        self._write(desired, lambda: self._check(self.maps.install_many(items)))
+
+    @staticmethod
+    def _check(failures: Any) -> None:
+        assert not failures, failures
+
+    def delete(self, policy_id: int) -> None:
+        desired = self._desired()
+        desired.pop(policy_id, None)
+        self._write(desired, lambda: self.maps.delete(policy_id))
+
+    def delete_many(self, policy_ids: Sequence[int]) -> None:
+        desired = self._desired()
+        for pid in policy_ids:
+            desired.pop(pid, None)
+        self._write(desired, lambda: self._check(self.maps.delete_many(policy_ids)))
+
+    def read_all(self) -> dict[int, InnerMapState]:
+        return dict(self.maps.read_all())
+
+    def usage(self) -> Any:
+        return self.maps.usage()
+
+
 @dataclass
 class Env:
-    """A started ProgramManager, the filter maps it reads, its events and the pods it
-    resolves cgroup IDs to."""
+    """A started ProgramManager, the filter maps it reads (with the candidate index), its
+    events and the pods it resolves cgroup IDs to."""
 
     manager: Any
-    maps: PinnedFilterMaps
+    maps: IndexedMaps
     events: io.StringIO
     pods: dict[int, tuple[str, str, str]]
     root: Path  # unique directory of this module's binaries
@@ -354,7 +404,9 @@ def program_env() -> Iterator[Env]:
         with scratch_pin_dir("tpf-test-prog") as pin_dir:
             events = io.StringIO()
             pods: dict[int, tuple[str, str, str]] = {}
-            maps = PinnedFilterMaps(pin_dir=pin_dir)
+            maps = IndexedMaps(
+                PinnedFilterMaps(pin_dir=pin_dir), PinnedCandidateIndex(pin_dir=pin_dir)
+            )
             manager = ProgramManager(
                 pin_dir=pin_dir,
                 node_name="test-node",
@@ -368,7 +420,8 @@ def program_env() -> Iterator[Env]:
                 yield Env(manager, maps, events, pods, root)
             finally:
                 manager.close()
-                maps.close()
+                maps.maps.close()
+                maps.index.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -381,6 +434,5 @@ def emptied_after(env: Env) -> Iterator[Env]:
         yield env
     finally:
         env.manager.sync([])
-        for policy_id in list(env.maps.read_all()):
-            env.maps.delete(policy_id)
+        env.maps.delete_many(list(env.maps.read_all()))
         env.pods.clear()

@@ -4,14 +4,13 @@ Outer-map writes wait for an RCU grace period each (~10 ms); the batch forms wri
 slots with one BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH and one wait. Checked here:
 same result as one install() per policy, per-item failures (full outer map, oversized
 sets, a failing element in the middle of a batch, a kernel without batch support), input
-errors before any change, fds bounded, and the time of a 300-policy batch.
+errors before any change, fds bounded, and one outer-map write for a 600-policy batch.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,17 +159,34 @@ def test_delete_many(maps: PinnedFilterMaps) -> None:
         maps.delete_many([0])
 
 
-def test_batches_are_fast_and_fds_stay_bounded(maps: PinnedFilterMaps) -> None:
-    # One by one, 600 outer writes would take 6-8 s here (one grace period each).
+def test_batches_write_the_outer_map_once_and_fds_stay_bounded(
+    maps: PinnedFilterMaps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One by one, 600 outer writes would wait for 600 RCU grace periods. What makes a
+    # batch fast is how many outer-map writes it makes, counted here: the time they take
+    # is the machine's.
+    outer_writes: list[str] = []
+
+    def counted(name: str) -> None:
+        real = getattr(bpfsys, name)
+
+        def call(fd: int, *args: object, **kw: object) -> object:
+            if bpfsys.map_info(fd).id == maps.outer_map_id:
+                outer_writes.append(name)
+            return real(fd, *args, **kw)
+
+        monkeypatch.setattr(bpfmaps.bpfsys, name, call)
+
+    for name in ("map_update", "map_update_batch", "map_delete", "map_delete_batch"):
+        counted(name)
     fds = open_fds()
     items = [(p, ids(p, p + 1), 8) for p in range(1, 601)]
-    start = time.monotonic()
     assert maps.install_many(items) == {}
-    assert time.monotonic() - start < 3.0
+    assert outer_writes == ["map_update_batch"]
     assert len(maps.read_all()) == 600
     assert open_fds() - fds <= 256 + 8, "the inner-map fd cache is bounded"
-    start = time.monotonic()
+    outer_writes.clear()
     assert maps.delete_many(p for p, _, _ in items) == {}
-    assert time.monotonic() - start < 2.0
+    assert outer_writes == ["map_delete_batch"]
     assert maps.read_all() == {}
     assert open_fds() <= fds + 8

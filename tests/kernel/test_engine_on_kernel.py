@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from kernelkit import CgroupTree, cluster_policy, kernel_marks, skip_reason
 
-from tpfilter import mapcost, sizing
+from tpfilter import bpfsys, mapcost, sizing
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import CgroupFsFinder
 from tpfilter.engine import Engine, Limits
+from tpfilter.indexmap import INDEX_PIN_NAME, PinnedCandidateIndex
 from tpfilter.pods import Pod, parse_pod
 from tpfilter.statefile import STATE_FILE
 from tpfilter_dev.kubelet import container_cgroup
@@ -94,11 +95,14 @@ def scratch(cgroup_tree: CgroupTree, pin_dir: Path, tmp_path: Path) -> tuple[Nod
 
 
 def engine_for(
-    node: Node, pin_dir: Path, state: Path, **limits: int
+    node: Node, pin_dir: Path, state: Path, index: PinnedCandidateIndex | None = None, **limits: int
 ) -> tuple[Engine, PinnedFilterMaps]:
     maps = PinnedFilterMaps(pin_dir=pin_dir)
     finder = CgroupFsFinder(cgroup_root=node.root)
-    return Engine(finder=finder, maps=maps, state_path=state, limits=Limits(**limits)), maps
+    engine = Engine(
+        finder=finder, maps=maps, state_path=state, limits=Limits(**limits), index=index
+    )
+    return engine, maps
 
 
 def held(maps: PinnedFilterMaps, engine: Engine, uid: str) -> frozenset[int]:
@@ -190,11 +194,12 @@ def test_status_command_reports_policies_and_kernel_memory(
     scratch: tuple[Node, Path, Path],
 ) -> None:
     node, pin_dir, state = scratch
-    engine, maps = engine_for(node, pin_dir, state)
+    index = PinnedCandidateIndex(pin_dir=pin_dir)
+    engine, maps = engine_for(node, pin_dir, state, index)
     for i in range(8):
         node.pod(f"p{i}", {"app": "web"})
     web = cluster_policy("web", {"podSelector": {"matchLabels": {"app": "web"}}})
-    with maps:
+    with maps, index:
         engine.reconcile([web], node.parsed())
     cmd = [
         sys.executable,
@@ -221,5 +226,20 @@ def test_status_command_reports_policies_and_kernel_memory(
     expected = mapcost.measure(16).bytes(8)
     assert row["memlock"] == expected
     assert frozenset(row["cgroup_ids"]) == node.cgroup_ids(*(f"p{i}" for i in range(8)))
+    # The candidate index: 8 cgroups, its memory as the kernel accounts it (both maps).
+    slot = bpfsys.obj_get(pin_dir / INDEX_PIN_NAME)
+    raw = bpfsys.map_lookup(slot, b"\0\0\0\0", 4)
+    assert raw is not None
+    inner = bpfsys.map_fd_by_id(int.from_bytes(raw, "little"))
+    try:
+        index_memlock = bpfsys.memlock(slot) + bpfsys.memlock(inner)
+    finally:
+        os.close(slot)
+        os.close(inner)
+    assert data["index"] == {"entries": 8, "max_entries": 16, "memlock": index_memlock}
     table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "ID  KIND" in table and "web" in table and f"{expected:,} B" in table
+    assert (
+        "candidate index: 8 cgroups (and host) indexed, max_entries 16, kernel memory "
+        f"{index_memlock:,} B" in table
+    )

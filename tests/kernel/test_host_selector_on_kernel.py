@@ -16,6 +16,7 @@ from kernelkit import (
     CgroupTree,
     Programs,
     StaticFinder,
+    cgroup_id,
     cluster_policy,
     expect,
     kernel_marks,
@@ -48,7 +49,7 @@ def test_host_selector_matches_host_processes_and_not_unselected_pods(
     unselected_child = cgroup_tree.make("kubepods/pod-b/ctr-b/child")
     host = cgroup_tree.make("system.slice/host.service")
     host_child = cgroup_tree.make("system.slice/host.service/sub")
-    root = (cgroup_tree.mount, 1)
+    root = (cgroup_tree.mount, cgroup_id(cgroup_tree.mount))  # the hierarchy's root
 
     pods = [
         running_pod("a", "containerd://a", labels={"app": "a"}),

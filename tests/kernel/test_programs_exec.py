@@ -332,3 +332,6 @@ def test_metrics_endpoint_reports_actions_and_filter_maps(loaded: Env, cgroups: 
     assert f'tpfilter_policy_map_cgroups{{{policy},policy_id="19"}} 1.0' in text
     assert f'tpfilter_policy_map_memlock_bytes{{{policy},policy_id="19"}}' in text
     assert 'tpfilter_program_map_memlock_bytes{map="tpf_sels"}' in text
+    assert "tpfilter_candidate_index_entries 1.0" in text
+    usage = env.maps.index.usage()
+    assert f"tpfilter_candidate_index_memlock_bytes {float(usage.memlock)}" in text

@@ -9,6 +9,10 @@ engine's or PinnedFilterMaps' caches) and mapped to policies through the state f
 disk, must equal what the model below says. The model is written here from the documented
 semantics (README "What the selectors mean"), not from tpfilter.desired.
 
+The candidate index (cgroup ID -> the policies whose map holds it; the host marker -> the
+hostSelector policies), which the engine writes around the inner maps, is read back the
+same way and must be exactly the inner maps turned inside out, sized to its content.
+
 Policies may have hostSelector {} (their map then holds the host marker, and the node-wide
 all-pods set is kept), and pods may be hostPID pods (the node-wide hostPID set): the model
 names those reserved maps too.
@@ -49,6 +53,7 @@ from tpfilter.bpfmaps import (
 )
 from tpfilter.engine import Engine, ReconcileResult
 from tpfilter.ids import ALL_PODS_ID, HOST_PID_PODS_ID
+from tpfilter.indexmap import INDEX_PIN_NAME, PinnedCandidateIndex
 from tpfilter.interfaces import HOST_MARKER, ContainerRef, InnerMapState, MapFullError, MapUsage
 from tpfilter.models import parse_policy
 from tpfilter.pods import parse_pod
@@ -310,21 +315,34 @@ class PoolFinder:
 
 class CountingMaps:
     """PinnedFilterMaps, with its writes counted (the batch forms too, for an engine that
-    uses them)."""
+    uses them). Before every write that puts keys in a policy's map, the pinned candidate
+    index is read back: it must already list the policy under each of them (the write
+    order that keeps the index a superset of the inner maps)."""
 
-    def __init__(self, inner: PinnedFilterMaps) -> None:
+    def __init__(self, inner: PinnedFilterMaps, pin_dir: Path) -> None:
         self.inner = inner
+        self.pin_dir = pin_dir
         self.writes: Counter[str] = Counter()
+
+    def _index_first(self, items: Iterable[tuple[int, Collection[int]]]) -> None:
+        index, _ = kernel_index(self.pin_dir)
+        for policy_id, keys in items:
+            if policy_id in (ALL_PODS_ID, HOST_PID_PODS_ID):
+                continue
+            for key in keys:
+                assert policy_id in index.get(key, ()), "inner map written before the index"
 
     def read_all(self) -> Mapping[int, InnerMapState]:
         return self.inner.read_all()
 
     def install(self, policy_id: int, cgroup_ids: Collection[int], *, max_entries: int) -> None:
         self.writes["install"] += 1
+        self._index_first([(policy_id, cgroup_ids)])
         self.inner.install(policy_id, cgroup_ids, max_entries=max_entries)
 
     def update(self, policy_id: int, *, add: Collection[int], remove: Collection[int]) -> None:
         self.writes["update"] += 1
+        self._index_first([(policy_id, add)])
         self.inner.update(policy_id, add=add, remove=remove)
 
     def delete(self, policy_id: int) -> None:
@@ -333,6 +351,7 @@ class CountingMaps:
 
     def install_many(self, items: Sequence[InstallItem]) -> dict[int, MapFullError | OSError]:
         self.writes["install_many"] += 1
+        self._index_first([(pid, keys) for pid, keys, _ in items])
         return self.inner.install_many(items)
 
     def delete_many(self, policy_ids: Iterable[int]) -> dict[int, OSError]:
@@ -341,6 +360,47 @@ class CountingMaps:
 
     def usage(self) -> list[MapUsage]:
         return self.inner.usage()
+
+
+class CountingIndex:
+    """PinnedCandidateIndex, with its writes counted."""
+
+    def __init__(self, inner: PinnedCandidateIndex, writes: Counter[str]) -> None:
+        self.inner = inner
+        self.writes = writes
+
+    def read_all(self) -> Mapping[int, tuple[int, ...]]:
+        return self.inner.read_all()
+
+    def write(self, writes: Mapping[int, tuple[int, ...]], deletes: Collection[int]) -> None:
+        if writes or deletes:
+            self.writes["index"] += 1
+        self.inner.write(writes, deletes)
+
+
+def kernel_index(pin_dir: Path) -> tuple[dict[int, set[int]], int]:
+    """The pinned candidate index read with plain bpf syscalls: ({key: policy IDs},
+    max_entries of the hash in its slot; 0 if the slot is empty)."""
+    slot_fd = bpfsys.obj_get(pin_dir / INDEX_PIN_NAME)
+    try:
+        raw = bpfsys.map_lookup(slot_fd, struct.pack("=I", 0), 4)
+        if raw is None:
+            return {}, 0
+        fd = bpfsys.map_fd_by_id(struct.unpack("=I", raw)[0])
+    finally:
+        os.close(slot_fd)
+    try:
+        info = bpfsys.map_info(fd)
+        out: dict[int, set[int]] = {}
+        for key in bpfsys.map_keys(fd, 8):
+            value = bpfsys.map_lookup(fd, key, info.value_size)
+            assert value is not None
+            n = struct.unpack_from("=I", value)[0]
+            ids = struct.unpack_from(f"={n}I", value, 4)
+            out[struct.unpack("=Q", key)[0]] = set(ids)
+        return out, info.max_entries
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -383,15 +443,30 @@ class World:
         self.counter = 0
         self.next_cgroup = 0
         self.maps: CountingMaps | None = None
+        self.index: CountingIndex | None = None
         self.start_agent()
 
     def start_agent(self) -> None:
         if self.maps is not None:
             self.maps.inner.close()  # the old agent exits; only the pins remain
-        self.maps = CountingMaps(PinnedFilterMaps(pin_dir=self.pin_dir, max_policies=64))
-        self.engine = Engine(finder=PoolFinder(self.cgroups), maps=self.maps, state_path=self.state)
+        if self.index is not None:
+            self.index.inner.close()
+        self.maps = CountingMaps(
+            PinnedFilterMaps(pin_dir=self.pin_dir, max_policies=64), self.pin_dir
+        )
+        self.index = CountingIndex(PinnedCandidateIndex(pin_dir=self.pin_dir), self.maps.writes)
+        self.engine = Engine(
+            finder=PoolFinder(self.cgroups),
+            maps=self.maps,
+            state_path=self.state,
+            index=self.index,
+        )
 
     def close(self) -> None:
+        if self.index is not None:
+            self.index.inner.close()
+            self.index.inner.remove_pins()
+            self.index = None
         if self.maps is not None:
             self.maps.inner.close()
             self.maps.inner.remove_pins()
@@ -521,8 +596,17 @@ class World:
             for cgroup_id in cgroup_ids - {HOST_MARKER}:  # the walk covers every depth
                 assert mask & (1 << self.levels[cgroup_id]), (cgroup_id, mask)
         assert sorted(p.name for p in self.pin_dir.iterdir()) == sorted(
-            [OUTER_PIN_NAME, LEVELS_PIN_NAME]
+            [OUTER_PIN_NAME, LEVELS_PIN_NAME, INDEX_PIN_NAME]
         )
+        # The candidate index: every (key, policy) pair of the policies' maps, turned
+        # inside out; nothing for the reserved sets; sized like an inner map.
+        want_index: dict[int, set[int]] = {}
+        for name, pid in on_disk.items():
+            for key in expected[name][0] if name in installed else ():
+                want_index.setdefault(key, set()).add(pid)
+        index, index_max = kernel_index(self.pin_dir)
+        assert index == want_index, "the candidate index is the inner maps inverted"
+        assert len(index) <= index_max and (index_max <= 8 or len(index) > index_max // 8)
         pending = set().union(*(p for _, p in expected.values()))
         assert {ref.container_id for ref in result.pending} == pending
         assert result.errors == ()

@@ -150,3 +150,27 @@ class FakeFilterMaps:
             memlock = 896 + 16 * buckets + 72 * len(m.entries)
             out.append(MapUsage(pid, m.map_id, m.max_entries, len(m.entries), memlock))
         return out
+
+
+class FakeCandidateIndex:
+    """The candidate index as a dict; ``fail_next`` raises OSError on the next write."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[int, ...]] = {}
+        self.writes = 0
+        self._fail: OSError | None = None
+
+    def fail_next(self, exc: OSError) -> None:
+        self._fail = exc
+
+    def read_all(self) -> Mapping[int, tuple[int, ...]]:
+        return dict(self.entries)
+
+    def write(self, writes: Mapping[int, tuple[int, ...]], deletes: Collection[int]) -> None:
+        if self._fail is not None:
+            exc, self._fail = self._fail, None
+            raise exc
+        self.writes += 1
+        for key in deletes:
+            self.entries.pop(key, None)
+        self.entries.update(writes)

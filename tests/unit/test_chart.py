@@ -240,6 +240,7 @@ def test_default_daemonset(helm: str) -> None:
     assert "/sys/kernel/tracing" not in m
     assert env["TPFILTER_HOST_ROOT"]["value"] == "/host"
     assert env["TPFILTER_MOUNT_BPFFS"]["value"] == "1"
+    assert "KUBERNETES_SERVICE_HOST" not in env  # the Service, as in any cluster
 
 
 def test_overrides(helm: str) -> None:
@@ -267,6 +268,8 @@ def test_overrides(helm: str) -> None:
             "priorityClassName": "",
             "nodeSelector.pool": "bpf",
             "report.enabled": "false",
+            "kubernetesServiceHost": "192.0.2.10",
+            "kubernetesServicePort": "6443",
         },
         extra=["--set-json", "tolerations=[]"],
     )
@@ -300,6 +303,8 @@ def test_overrides(helm: str) -> None:
     assert env["TPFILTER_HOST_ROOT"]["value"] == ""
     assert env["TPFILTER_MOUNT_BPFFS"]["value"] == "0"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["KUBERNETES_SERVICE_HOST"]["value"] == "192.0.2.10"
+    assert env["KUBERNETES_SERVICE_PORT"]["value"] == "6443"
     assert "priorityClassName" not in pod
     assert "tolerations" not in pod
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "bpf"}
@@ -352,6 +357,11 @@ def test_controller_deployment(helm: str) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert "hostPID" not in pod and "volumes" not in pod
+    direct = render(helm, {"kubernetesServiceHost": "192.0.2.10", "kubernetesServicePort": "6443"})
+    controller_pod = only(direct, "Deployment")["spec"]["template"]["spec"]
+    direct_env = {e["name"]: e.get("value") for e in controller_pod["containers"][0]["env"]}
+    assert direct_env["KUBERNETES_SERVICE_HOST"] == "192.0.2.10"
+    assert direct_env["KUBERNETES_SERVICE_PORT"] == "6443"
     single = render(helm, {"controller.replicas": "1", "controller.leaderElection": "false"})
     args = only(single, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-elect" not in args

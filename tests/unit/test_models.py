@@ -17,7 +17,7 @@ from tpfilter.models import (
     parse_policy,
 )
 
-SEED = Path("/work/shared/examples/seed-policy.yaml")
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed-policy.yaml"
 
 
 def seed_body() -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """ProgramManager.sync against a fake loader: statuses, and the order of map writes.
 
 The invariant checked after *every* write: a program reading the hook at that moment sees
-every policy that is loaded both before and after the sync, and each slot it can reach
-points at a config whose selectors are written.
+every policy that is loaded both before and after the sync, and each entry it can reach
+(an unfiltered slot, or a filtered policy's entries under (hook, policy ID)) points at a
+config whose selectors are written.
 """
 
 from __future__ import annotations
@@ -27,21 +28,31 @@ from tpfilter.programs.probe import NodeFeatures
 class FakePrograms:
     hooks: dict[int, int] = field(default_factory=dict)
     slots: dict[tuple[int, int], int] = field(default_factory=dict)
+    npol: dict[int, int] = field(default_factory=dict)
+    pcfg: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     configs: set[int] = field(default_factory=set)
     attached: set[str] = field(default_factory=lambda: {"sched/sched_process_exec"})
     # policies that must stay visible, each as the set of its acceptable config IDs
     must_see: list[set[int]] = field(default_factory=list)
     writes: int = 0
 
+    def reachable(self, hook: int) -> list[int | None]:
+        """What a program sees on ``hook``: unfiltered slots, then filtered policies'."""
+        out = [self.slots.get((hook, i)) for i in range(self.hooks.get(hook, 0))]
+        if self.npol.get(hook, 0) or self.hooks.get(hook, 0):
+            for (h, _pid), configs in sorted(self.pcfg.items()):
+                if h == hook:
+                    out += configs
+        return out
+
     def check(self) -> None:
         self.writes += 1
-        for hook, n in self.hooks.items():
-            visible = {self.slots.get((hook, i)) for i in range(n)}
+        visible_all: set[int | None] = set()
+        for hook in self.hooks:
+            visible = self.reachable(hook)
             for config in visible:
-                assert config is None or config in self.configs, "slot -> missing config"
-        visible_all = {
-            self.slots.get((hook, i)) for hook, n in self.hooks.items() for i in range(n)
-        }
+                assert config is None or config in self.configs, "entry -> missing config"
+            visible_all |= set(visible)
         for alternatives in self.must_see:
             assert alternatives & visible_all, "a surviving policy vanished mid-sync"
 
@@ -67,8 +78,17 @@ class FakePrograms:
         self.slots.pop((hook, slot), None)
         self.check()
 
-    def write_hook(self, hook: int, n: int, *masks: int) -> None:
+    def write_policy_hook(self, hook: int, policy_id: int, entries: Any) -> None:
+        self.pcfg[(hook, policy_id)] = [config for config, _cfg in entries]
+        self.check()
+
+    def delete_policy_hook(self, hook: int, policy_id: int) -> None:
+        self.pcfg.pop((hook, policy_id), None)
+        self.check()
+
+    def write_hook(self, hook: int, n: int, npol: int, *masks: int) -> None:
         self.hooks[hook] = n
+        self.npol[hook] = npol
         self.check()
 
     def read_stats(self) -> dict[tuple[int, int], int]:
@@ -114,22 +134,31 @@ def policy(
 
 
 def visible(fake: FakePrograms, hook: int = layout.HOOK_EXEC) -> list[int]:
-    return [fake.slots[(hook, i)] for i in range(fake.hooks.get(hook, 0))]
+    return [c for c in fake.reachable(hook) if c is not None]
 
 
-def test_add_change_remove_keeps_survivors_visible_at_every_write() -> None:
+@pytest.mark.parametrize("filtered", [True, False])
+def test_add_change_remove_keeps_survivors_visible_at_every_write(filtered: bool) -> None:
     m, fake = manager()
-    st = m.sync([(policy("a"), 1), (policy("b"), 2), (policy("c"), 3)])
+    st = m.sync([(policy(n, filtered=filtered), i + 1) for i, n in enumerate("abc")])
     assert {s.state for s in st.values()} == {"loaded"}
     a, b, c = visible(fake)
     # c's new config gets the next ID (new policies are written in name order: c, d).
     fake.must_see = [{a}, {c, c + 1}]
     # b removed, c changed (new config), a unchanged, d added
-    m.sync([(policy("a"), 1), (policy("c", "/bin/y"), 3), (policy("d"), 4)])
+    m.sync(
+        [
+            (policy("a", filtered=filtered), 1),
+            (policy("c", "/bin/y", filtered=filtered), 3),
+            (policy("d", filtered=filtered), 4),
+        ]
+    )
     now = visible(fake)
     assert now[0] == a and len(now) == 3 and b not in now and c not in now
     assert b not in fake.configs and c not in fake.configs
-    assert len(fake.slots) == 3  # slots past the count deleted
+    # entries past the count (unfiltered) or of removed policies (filtered) are deleted
+    assert len(fake.pcfg if filtered else fake.slots) == 3
+    assert not (fake.slots if filtered else fake.pcfg)
 
 
 def test_sync_is_idempotent_and_writes_nothing_when_unchanged() -> None:
@@ -164,17 +193,45 @@ def test_sys_enter_tracepoints_attach_and_detach_on_demand() -> None:
     assert visible(fake, 8)
     m.sync([])
     assert fake.attached == {"sched/sched_process_exec"}
-    assert fake.hooks[8] == 0 and not fake.slots and not fake.configs
+    assert fake.hooks[8] == 0 and not fake.slots and not fake.configs and not fake.pcfg
 
 
-def test_a_full_hook_is_an_error_for_the_extra_policies_only() -> None:
+def test_unfiltered_policies_past_the_bound_are_errors_for_the_extra_ones_only() -> None:
     m, _fake = manager()
-    many = [(policy(f"p{i:03d}"), i + 1) for i in range(layout.MAX_SLOTS + 2)]
+    many = [(policy(f"p{i:03d}", filtered=False), 0) for i in range(layout.MAX_ANY + 2)]
     st = m.sync(many)
     states = [st[p.uid].state for p, _ in many]
-    assert states.count("loaded") == layout.MAX_SLOTS
+    assert states.count("loaded") == layout.MAX_ANY
     assert states[-2:] == ["error", "error"]
-    assert "already loaded" in st["p129"].reasons[0]
+    assert "without a selector already loaded" in st[f"p{layout.MAX_ANY:03d}"].reasons[0]
+
+
+def test_filtered_policies_have_no_per_hook_ceiling() -> None:
+    m, fake = manager()
+    many = [(policy(f"p{i:04d}"), i + 1) for i in range(1000)]
+    st = m.sync(many)
+    assert {s.state for s in st.values()} == {"loaded"}
+    assert len(fake.pcfg) == 1000 and fake.npol[layout.HOOK_EXEC] == 1000
+
+
+def test_too_many_entries_of_one_policy_on_one_hook_is_an_error() -> None:
+    m, _fake = manager()
+    tp = {"subsystem": "sched", "event": "sched_process_exec"}
+    p = parse_policy(
+        {
+            "kind": "TracingPolicy",
+            "metadata": {"name": "dup", "uid": "dup"},
+            "spec": {
+                "podSelector": {"matchLabels": {"a": "b"}},
+                "tracepoints": [tp] * (layout.MAX_PER_HOOK + 1),
+            },
+        }
+    )
+    st = m.sync([(p, 1)])
+    assert st["dup"].state == "error" and "at most" in st["dup"].reasons[0]
+    ok = p.model_copy(update={"uid": "ok"})
+    ok.spec.model_extra["tracepoints"] = [tp] * layout.MAX_PER_HOOK  # type: ignore[index]
+    assert m.sync([(ok, 1)])["ok"].state == "loaded"
 
 
 def test_unavailable_programs_report_every_hooked_policy() -> None:

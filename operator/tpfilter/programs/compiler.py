@@ -125,7 +125,7 @@ class ArgSpec:
 
 @dataclass(frozen=True, slots=True)
 class HookConfig:
-    """One hook entry (tracepoint) of a policy: one slot in the hook's list."""
+    """One hook entry (tracepoint) of a policy (programs/hooktable.py: where it goes)."""
 
     hook: int  # layout.HOOK_EXEC or a syscall number
     name: str  # "sched/sched_process_exec", "syscalls/sys_enter_openat"

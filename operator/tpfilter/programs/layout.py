@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+from tpfilter.candidates import INDEX_MAX
+
 NR_HOOKS = 1024
 HOOK_EXEC = NR_HOOKS - 1  # sched/sched_process_exec; syscalls use their number
-MAX_SLOTS = 128  # hook entries (of all policies) evaluated per hook; a power of two
+MAX_ANY = 32  # unfiltered entries (policy ID 0, every process) per hook
+MAX_PER_HOOK = 4  # entries of one filtered policy on one hook
+MAX_CANDS = MAX_ANY + 2 * INDEX_MAX  # candidates per event: 128, a power of two
+MAX_KEPT = 128  # entries whose filter passed, per event; a power of two
 MAX_SELECTORS = 8
 MAX_ARGS = 5  # matchArgs entries per selector (Tetragon's documented limit)
 NR_VALUES = 8
-FILTER_BATCH = 16  # slots per FILTER stage program run (tail calls: 128/16 = 8)
-SELECT_BATCH = 8  # slots per SELECT stage program run (tail calls: 128/8 = 16)
+FILTER_BATCH = 16  # candidates per FILTER stage program run (tail calls: 128/16 = 8)
+SELECT_BATCH = 8  # kept entries per SELECT stage program run (tail calls: 128/8 = 16)
 MAX_CONFIG_ID = 0xFFFF_FFFF >> 8  # tpf_stats keys are (config << 8) | counter
 
 STR_MAX = 256  # buffer incl. NUL
@@ -87,7 +92,11 @@ def cflags(*, exec_offsets: tuple[int, int, int] | None = None) -> list[str]:
     """-D flags that make the compiled program use this module's sizes."""
     flags = [
         f"-DTPF_NR_HOOKS={NR_HOOKS}",
-        f"-DTPF_MAX_SLOTS={MAX_SLOTS}",
+        f"-DTPF_MAX_ANY={MAX_ANY}",
+        f"-DTPF_INDEX_MAX={INDEX_MAX}",
+        f"-DTPF_MAX_CANDS={MAX_CANDS}",
+        f"-DTPF_MAX_KEPT={MAX_KEPT}",
+        f"-DTPF_MAX_PER_HOOK={MAX_PER_HOOK}",
         f"-DTPF_MAX_SELECTORS={MAX_SELECTORS}",
         f"-DTPF_MAX_ARGS={MAX_ARGS}",
         f"-DTPF_NR_VALUES={NR_VALUES}",

@@ -13,11 +13,12 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
@@ -26,16 +27,16 @@ from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
 
-PROGRAM_SOURCE = Path(__file__).resolve().parents[3] / "bpf" / "programs" / "tpf_programs.c"
 ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1))
 
 
 def program_source() -> Path:
-    """tpf_programs.c: $TPFILTER_PROGRAMS_SOURCE, else the repository's bpf/programs/."""
+    """tpf_programs.c: $TPFILTER_PROGRAMS_SOURCE, else bpf/programs/ beside
+    policy_filter.h (the package's copy when installed, the repository's in a checkout)."""
     env = os.environ.get(ENV_SOURCE)
-    return Path(env) if env else PROGRAM_SOURCE
+    return Path(env) if env else bpfsrc.include_dir() / "programs" / "tpf_programs.c"
 
 
 def exec_offsets(fmt: TracepointFormat) -> tuple[int, int, int]:
@@ -112,6 +113,7 @@ class Programs:
             for name in (
                 "tpf_hooks",
                 "tpf_slots",
+                "tpf_pcfg",
                 "tpf_sels",
                 "tpf_strs",
                 "tpf_prefix",
@@ -224,10 +226,30 @@ class Programs:
         slots = self._t["tpf_slots"]
         _delete(slots, slots.Key(hook, slot))
 
-    def write_hook(self, hook: int, n: int, str_mask: int, rev_mask: int, capture: int) -> None:
+    def write_policy_hook(
+        self, hook: int, policy_id: int, entries: Sequence[tuple[int, HookConfig]]
+    ) -> None:
+        """A filtered policy's entries on a hook, replaced whole (one map update)."""
+        table = self._t["tpf_pcfg"]
+        leaf = table.Leaf()
+        leaf.n = len(entries)
+        for j, (config_id, cfg) in enumerate(entries):
+            slot = leaf.slots[j]
+            slot.config, slot.policy_id = config_id, policy_id
+            slot.nsel, slot.capture = len(cfg.selectors), cfg.capture
+        table[table.Key(hook, policy_id)] = leaf
+
+    def delete_policy_hook(self, hook: int, policy_id: int) -> None:
+        table = self._t["tpf_pcfg"]
+        _delete(table, table.Key(hook, policy_id))
+
+    def write_hook(
+        self, hook: int, n: int, npol: int, str_mask: int, rev_mask: int, capture: int
+    ) -> None:
         hooks = self._t["tpf_hooks"]
         leaf = hooks.Leaf()
         leaf.n, leaf.str_mask, leaf.rev_mask, leaf.capture = n, str_mask, rev_mask, capture
+        leaf.npol = npol
         hooks[ct.c_int(hook)] = leaf
 
     # -- stats and events -----------------------------------------------------------------

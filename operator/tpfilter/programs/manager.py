@@ -9,13 +9,12 @@ How a sync changes the maps without a moment of wrong enforcement (per hook):
 
 1. a new or changed policy's selectors and value sets are written under fresh config
    IDs (nothing points at them yet);
-2. the hook's string masks become old | new;
-3. the slot list is rewritten in place: survivors keep their relative order and move
-   left over removed slots (a survivor is never absent: it appears twice for a moment,
-   which is harmless), new slots are appended; then the count is set;
-4. slots past the new count, and the old configs' selectors and sets, are deleted.
+2. the hook's entries go from old to new (:mod:`tpfilter.programs.hooktable`: string
+   masks widened first, a filtered policy's entries replaced whole under
+   ``(hook, policy ID)``, the unfiltered list rewritten in place);
+3. the old configs' selectors and sets are deleted.
 
-A program that read a slot just before step 4 may find its selectors gone: it then
+A program that read an entry just before step 3 may find its selectors gone: it then
 takes no decision for that policy (fail closed for Post, open for Sigkill, for that one
 event in flight). Changes are effective when ``sync`` returns.
 """
@@ -41,6 +40,8 @@ from tpfilter.programs.events import (
     boot_to_wall_offset_ns,
     event_record,
 )
+from tpfilter.programs.hooktable import Entry as _Entry
+from tpfilter.programs.hooktable import over_capacity, write_hook
 from tpfilter.programs.layout import Stat
 from tpfilter.programs.metrics import Metrics
 from tpfilter.programs.probe import NodeFeatures, probe_features
@@ -90,13 +91,6 @@ class _Loaded:
     policy_id: int
     fingerprint: tuple[int, tuple[HookConfig, ...]]
     configs: list[tuple[int, HookConfig]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    config_id: int
-    policy_id: int
-    cfg: HookConfig
 
 
 class ProgramManager:
@@ -360,22 +354,9 @@ class ProgramManager:
                     uid, name, policy_id, "unsupported", (self._unavailable or "no programs",)
                 )
                 continue
-            counts: dict[int, int] = {}
-            for cfg in configs:
-                counts[cfg.hook] = counts.get(cfg.hook, 0) + 1
-            full = [
-                next(c.name for c in configs if c.hook == hook)
-                for hook, n in counts.items()
-                if len(new_hooks.get(hook, ())) + n > layout.MAX_SLOTS
-            ]
+            full = over_capacity(configs, policy_id, new_hooks)
             if full:
-                statuses[uid] = ProgramStatus(
-                    uid,
-                    name,
-                    policy_id,
-                    "error",
-                    tuple(f"{h}: {layout.MAX_SLOTS} policy hooks already loaded" for h in full),
-                )
+                statuses[uid] = ProgramStatus(uid, name, policy_id, "error", full)
                 continue
             loaded = _Loaded(uid, name, policy_id, (policy_id, configs))
             try:
@@ -413,25 +394,7 @@ class ProgramManager:
         self._loaded = {**keep, **added}
 
     def _write_hook(self, hook: int, old: list[_Entry], new: list[_Entry]) -> None:
-        if old == new:
-            return
-        programs = self._programs
-
-        def masks(entries: Iterable[_Entry]) -> tuple[int, int, int]:
-            s = r = c = 0
-            for e in entries:
-                s, r, c = s | e.cfg.str_mask, r | e.cfg.rev_mask, c | e.cfg.capture_mask
-            return s, r, c
-
-        old_m, new_m = masks(old), masks(new)
-        union = (old_m[0] | new_m[0], old_m[1] | new_m[1], old_m[2] | new_m[2])
-        programs.write_hook(hook, len(old), *union)
-        for slot, entry in enumerate(new):
-            if slot >= len(old) or old[slot] != entry:
-                programs.write_slot(hook, slot, entry.config_id, entry.policy_id, entry.cfg)
-        programs.write_hook(hook, len(new), *new_m)
-        for slot in range(len(new), len(old)):
-            programs.delete_slot(hook, slot)
+        write_hook(self._programs, hook, old, new)
 
     def _forget_config(self, config_id: int, cfg: HookConfig) -> None:
         programs = self._programs
@@ -523,6 +486,7 @@ class ProgramManager:
             memlock.add_metric(labels, usage.memlock)
         yield cgroups
         yield memlock
+        yield from _index_metrics(self._pin_dir)
 
         own = GaugeMetricFamily(
             "tpfilter_program_map_memlock_bytes",
@@ -534,6 +498,25 @@ class ProgramManager:
         for name, n in sorted(mem.items()):
             own.add_metric([name], n)
         yield own
+
+
+def _index_metrics(pin_dir: Path) -> Iterable[Any]:
+    """The candidate index's size and kernel memory (tpfilter.candidates)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from tpfilter.indexmap import read_usage
+
+    usage = read_usage(pin_dir)
+    entries = GaugeMetricFamily(
+        "tpfilter_candidate_index_entries", "cgroups (and the host key) in the candidate index"
+    )
+    memlock = GaugeMetricFamily(
+        "tpfilter_candidate_index_memlock_bytes", "Kernel memory of the candidate index"
+    )
+    entries.add_metric([], usage.entries if usage else 0)
+    memlock.add_metric([], usage.memlock if usage else 0)
+    yield entries
+    yield memlock
 
 
 def _filter_map_usage(pin_dir: Path) -> list[Any]:

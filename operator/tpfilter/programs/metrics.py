@@ -8,6 +8,8 @@
   ``tpfilter_policy_map_memlock_bytes{...}``: each policy's filter map, read from the
   kernel at scrape time.
 * ``tpfilter_program_map_memlock_bytes{map}``: the programs' own maps.
+* ``tpfilter_candidate_index_entries``, ``tpfilter_candidate_index_memlock_bytes``: the
+  candidate index the programs look up first (cgroups indexed, kernel memory).
 * ``tpfilter_reconcile_errors_total{policy}``, ``tpfilter_map_full_errors_total{policy}``:
   fed by the agent with :meth:`Metrics.observe_reconcile`.
 * ``tpfilter_program_policies{state}``, ``tpfilter_programs_compile_seconds``,
