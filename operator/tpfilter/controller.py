@@ -52,7 +52,9 @@ class PolicyRef:
 class StatusApi(Protocol):
     """What the controller does to the API (blocking calls; ``tpfilter.statusapi``)."""
 
-    def list_all(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]: ...
+    def list_page(
+        self, what: str, token: str | None
+    ) -> tuple[list[Mapping[str, Any]], str | None]: ...
     def patch_status(self, ref: PolicyRef, status: Mapping[str, Any]) -> None: ...
     def post_event(self, ref: PolicyRef, warning: bool, reason: str, message: str) -> None: ...
     def node_names(self) -> set[str]: ...
@@ -214,19 +216,30 @@ class Controller:
                 await sweep
 
     async def _initial_list(self) -> None:
+        """Every report, then every policy, a page at a time: each page is folded into the
+        caches (``Seen``) and dropped before the next is fetched, so the JSON of all
+        reports (hundreds of MB at 1,000 x 1,000) is never held at once."""
         delay = 0.5
-        while True:
-            try:
-                policies, reports = await asyncio.to_thread(self._api.list_all)
-                break
-            except Exception as exc:
-                log.warning("initial list failed (retry in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 30.0)
-        for body in reports:
-            self.report_event(None, body)
-        for body in policies:
-            self.policy_event(None, body)
+        for what, fold in (
+            ("reports", self.report_event),
+            (PolicyKind.CLUSTER.value, self.policy_event),
+            (PolicyKind.NAMESPACED.value, self.policy_event),
+        ):
+            token: str | None = None
+            while True:
+                try:
+                    items, token = await asyncio.to_thread(self._api.list_page, what, token)
+                except Exception as exc:  # a page failed: start this kind again
+                    log.warning("initial list failed (retry in %.1fs): %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 30.0)
+                    token = None
+                    continue
+                for body in items:
+                    fold(None, body)
+                del items
+                if not token:
+                    break
 
     async def _poll_leases(self, now: float) -> None:
         every = self.config.lease_poll or self.config.stale_after / 4

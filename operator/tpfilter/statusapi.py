@@ -7,6 +7,7 @@ read-modify-write and no resourceVersion are needed; it is the only writer of st
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -47,25 +48,21 @@ class KubeStatusApi:
                 renewed[str(lease["metadata"]["name"])] = from_rfc3339(str(text))
         return renewed
 
-    def list_all(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        policies: list[Mapping[str, Any]] = []
-        for kind in PolicyKind:
-            items, _ = pages(
-                self._custom.list_cluster_custom_object,
-                group=GROUP,
-                version=VERSION,
-                plural=kind.plural,
-            )
-            for item in items:
-                item.setdefault("kind", kind.value)  # type: ignore[attr-defined]
-            policies.extend(items)
-        reports, _ = pages(
-            self._custom.list_cluster_custom_object,
-            group=REPORT_GROUP,
-            version=REPORT_VERSION,
-            plural=REPORT_PLURAL,
+    def list_page(self, what: str, token: str | None) -> tuple[list[Mapping[str, Any]], str | None]:
+        """One page of reports (``what="reports"``) or of one policy kind (its kind name)."""
+        if what == "reports":
+            group, version, plural, limit = REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, 50
+        else:
+            group, version, plural, limit = GROUP, VERSION, PolicyKind(what).plural, 500
+        response = self._custom.list_cluster_custom_object(
+            group, version, plural, limit=limit, _continue=token, _preload_content=False
         )
-        return policies, reports
+        page = json.loads(response.data)
+        items: list[dict[str, Any]] = page.get("items") or []
+        if what != "reports":
+            for item in items:  # list items may omit kind; the controller needs it
+                item.setdefault("kind", what)
+        return list(items), page["metadata"].get("continue") or None
 
     def patch_status(self, ref: PolicyRef, status: Mapping[str, Any]) -> None:
         body = {"status": dict(status)}

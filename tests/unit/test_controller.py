@@ -18,9 +18,13 @@ class FakeApi:
         self.events: list[tuple[str, bool, str]] = []
         self.deleted: list[str] = []
         self.leases: dict[str, float] = {}
+        self.pages: dict[str, list[list[Mapping[str, Any]]]] = {}
 
-    def list_all(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        return [], []
+    def list_page(self, what: str, token: str | None) -> tuple[list[Mapping[str, Any]], str | None]:
+        pages = self.pages.get(what, [[]])
+        index = int(token or 0)
+        following = str(index + 1) if index + 1 < len(pages) else None
+        return pages[index], following
 
     def patch_status(self, ref: PolicyRef, status: Mapping[str, Any]) -> None:
         self.patches.append((ref.name, dict(status)))
@@ -156,6 +160,20 @@ def test_deleted_node_report_is_deleted_and_standby_writes_nothing() -> None:
     step(controller)
     assert api.deleted == ["a"]
     assert len(api.patches) == 1
+
+
+def test_initial_list_folds_every_page_before_the_first_status() -> None:
+    controller, api = make()
+    api.pages["reports"] = [[report("a", 5)], [report("b", 6)]]
+    api.pages["TracingPolicy"] = [[policy()]]
+
+    async def start() -> None:
+        await controller._initial_list()
+        await controller.step()
+
+    asyncio.run(start())
+    [(_, status)] = api.patches
+    assert (status["readyNodes"], status["totalNodes"]) == (2, 2)
 
 
 def test_lease_rule() -> None:
