@@ -59,7 +59,6 @@ class StatusApi(Protocol):
     def post_event(self, ref: PolicyRef, warning: bool, reason: str, message: str) -> None: ...
     def node_names(self) -> set[str]: ...
     def node_leases(self) -> dict[str, float]: ...
-    def report_names(self) -> set[str]: ...
     def delete_report(self, node: str) -> None: ...
 
 
@@ -352,11 +351,10 @@ class Controller:
         while True:
             if self.leading():
                 try:
-                    nodes, reports = await asyncio.gather(
-                        asyncio.to_thread(self._api.node_names),
-                        asyncio.to_thread(self._api.report_names),
-                    )
-                    for node in sorted(reports - nodes):
+                    # The reports it knows (its cache), not a list of them: a full list of
+                    # reports is the largest read there is.
+                    nodes = await asyncio.to_thread(self._api.node_names)
+                    for node in sorted(self._reports.keys() - nodes):
                         await self._delete_report(node)
                 except Exception as exc:
                     log.warning("sweep of reports failed: %s", exc)

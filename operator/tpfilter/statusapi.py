@@ -102,14 +102,5 @@ class KubeStatusApi:
         items, _ = pages(self._core.list_node)
         return {str(n["metadata"]["name"]) for n in items}
 
-    def report_names(self) -> set[str]:
-        items, _ = pages(
-            self._custom.list_cluster_custom_object,
-            group=REPORT_GROUP,
-            version=REPORT_VERSION,
-            plural=REPORT_PLURAL,
-        )
-        return {str(r["metadata"]["name"]) for r in items}
-
     def delete_report(self, node: str) -> None:
         self._custom.delete_cluster_custom_object(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, node)

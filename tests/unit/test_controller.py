@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,9 +38,6 @@ class FakeApi:
 
     def node_leases(self) -> dict[str, float]:
         return dict(self.leases)
-
-    def report_names(self) -> set[str]:
-        return set()
 
     def delete_report(self, node: str) -> None:
         self.deleted.append(node)
@@ -193,3 +191,15 @@ def test_lease_times_always_have_their_fraction() -> None:
 
     assert micro_time(0.0) == "1970-01-01T00:00:00.000001Z"
     assert micro_time(1.5) == "1970-01-01T00:00:01.500000Z"
+
+
+def test_sweep_deletes_reports_of_nodes_that_are_gone() -> None:
+    controller, api = make()
+    controller.report_event(None, report("gone", 5))
+
+    async def sweep_once() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(controller._sweep_loop(), 0.2)
+
+    asyncio.run(sweep_once())
+    assert api.deleted == ["gone"]  # FakeApi knows no Node at all
