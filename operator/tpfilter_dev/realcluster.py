@@ -162,7 +162,9 @@ class Cluster:
 
     def agent_pod(self) -> str:
         out = self.kubectl(
-            "get", "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=tpfilter",
+            "get", "pods", "-n", RELEASE_NS,
+            # the agent's pod, not the controller's (component=controller)
+            "-l", "app.kubernetes.io/name=tpfilter,app.kubernetes.io/component=agent",
             "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}",
         )  # fmt: skip
         names = out.split()

@@ -28,6 +28,7 @@ from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tracefs import Field, TracepointFormat
 
 __all__ = [
+    "STRING_TYPES",
     "ArgMatch",
     "ArgSpec",
     "HookConfig",
@@ -61,6 +62,7 @@ _INT_TYPES: Mapping[str, IntType] = {
     "ulong": IntType.U64,
 }
 _STRING_TYPES = frozenset({"string", "data_loc"})
+STRING_TYPES = _STRING_TYPES  # argument types read as strings (tpfilter.accept needs them)
 _STRING_OPS: Mapping[str, Op] = {
     "equal": Op.EQ,
     "notequal": Op.NE,
