@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, Cluster, kubectl
 from harness import eventually
 
+from conftest import ROOT, Cluster, kubectl
 from tpfilter.models import GROUP as POLICY_GROUP
 from tpfilter.models import VERSION as POLICY_VERSION
 from tpfilter.nodelease import lease_body

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cluster, Node, kubectl
 from harness import eventually
 
+from conftest import Cluster, Node, kubectl
 from tpfilter.models import PolicyKind
 from tpfilter.reporter import GROUP, PLURAL, VERSION
 from tpfilter_dev.controllerproc import ControllerProcess
