@@ -68,6 +68,17 @@ def test_seed_policy_maps_exactly_the_selected_containers(cluster: Cluster, ns: 
         want = frozenset({cluster.cgroup_id(ns, "ubuntu"), cluster.cgroup_id(ns, "ubuntu-2")})
         converge(SEED_KEY, want, "the seed's map holds the two ubuntu containers")
         assert cluster.cgroup_id(ns, "nginx") not in held(SEED_KEY)
+        # The chart's controller sums the node's report up in the policy's status: the
+        # seed (a kprobe) cannot run on this kernel, and kubectl get says so.
+        eventually(
+            lambda: cluster.kubectl(
+                "get", "tracingpolicy", "policy-1", "-o",
+                "jsonpath={.status.totalNodes}/{.status.readyNodes}/{.status.reason}",
+            ) == "1/0/UnsupportedOnNodes",
+            timeout=90,
+            interval=1,
+            what="the seed's status: unsupported on the one node",
+        )  # fmt: skip
         # The agent's own view, from inside its pod, agrees with the host's.
         (row,) = [p for p in cluster.agent_status()["policies"] if p["name"] == "policy-1"]
         assert frozenset(row["cgroup_ids"]) == want
