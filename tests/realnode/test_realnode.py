@@ -9,6 +9,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME
 from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import eventually
@@ -20,6 +22,7 @@ from tpfilter_dev.realcluster import (
     Cluster,
     maps_on_host,
 )
+from tpfilter_dev.realnode import NODE_IP, RealNode, RealNodeError
 
 SEED = ROOT / "examples" / "seed-policy.yaml"
 TRACEPOINT_SEED = ROOT / "examples" / "seed-policy-tracepoint.yaml"
@@ -57,6 +60,18 @@ def test_agent_runs_from_the_chart_and_finds_the_runtimes_cgroups(cluster: Clust
     # The CLI inside the agent's pod reads the same pins (no policy applied yet).
     assert cluster.agent_status()["policies"] == []
     assert (PIN_DIR / "policy_filter_maps").exists(), "the pins are the host's"
+
+
+def test_a_second_node_is_refused_and_leaves_the_first_alone(cluster: Cluster) -> None:
+    with pytest.raises(RealNodeError, match="another real node runs"):
+        RealNode(images=()).__enter__()
+    assert (
+        NODE_IP
+        in subprocess.run(
+            ["ip", "-4", "addr", "show", "dev", "lo"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    cluster.node.wait_node_ready(timeout=30)
 
 
 def test_seed_policy_maps_exactly_the_selected_containers(cluster: Cluster, ns: str) -> None:
