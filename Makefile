@@ -1,5 +1,5 @@
 # Entry points only; the scripts do the work. `make test` runs what CI runs (.ci/run).
-.PHONY: install test run e2e crds lint
+.PHONY: install test run node e2e crds lint
 
 install:  ## apt + venv + project (Debian 12, root)
 	bash scripts/install.sh
@@ -7,6 +7,8 @@ test:     ## install, ruff, mypy, every pytest suite (e2e skips without Docker)
 	bash scripts/test.sh
 run:      ## the agent against a local control plane
 	bash scripts/run-local.sh
+node:     ## a real kubelet + containerd node with the agent installed by helm
+	bash scripts/run-node.sh
 e2e:      ## kind cluster + image + chart + tests/e2e (needs Docker)
 	bash scripts/e2e-kind.sh
 crds:     ## regenerate crds/ and copy them into the chart

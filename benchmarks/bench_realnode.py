@@ -4,8 +4,8 @@ Why: the agent learns a container's cgroup from the pod's status, which kubelet 
 after the runtime has started the container; until the agent has written the cgroup into
 the policy's map, the container's processes are not filtered. This measures that window
 on the real node of the e2e suite (kubelet + containerd + runc, the agent installed with
-helm, :mod:`tpfilter_dev.realcluster`), for N pods created one after another, each
-selected by one policy:
+helm, :mod:`tpfilter_dev.realcluster`), for N pods created one after another (the oldest
+deleted once 50 are running: kubelet's limit is 110 pods), each selected by one policy:
 
 * ``created -> mapped``: from the pod's create request returning to its container's
   cgroup being in the policy's map (read from the host's pins);
@@ -46,6 +46,7 @@ spec:
 """
 KEY = "TracingPolicy/bench-window"
 TICKS = os.sysconf("SC_CLK_TCK")
+LIVE_PODS = 50
 
 
 def boottime() -> float:
@@ -88,6 +89,8 @@ def measure(cluster: Cluster, pods: int, poll: float) -> list[tuple[float, float
         if mapped is None or started is None:
             raise RuntimeError(f"pod {name}: not mapped within 120 s")
         results.append((started - created, mapped - created))
+        if i >= LIVE_PODS:  # kubelet runs at most 110 pods: keep a window of live ones
+            cluster.kubectl("delete", "pod", "-n", ns, f"p{i - LIVE_PODS}", "--wait=false")
         if i % 20 == 19:
             print(f"  {i + 1} pods", flush=True)
     cluster.kubectl("delete", "namespace", ns, "--wait=false")

@@ -208,7 +208,15 @@ RULE_HOST_SELECTOR_ALL: Final = Rule(
     lambda s: "matchLabels" not in s and "matchExpressions" not in s,
 )
 
+# A node report is named after its node, so that one name means one writer (the chart's
+# ValidatingAdmissionPolicy compares the name with the writer's node).
+RULE_REPORT_NAMED_AFTER_NODE: Final = Rule(
+    "self.metadata.name == self.nodeName",
+    lambda s: (s.get("metadata") or {}).get("name") == s.get("nodeName"),
+)
+
 ALL_RULES: Final = (
+    RULE_REPORT_NAMED_AFTER_NODE,
     RULE_VALUES_REQUIRED,
     RULE_VALUES_FORBIDDEN,
     RULE_KEY_QUALIFIED,
@@ -762,43 +770,71 @@ def spec_schema() -> Schema:
     )
 
 
-def status_schema() -> Schema:
-    """Per-node state written by the node agents; open to fields added later.
-
-    ``nodes`` is a list-map keyed by ``node`` so that each node's agent can server-side
-    apply its own entry with its own field manager, without conflicts or read-modify-write
-    races with the other nodes. ``readyNodes``/``totalNodes`` summarise it for the printer
-    columns, which cannot count; whoever aggregates (the operator) writes them.
-    """
-    node_state = obj(
-        "The policy's state on one node.",
+def condition() -> Schema:
+    """A metav1.Condition, as Kubernetes API conventions define it."""
+    return obj(
+        "One aspect of the policy's state (Accepted, Ready, Degraded).",
         {
-            "node": string("Node name."),
-            "state": string("State on the node, e.g. Ready, Pending, Error."),
-            "reason": string("Why the policy is in this state (machine readable)."),
-            "message": string("Details for humans."),
-            "policyID": integer("ID of the policy's filter map on the node.", fmt="int64"),
-            "cgroups": integer("Number of container cgroups in the filter.", fmt="int64"),
-            "observedGeneration": integer("Generation the node has applied.", fmt="int64"),
+            "type": string("Condition type.", max_length=316),
+            "status": string("True, False or Unknown.", enum=("True", "False", "Unknown")),
+            "reason": string("One CamelCase word: why.", max_length=1024),
+            "message": string("Details for humans.", max_length=32768),
+            "observedGeneration": integer(
+                "metadata.generation the condition was set for.", fmt="int64", minimum=0
+            ),
             "lastTransitionTime": {
                 "type": "string",
                 "format": "date-time",
-                "description": "When state last changed.",
+                "description": "When status last changed.",
             },
+        },
+        required=("type", "status", "reason", "lastTransitionTime"),
+    )
+
+
+def status_schema() -> Schema:
+    """The policy's aggregated state, written by the controller only (``tpfilter controller``).
+
+    Every node's agent reports its own state in its TracingPolicyNodeReport; the controller
+    sums those up here. ``nodes`` lists only nodes where the policy is not Ready (bounded:
+    the controller keeps at most a few dozen, ``notReadyNodes`` counts them all), so a
+    policy's object does not grow with the cluster. The counts are fields because printer
+    columns cannot count.
+    """
+    node_state = obj(
+        "The policy's state on one node where it is not Ready.",
+        {
+            "node": string("Node name."),
+            "state": string("Pending, Unsupported, Error or Stale."),
+            "reason": string("Why (machine readable)."),
+            "message": string("Details for humans."),
+            "observedGeneration": integer("Generation the node has applied.", fmt="int64"),
         },
         required=("node",),
         preserve_unknown=True,
     )
-    nodes = array(node_state, "State per node; each node writes its own entry.")
+    nodes = array(node_state, "Nodes where the policy is not Ready (bounded list).")
     nodes["x-kubernetes-list-type"] = "map"
     nodes["x-kubernetes-list-map-keys"] = ["node"]
+    conditions = array(condition(), "Accepted, Ready and Degraded.")
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    count = "int64"
     return obj(
-        "Observed state.",
+        "Observed state, aggregated from the nodes' reports by the controller.",
         {
-            "observedGeneration": integer("Generation the operator has processed.", fmt="int64"),
+            "observedGeneration": integer("Generation the controller has processed.", fmt=count),
+            "conditions": conditions,
             "nodes": nodes,
-            "readyNodes": integer("Entries of nodes whose state is Ready.", fmt="int64"),
-            "totalNodes": integer("Entries of nodes.", fmt="int64"),
+            "readyNodes": integer("Nodes where the policy is Ready.", fmt=count),
+            "totalNodes": integer(
+                "Nodes where the policy applies (its nodeSelector matches) and an agent runs.",
+                fmt=count,
+            ),
+            "skippedNodes": integer("Nodes its nodeSelector does not match.", fmt=count),
+            "notReadyNodes": integer("Nodes where it applies and is not Ready.", fmt=count),
+            "pods": integer("Pods with a container the policy selects, all nodes.", fmt=count),
+            "reason": string("The Ready condition's reason (for the printer column)."),
         },
         preserve_unknown=True,
     )
@@ -887,8 +923,19 @@ PRINTER_COLUMNS: Final = (
         "name": "Nodes",
         "type": "integer",
         "jsonPath": ".status.totalNodes",
-        "description": "Nodes that report a state for the policy.",
-        "priority": 1,
+        "description": "Nodes where the policy applies and an agent reports.",
+    },
+    {
+        "name": "Pods",
+        "type": "integer",
+        "jsonPath": ".status.pods",
+        "description": "Pods the policy selects, on all nodes.",
+    },
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": ".status.reason",
+        "description": "Why the policy is (not) Ready everywhere.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
@@ -942,16 +989,130 @@ def crd(kind: Kind) -> Schema:
 
 def render(kind: Kind) -> str:
     """The YAML text of one CRD, byte-for-byte stable across runs."""
-    body = yaml.safe_dump(crd(kind), sort_keys=False, width=100, allow_unicode=True)
+    return _render_doc(crd(kind))
+
+
+# --------------------------------------------------------------------------------------
+# TracingPolicyNodeReport: tpfilter's own kind (its own group), one object per node.
+# --------------------------------------------------------------------------------------
+
+REPORT_GROUP: Final = "tpfilter.io"
+REPORT_KIND: Final = "TracingPolicyNodeReport"
+REPORT_PLURAL: Final = "tracingpolicynodereports"
+REPORT_FILENAME: Final = f"{REPORT_PLURAL}.{REPORT_GROUP}.yaml"
+REPORT_STATES: Final = ("Ready", "Pending", "Unsupported", "Skipped", "Error")
+
+
+def report_crd() -> Schema:
+    """One node's state of every policy, written by that node's agent only.
+
+    docs/status.md computes why one object per node (and not one per policy and node).
+    Entries are a list-map keyed by the policy's UID; counts change with pod churn and are
+    written lazily by the agent (tpfilter.coalesce).
+    """
+    hook = obj(
+        "How one hook of the policy runs on this node.",
+        {
+            "hook": string("The hook, e.g. sched/sched_process_exec."),
+            "program": string("The mechanism: tracepoint, kprobe, lsm."),
+        },
+        required=("hook",),
+    )
+    count = "int64"
+    entry = obj(
+        "One policy's state on this node.",
+        {
+            "uid": string("The policy's metadata.uid.", max_length=64),
+            "kind": string("TracingPolicy or TracingPolicyNamespaced."),
+            "namespace": string("The policy's namespace (namespaced kind)."),
+            "name": string("The policy's name."),
+            "generation": integer("The policy's metadata.generation applied here.", fmt=count),
+            "state": string("The policy's state on this node.", enum=REPORT_STATES),
+            "reason": string("Why (one CamelCase word); absent when Ready."),
+            "message": string("Details for humans; absent when Ready.", max_length=512),
+            "cgroups": integer("Container cgroups in the policy's filter map.", fmt=count),
+            "pods": integer("Pods with a selected container.", fmt=count),
+            "hooks": array(hook, "Hooks the programs run, with their mechanism."),
+        },
+        required=("uid", "state"),
+    )
+    policies = array(entry, "Every policy the node's agent knows.")
+    policies["x-kubernetes-list-type"] = "map"
+    policies["x-kubernetes-list-map-keys"] = ["uid"]
+    root = obj(
+        f"{REPORT_KIND}: one node's state of every TracingPolicy, written by its agent.",
+        {
+            "apiVersion": string("API version of the object."),
+            "kind": string("Kind of the object."),
+            "metadata": {"type": "object"},
+            "nodeName": string("The node; the object's name is the same.", max_length=253),
+            "writeTime": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the agent last wrote this report (it writes on change;"
+                " its liveness is its node Lease, renewed far more often).",
+            },
+            "summary": string_map(
+                "Policies per state (lower case), for kubectl get.", integer("", fmt=count)
+            ),
+            "policies": policies,
+        },
+        required=("nodeName",),
+        validations=(
+            RULE_REPORT_NAMED_AFTER_NODE.validation(
+                "metadata.name must be the nodeName", field_path=".nodeName"
+            ),
+        ),
+    )
+    columns = [
+        {"name": s, "type": "integer", "jsonPath": f".summary.{s.lower()}"} for s in REPORT_STATES
+    ]
+    columns.append({"name": "Written", "type": "date", "jsonPath": ".writeTime"})
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{REPORT_PLURAL}.{REPORT_GROUP}"},
+        "spec": {
+            "group": REPORT_GROUP,
+            "names": {
+                "kind": REPORT_KIND,
+                "listKind": f"{REPORT_KIND}List",
+                "plural": REPORT_PLURAL,
+                "singular": REPORT_KIND.lower(),
+                "shortNames": ["tpnr"],
+                "categories": ["tpfilter"],
+            },
+            "scope": "Cluster",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "additionalPrinterColumns": columns,
+                }
+            ],
+        },
+    }
+
+
+def _render_doc(doc: Schema) -> str:
+    body = yaml.safe_dump(doc, sort_keys=False, width=100, allow_unicode=True)
     return HEADER + "---\n" + body
+
+
+def _all_files() -> dict[str, str]:
+    files = {kind.filename: render(kind) for kind in KINDS}
+    files[REPORT_FILENAME] = _render_doc(report_crd())
+    return files
 
 
 def write_all(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in KINDS:
-        path = out_dir / kind.filename
-        path.write_text(render(kind), encoding="utf-8")
+    for name, text in _all_files().items():
+        path = out_dir / name
+        path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
 
@@ -959,9 +1120,9 @@ def write_all(out_dir: Path) -> list[Path]:
 def stale(out_dir: Path) -> list[Path]:
     """The CRD files under ``out_dir`` that differ from what this generator renders."""
     result = []
-    for kind in KINDS:
-        path = out_dir / kind.filename
-        if not path.is_file() or path.read_text(encoding="utf-8") != render(kind):
+    for name, text in _all_files().items():
+        path = out_dir / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
             result.append(path)
     return result
 

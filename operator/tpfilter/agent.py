@@ -30,6 +30,7 @@ from typing import Any
 from tpfilter import statefile
 from tpfilter.engine import Engine, PolicyStatus, ReconcileResult
 from tpfilter.models import Policy, PolicyKind
+from tpfilter.nodereport import Entry, build_entries
 from tpfilter.pods import Pod
 from tpfilter.programs import Metrics, ProgramManager, ProgramStatus
 from tpfilter.programs.podindex import PodIndex
@@ -101,6 +102,10 @@ class Agent:
         self._converged = asyncio.Event()
         self.programs, self.pod_index, self.metrics = programs, pod_index, metrics
         self.program_statuses: dict[str, ProgramStatus] = {}
+        # This node's state of every policy, for its TracingPolicyNodeReport (None: not
+        # synced yet); on_report is told after each reconcile (tpfilter.reporter).
+        self.report_entries: list[Entry] | None = None
+        self.on_report: Callable[[], None] = lambda: None
 
     def wake(self) -> None:
         self._wake.set()
@@ -192,6 +197,13 @@ class Agent:
             self.program_statuses = await asyncio.to_thread(self._sync_programs, here, pods)
         for error in result.errors:
             log.error("%s", error)
+        self.report_entries = build_entries(
+            result.statuses,
+            self.program_statuses,
+            self.store.invalid_policies(),
+            programs_enabled=self.programs is not None,
+        )
+        self.on_report()
         if result.converged:
             self._converged.set()
         await asyncio.to_thread(self._write_status, result)

@@ -1,6 +1,8 @@
 """``tpfilter``: the node agent and the commands that inspect a node.
 
 * ``tpfilter agent``: the DaemonSet's process (kopf, standalone, cluster-wide).
+* ``tpfilter controller``: the cluster's one writer of policy status (a Deployment): sums
+  up the agents' TracingPolicyNodeReports into each policy's ``status``.
 * ``tpfilter status``: per policy on this node, its ID, kind, name, cgroups held, inner
   map size and kernel memory, as a table or ``--json``. It reads the pinned maps and the
   agent's state files directly, so it works without API access (e.g. ``kubectl exec``).
@@ -80,8 +82,72 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--no-programs", action="store_true", help="filter maps only, no policy programs"
     )
+    agent.add_argument("--no-report", action="store_true", help="write no TracingPolicyNodeReport")
+    agent.add_argument(
+        "--report-interval",
+        type=float,
+        default=5.0,
+        help="seconds between two report writes for a state change (coalesced)",
+    )
+    agent.add_argument(
+        "--report-counts-interval",
+        type=float,
+        default=60.0,
+        help="seconds between two report writes when only cgroup/pod counts changed",
+    )
+    agent.add_argument(
+        "--report-refresh-seconds",
+        type=float,
+        default=3600.0,
+        help="the report is rewritten at least this often, even unchanged",
+    )
+    agent.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=10.0,
+        help="how often this node's Lease is renewed (the controller's liveness signal)",
+    )
+    agent.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the node Leases (default: $POD_NAMESPACE, else default)",
+    )
     agent.add_argument("-v", "--verbose", action="store_true")
     agent.set_defaults(func=_agent)
+
+    controller = sub.add_parser(
+        "controller", help="run the controller: node reports -> every policy's status"
+    )
+    controller.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between two status recomputations"
+    )
+    controller.add_argument(
+        "--stale-after",
+        type=float,
+        default=180.0,
+        help="a node whose report is older than this is shown Stale",
+    )
+    controller.add_argument(
+        "--max-listed-nodes", type=int, default=20, help="not-Ready nodes listed per policy"
+    )
+    controller.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=300.0,
+        help="how often reports of deleted nodes are looked for",
+    )
+    controller.add_argument("--no-events", action="store_true", help="post no Events")
+    controller.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="'' to disable"
+    )
+    controller.add_argument(
+        "--leader-elect", action="store_true", help="hold a Lease to write (replicas > 1)"
+    )
+    controller.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    controller.add_argument("--lease-name", default="tpfilter-controller")
+    controller.add_argument("--lease-seconds", type=float, default=15.0)
+    controller.add_argument("-v", "--verbose", action="store_true")
+    controller.set_defaults(func=_controller)
 
     status = sub.add_parser("status", help="show this node's policies and their maps")
     _paths(status)
@@ -110,6 +176,7 @@ def _agent(args: argparse.Namespace) -> int:
     if not args.node_name:
         print("tpfilter agent: --node-name or $NODE_NAME is required", file=sys.stderr)
         return 2
+    from tpfilter.coalesce import WriteRates
     from tpfilter.runner import AgentConfig, run_agent
 
     config = AgentConfig(
@@ -124,8 +191,36 @@ def _agent(args: argparse.Namespace) -> int:
         programs=not args.no_programs,
         events_file=args.events_file,
         metrics_port=args.metrics_port or None,
+        report=not args.no_report,
+        report_rates=WriteRates(
+            args.report_interval, args.report_counts_interval, args.report_refresh_seconds
+        ),
+        heartbeat_seconds=args.heartbeat_seconds,
+        lease_namespace=args.lease_namespace,
     )
     asyncio.run(run_agent(config))
+    return 0
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from tpfilter.controller import ControllerConfig
+    from tpfilter.controller_runner import ControllerOptions, run_controller
+
+    options = ControllerOptions(
+        config=ControllerConfig(
+            interval=args.interval,
+            stale_after=args.stale_after,
+            max_listed=args.max_listed_nodes,
+            sweep_seconds=args.sweep_seconds,
+            events=not args.no_events,
+        ),
+        liveness=args.liveness or None,
+        leader_elect=args.leader_elect,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        lease_seconds=args.lease_seconds,
+    )
+    asyncio.run(run_controller(options))
     return 0
 
 

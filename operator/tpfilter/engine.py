@@ -88,6 +88,8 @@ class PolicyStatus:
     pending: int  # selected containers whose cgroup is not there yet
     error: str | None = None
     skipped: str | None = None  # why the policy does not apply on this node (nodeSelector)
+    pods: int = 0  # pods of this node with a selected container
+    generation: int = 0  # the policy's metadata.generation this status is for
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +213,7 @@ class Engine:
         if gone:
             self._save()
         self._forget_unwanted([*wanted.values(), all_pods or frozenset(), host_pid])
-        return self._result(policies, applied, scratch, skipped)
+        return self._result(policies, applied, scratch, skipped, wanted)
 
     def _index_before(
         self, scratch: _Pass, mirror: Mapping[int, InnerMapState], pods: Sequence[Pod]
@@ -374,6 +376,7 @@ class Engine:
         applied: int,
         scratch: _Pass,
         skipped: Mapping[str, str],
+        wanted: Mapping[str, frozenset[ContainerRef]],
     ) -> ReconcileResult:
         statuses = []
         for policy in policies:
@@ -388,6 +391,8 @@ class Engine:
                     pending=len(scratch.pending.get(pid, ())),
                     error=scratch.errors.get(pid),
                     skipped=skipped.get(policy.uid),
+                    pods=len({ref.pod_uid for ref in wanted.get(policy.uid, ())}),
+                    generation=policy.generation,
                 )
             )
         pending = frozenset().union(*scratch.pending.values())

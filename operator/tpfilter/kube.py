@@ -32,7 +32,7 @@ def load_api_client() -> Any:
     return kubernetes.client.ApiClient()
 
 
-def _pages(call: Callable[..., Any], **kwargs: Any) -> tuple[list[Mapping[str, Any]], str]:
+def pages(call: Callable[..., Any], **kwargs: Any) -> tuple[list[Mapping[str, Any]], str]:
     items: list[Mapping[str, Any]] = []
     token = None
     while True:
@@ -53,16 +53,16 @@ def make_lister(*, api_client: Any, node_name: str) -> Lister:
     def list_everything() -> FullList:
         policies = {}
         for kind in PolicyKind:
-            items, rv = _pages(
+            items, rv = pages(
                 custom.list_cluster_custom_object, group=GROUP, version=VERSION, plural=kind.plural
             )
             for item in items:  # list items may omit kind; the store needs it
                 item.setdefault("kind", kind.value)  # type: ignore[attr-defined]
             policies[kind] = (items, rv)
-        pods = _pages(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node_name}")
+        pods = pages(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node_name}")
         # A list by name (not a GET): a missing Node is an empty list, not an error, and the
         # list's resourceVersion orders it against the watch's events like the others.
-        nodes, nodes_rv = _pages(core.list_node, field_selector=f"metadata.name={node_name}")
+        nodes, nodes_rv = pages(core.list_node, field_selector=f"metadata.name={node_name}")
         node = nodes[0] if nodes else None
         return FullList(policies=policies, pods=pods, node=(node, nodes_rv))
 

@@ -210,6 +210,7 @@ class Policy(_Model):
     key: PolicyKey
     uid: str
     resource_version: str = ""
+    generation: int = 0  # metadata.generation: what a node report says it has applied
     spec: PolicySpec
 
     @property
@@ -281,6 +282,7 @@ def parse_policy(body: Mapping[str, Any]) -> Policy:
         key=key,
         uid=str(metadata.get("uid") or ""),
         resource_version=str(metadata.get("resourceVersion") or ""),
+        generation=int(metadata.get("generation") or 0),
         spec=spec,
     )
 

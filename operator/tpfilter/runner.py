@@ -14,12 +14,15 @@ from tpfilter import statefile
 from tpfilter.agent import Agent
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import CgroupFsFinder
+from tpfilter.coalesce import WriteRates
 from tpfilter.engine import Engine, Limits
 from tpfilter.handlers import build_registry
 from tpfilter.indexmap import PinnedCandidateIndex
 from tpfilter.kube import load_api_client, make_lister
+from tpfilter.nodelease import NodeLease
 from tpfilter.programs import Metrics, ProgramManager
 from tpfilter.programs.podindex import PodIndex
+from tpfilter.reporter import KubeReportApi, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,13 @@ class AgentConfig:
     events_file: Path | None = None  # None: JSON lines on stdout
     metrics_port: int | None = 9090
     metrics_addr: str = "0.0.0.0"
+    report: bool = True  # write this node's TracingPolicyNodeReport
+    report_rates: WriteRates = field(default_factory=WriteRates)
+    heartbeat_seconds: float = 10.0  # node Lease renewal (the controller's liveness signal)
+    lease_namespace: str = "default"
 
 
-def build_agent(config: AgentConfig) -> Agent:
+def build_agent(config: AgentConfig, api_client: object) -> Agent:
     maps = PinnedFilterMaps(pin_dir=config.pin_dir, max_policies=config.limits.max_policies)
     finder = CgroupFsFinder(cgroup_root=config.cgroup_root, kubepods_roots=config.kubepods_roots)
     engine = Engine(
@@ -51,7 +58,7 @@ def build_agent(config: AgentConfig) -> Agent:
         # What the programs look up first: which policies can apply to a task at all.
         index=PinnedCandidateIndex(pin_dir=config.pin_dir),
     )
-    lister = make_lister(api_client=load_api_client(), node_name=config.node_name)
+    lister = make_lister(api_client=api_client, node_name=config.node_name)
     metrics = Metrics()
     pod_index = PodIndex(finder) if config.programs else None
     programs = None
@@ -77,7 +84,25 @@ def build_agent(config: AgentConfig) -> Agent:
 
 async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until kopf stops (SIGTERM/SIGINT) or ``stop`` is set; the maps stay pinned."""
-    agent = build_agent(config)
+    api_client = load_api_client()
+    agent = build_agent(config, api_client)
+    reporter = None
+    if config.report:
+        reporter = Reporter(
+            node_name=config.node_name,
+            api=KubeReportApi(api_client),
+            rates=config.report_rates,
+            source=lambda: agent.report_entries,
+        )
+        agent.on_report = reporter.changed
+    lease = None
+    if config.report:
+        lease = NodeLease(
+            api_client=api_client,
+            node_name=config.node_name,
+            namespace=config.lease_namespace,
+            interval=config.heartbeat_seconds,
+        )
     if agent.programs is not None:
         await asyncio.to_thread(agent.programs.start)  # probe + compile once (~2-3 s)
     if agent.metrics is not None and config.metrics_port:
@@ -94,13 +119,18 @@ async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -
         )
     )
     loop = asyncio.create_task(agent.run())
+    tasks = {operator, loop}
+    if reporter is not None:
+        tasks.add(asyncio.create_task(reporter.run()))
+    if lease is not None:
+        tasks.add(asyncio.create_task(lease.run()))
     try:
-        done, _ = await asyncio.wait({operator, loop}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            task.result()  # surface a crash of either side
+            task.result()  # surface a crash of any side
     finally:
         stop_flag.set()
-        for task in (operator, loop):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

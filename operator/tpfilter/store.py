@@ -84,6 +84,8 @@ class InvalidPolicy:
     namespace: str | None
     name: str
     error: str
+    uid: str = ""
+    generation: int = 0
 
 
 class Store:
@@ -192,7 +194,12 @@ class Store:
             policy = parse_policy(body)
         except PolicyError as exc:
             self._invalid[metadata.get("uid", "")] = InvalidPolicy(
-                str(body.get("kind")), metadata.get("namespace"), metadata.get("name", ""), str(exc)
+                str(body.get("kind")),
+                metadata.get("namespace"),
+                metadata.get("name", ""),
+                str(exc),
+                uid=str(metadata.get("uid", "")),
+                generation=int(metadata.get("generation") or 0),
             )
             return None
         self._invalid.pop(policy.uid, None)

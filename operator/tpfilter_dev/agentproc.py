@@ -52,6 +52,11 @@ class AgentProcess:
     cgroup_root: Path
     log_path: Path
     resync_seconds: float = 300.0
+    # The node report's write rates: fast, so that tests see a change within a second.
+    report_interval: float = 0.2
+    report_counts_interval: float = 0.5
+    heartbeat_seconds: float = 2.0
+    extra: tuple[str, ...] = ()  # more arguments, e.g. ("--no-programs",)
     process: subprocess.Popen[bytes] | None = None
     _started: float = 0.0
     port: int = field(default_factory=free_port)
@@ -77,7 +82,14 @@ class AgentProcess:
             str(self.metrics_port),
             "--events-file",
             str(self.events_path),
+            "--report-interval",
+            str(self.report_interval),
+            "--report-counts-interval",
+            str(self.report_counts_interval),
+            "--heartbeat-seconds",
+            str(self.heartbeat_seconds),
             "-v",
+            *self.extra,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         log = open(self.log_path, "ab")  # noqa: SIM115 (lives with the process)

@@ -13,6 +13,7 @@ from typing import Any
 
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.indexmap import INDEX_PIN_NAME
+from tpfilter.reporter import GROUP, PLURAL, VERSION
 from tpfilter_dev.agentproc import AgentProcess
 from tpfilter_dev.cgroupfs import remove_cgroup_tree
 from tpfilter_dev.controlplane import ControlPlane
@@ -46,6 +47,7 @@ class LocalNode:
             runtime=runtime,
         )
         self.kubelet.register_node(labels)
+        self._api_client = api_client
         self.agent = AgentProcess(
             kubeconfig=plane.kubeconfig,
             node_name=name,
@@ -59,9 +61,27 @@ class LocalNode:
         self.agent.stop()
         try:
             self.kubelet.close()
+            self.delete_from_api()
         finally:
             remove_cgroup_tree(self.cgroup_root)
             (self.pin_dir / INDEX_PIN_NAME).unlink(missing_ok=True)
             if (self.pin_dir / OUTER_PIN_NAME).exists():
                 with PinnedFilterMaps(pin_dir=self.pin_dir) as maps:
                     maps.remove_pins()
+
+    def delete_from_api(self) -> None:
+        """Remove this node's Node object and its report (a node leaving the cluster)."""
+        import kubernetes
+
+        calls = (
+            lambda: kubernetes.client.CoreV1Api(self._api_client).delete_node(self.name),
+            lambda: kubernetes.client.CustomObjectsApi(
+                self._api_client
+            ).delete_cluster_custom_object(GROUP, VERSION, PLURAL, self.name),
+        )
+        for call in calls:
+            try:
+                call()
+            except Exception as exc:  # gone already: fine
+                if getattr(exc, "status", None) != 404:
+                    raise

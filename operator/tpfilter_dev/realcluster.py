@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
+from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import eventually, kernel_view
 from tpfilter_dev.realnode import NODE_IP, RealNode
 
@@ -159,7 +162,9 @@ class Cluster:
 
     def agent_pod(self) -> str:
         out = self.kubectl(
-            "get", "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=tpfilter",
+            "get", "pods", "-n", RELEASE_NS,
+            # the agent's pod, not the controller's (component=controller)
+            "-l", "app.kubernetes.io/name=tpfilter,app.kubernetes.io/component=agent",
             "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}",
         )  # fmt: skip
         names = out.split()
@@ -191,3 +196,43 @@ class Cluster:
 def maps_on_host() -> dict[str, frozenset[int]]:
     """{policy key: cgroup IDs} read from the host's pins through the agent's state file."""
     return kernel_view(PIN_DIR, STATE_DIR)
+
+
+def remove_agent_leftovers() -> None:
+    """What the agent leaves on the node by design (README: pins and state), removed once
+    the node is gone."""
+    (PIN_DIR / INDEX_PIN_NAME).unlink(missing_ok=True)
+    if (PIN_DIR / OUTER_PIN_NAME).exists():
+        PinnedFilterMaps(pin_dir=PIN_DIR).remove_pins()
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def main() -> int:
+    """``scripts/run-node.sh``: a real node with the agent installed by helm, until Ctrl-C."""
+    import signal
+    import threading
+
+    images = build_images()
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with RealNode(images=tuple(images.values())) as node:
+        cluster = Cluster(node)
+        cluster.helm_install()
+        print(
+            f"node {node.name} Ready, tpfilter installed with helm (release {RELEASE} in "
+            f"{RELEASE_NS}); pods run with image {BUSYBOX}.\n"
+            f"  export KUBECONFIG={node.kubeconfig}\n"
+            f"  kubectl apply -f {ROOT / 'examples' / 'seed-policy-tracepoint.yaml'}\n"
+            f"  kubectl -n {RELEASE_NS} exec ds/tpfilter -- tpfilter status "
+            f"--pin-dir={PIN_DIR} --state-dir={STATE_DIR}\n"
+            "Ctrl-C stops the node and removes what it made, the agent's pins included.",
+            flush=True,
+        )
+        stop.wait()
+    remove_agent_leftovers()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,7 +42,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +86,7 @@ class RealNode:
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _node_token: str = field(default_factory=lambda: secrets.token_hex(16))
     _made_shared: bool = False
+    _network_made: bool = False  # stop() undoes only what this node made
 
     @property
     def plane(self) -> ControlPlane:
@@ -164,6 +165,7 @@ class RealNode:
 
     def _network_up(self) -> None:
         _run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+        self._network_made = True
         cni = self.workdir / "cni"
         (cni / "net.d").mkdir(parents=True)
         (cni / "net.d" / "10-tpf-node.conflist").write_text(
@@ -266,8 +268,7 @@ class RealNode:
 
         self._wait(ready, "node Ready", timeout=timeout)
 
-    def _wait(self, ok: object, what: str, *, timeout: float) -> None:
-        assert callable(ok)
+    def _wait(self, ok: Callable[[], bool], what: str, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
@@ -308,11 +309,13 @@ class RealNode:
         if "containerd" in self._procs:
             self._remove_containers()
             _terminate(self._procs.pop("containerd"))
-        self._kill_shims()
-        self._unmount_all()
-        _remove_kubepods_cgroups()
-        _run("ip", "link", "del", BRIDGE, check=False)
-        _run("ip", "addr", "del", f"{NODE_IP}/32", "dev", "lo", check=False)
+        if self._network_made:  # else another node's (or nothing) is there: not ours
+            self._kill_shims()
+            self._unmount_all()
+            _remove_kubepods_cgroups()
+            _run("ip", "link", "del", BRIDGE, check=False)
+            _run("ip", "addr", "del", f"{NODE_IP}/32", "dev", "lo", check=False)
+            self._network_made = False
         if self._plane is not None:
             self._plane.stop()  # also removes its own workdir
             self._plane = None

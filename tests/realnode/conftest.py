@@ -21,9 +21,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tpfilter.bpfmaps import PinnedFilterMaps
-from tpfilter.indexmap import INDEX_PIN_NAME
-from tpfilter_dev.realcluster import PIN_DIR, RELEASE, RELEASE_NS, STATE_DIR, Cluster, build_images
+from tpfilter_dev.realcluster import (
+    RELEASE,
+    RELEASE_NS,
+    Cluster,
+    build_images,
+    remove_agent_leftovers,
+)
 from tpfilter_dev.realnode import RealNode
 
 
@@ -63,10 +67,7 @@ def cluster() -> Iterator[Cluster]:
                 capture_output=True,
                 check=False,
             )  # fmt: skip
-    (PIN_DIR / INDEX_PIN_NAME).unlink(missing_ok=True)
-    if (PIN_DIR / "policy_filter_maps").exists():
-        PinnedFilterMaps(pin_dir=PIN_DIR).remove_pins()
-    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    remove_agent_leftovers()
 
 
 @pytest.fixture

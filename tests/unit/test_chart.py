@@ -106,8 +106,18 @@ def mounts(docs: Sequence[Doc]) -> dict[str, tuple[Doc, Doc]]:
     return {m["mountPath"]: (m, volumes[m["name"]]) for m in agent_container(docs)["volumeMounts"]}
 
 
-def rules(docs: Sequence[Doc]) -> Iterator[tuple[str, str, set[str]]]:
-    for rule in only(docs, "ClusterRole")["rules"]:
+def named(docs: Sequence[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind}s named {name}"
+    return found[0]
+
+
+AGENT = f"{RELEASE}-tpfilter"
+CONTROLLER = f"{RELEASE}-tpfilter-controller"
+
+
+def rules(docs: Sequence[Doc], role: str = AGENT) -> Iterator[tuple[str, str, set[str]]]:
+    for rule in named(docs, "ClusterRole", role)["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 yield group, resource, set(rule["verbs"])
@@ -124,9 +134,19 @@ def test_default_render_objects_and_labels(helm: str) -> None:
     docs = render(helm)
     assert sorted(d["kind"] for d in docs) == [
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "DaemonSet",
+        "Deployment",
+        "Role",
+        "Role",
+        "RoleBinding",
+        "RoleBinding",
         "ServiceAccount",
+        "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     for doc in docs:
         labels = doc["metadata"]["labels"]
@@ -134,20 +154,30 @@ def test_default_render_objects_and_labels(helm: str) -> None:
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["helm.sh/chart"].startswith("tpfilter-")
-        if doc["kind"] in ("ServiceAccount", "DaemonSet"):
+        if doc["kind"] in ("ServiceAccount", "DaemonSet", "Deployment", "Role", "RoleBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE
     ds = only(docs, "DaemonSet")
     selector = ds["spec"]["selector"]["matchLabels"]
     assert selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert "app.kubernetes.io/version" not in selector  # the selector is immutable
 
-    account = only(docs, "ServiceAccount")["metadata"]["name"]
-    binding = only(docs, "ClusterRoleBinding")
+    account = named(docs, "ServiceAccount", AGENT)["metadata"]["name"]
+    binding = named(docs, "ClusterRoleBinding", AGENT)
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == account
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
     ]
-    assert binding["roleRef"]["name"] == only(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == AGENT
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == CONTROLLER
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        controller_binding = named(docs, kind, CONTROLLER)
+        assert controller_binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": CONTROLLER, "namespace": NAMESPACE}
+        ]
+    controller_labels = deployment["spec"]["selector"]["matchLabels"]
+    assert controller_labels["app.kubernetes.io/component"] == "controller"
+    assert selector["app.kubernetes.io/component"] == "agent"
 
 
 def test_default_daemonset(helm: str) -> None:
@@ -165,10 +195,15 @@ def test_default_daemonset(helm: str) -> None:
         "--max-cgroups-per-policy=32768",
         "--resync-seconds=300",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--report-interval=5",
+        "--report-counts-interval=60",
+        "--report-refresh-seconds=3600",
+        "--heartbeat-seconds=10",
     ]
     assert "command" not in agent  # the image's entrypoint script must run
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
     assert agent["securityContext"]["privileged"] is True
     assert pod["hostPID"] is True  # the node's PID namespace is the agent's own
@@ -232,6 +267,7 @@ def test_overrides(helm: str) -> None:
             "mountBpffs": "false",
             "priorityClassName": "",
             "nodeSelector.pool": "bpf",
+            "report.enabled": "false",
             "kubernetesServiceHost": "192.0.2.10",
             "kubernetesServicePort": "6443",
         },
@@ -249,6 +285,7 @@ def test_overrides(helm: str) -> None:
         "--max-cgroups-per-policy=4096",
         "--resync-seconds=60",
         "--liveness=http://[::]:9876/healthz",
+        "--no-report",
         "--cgroup-root=/sys/fs/cgroup/unified",
         "--kubepods-root=kubepods.slice",
         "--kubepods-root=kubelet.slice/kubelet-kubepods.slice",
@@ -273,7 +310,7 @@ def test_overrides(helm: str) -> None:
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "bpf"}
 
 
-def test_cluster_role_is_read_only_on_pods_and_policies(helm: str) -> None:
+def test_agent_role_is_read_only_but_for_its_report(helm: str) -> None:
     granted = list(rules(render(helm)))
     for group, resource, verbs in granted:
         assert "*" not in verbs and resource != "*" and group != "*", (group, resource, verbs)
@@ -289,20 +326,124 @@ def test_cluster_role_is_read_only_on_pods_and_policies(helm: str) -> None:
     assert by_resource[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
     assert ("", "events") not in by_resource
     assert ("events.k8s.io", "events") not in by_resource
+    # Its node's report: no delete, no list (the admission policy binds it to its node).
+    assert by_resource[("tpfilter.io", "tracingpolicynodereports")] == {"get", "create", "patch"}
+    writes = {(g, r) for g, r, v in granted if v - READ_VERBS}
+    assert writes == {("tpfilter.io", "tracingpolicynodereports")}
+    assert not any(r.endswith("/status") for _, r, _ in granted)
+    no_report = list(rules(render(helm, {"report.enabled": "false"})))
+    assert all(v <= READ_VERBS for _, _, v in no_report)
+
+
+def test_controller_deployment(helm: str) -> None:
+    docs = render(helm)
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["tpfilter"]
+    assert container["args"] == [
+        "controller",
+        "--interval=2",
+        "--stale-after=180",
+        "--max-listed-nodes=20",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--leader-elect",
+        f"--lease-name={CONTROLLER}",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "hostPID" not in pod and "volumes" not in pod
+    direct = render(helm, {"kubernetesServiceHost": "192.0.2.10", "kubernetesServicePort": "6443"})
+    controller_pod = only(direct, "Deployment")["spec"]["template"]["spec"]
+    direct_env = {e["name"]: e.get("value") for e in controller_pod["containers"][0]["env"]}
+    assert direct_env["KUBERNETES_SERVICE_HOST"] == "192.0.2.10"
+    assert direct_env["KUBERNETES_SERVICE_PORT"] == "6443"
+    single = render(helm, {"controller.replicas": "1", "controller.leaderElection": "false"})
+    args = only(single, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-elect" not in args
+    verbs = [r["verbs"] for r in named(single, "Role", CONTROLLER)["rules"]]
+    assert verbs == [["list"]]  # the node Leases only: no Lease of its own
+    off = render(helm, {"controller.enabled": "false"})
+    assert not [d for d in off if "controller" in d["metadata"]["name"]]
+
+
+def test_controller_rbac_is_least_privilege(helm: str) -> None:
+    docs = render(helm)
+    granted = {(g, r): v for g, r, v in rules(docs, CONTROLLER)}
+    assert all("*" not in v for v in granted.values())
+    for plural in ("tracingpolicies", "tracingpoliciesnamespaced"):
+        assert granted[("cilium.io", plural)] == READ_VERBS  # never the spec
+        assert granted[("cilium.io", f"{plural}/status")] == {"patch"}  # only the status
+    assert granted[("tpfilter.io", "tracingpolicynodereports")] == READ_VERBS | {"delete"}
+    assert granted[("", "events")] == {"create"}
+    assert granted[("", "nodes")] == {"list", "watch"}
+    assert ("", "pods") not in granted
+    role = named(docs, "Role", CONTROLLER)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    by_verbs = {tuple(r["verbs"]): r for r in role["rules"]}
+    assert by_verbs[("get", "update")]["resourceNames"] == [CONTROLLER]
+    assert "resourceNames" not in by_verbs[("create",)]  # create cannot be name-restricted
+    assert ("list",) in by_verbs  # the agents' node Leases
+    assert all(r["resources"] == ["leases"] for r in role["rules"])
+    # The agent: its node Lease, create and patch, in the release namespace only.
+    agent_role = named(docs, "Role", AGENT)
+    assert agent_role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["create", "patch"],
+        }
+    ]
+
+
+def test_node_bound_reports_admission_policy(helm: str) -> None:
+    docs = render(helm)
+    policy = only(docs, "ValidatingAdmissionPolicy")
+    binding = only(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    resources = {r["resources"][0]: r for r in spec["matchConstraints"]["resourceRules"]}
+    assert resources.keys() == {"tracingpolicynodereports", "leases"}
+    assert all(set(r["operations"]) == {"CREATE", "UPDATE"} for r in resources.values())
+    [condition] = spec["matchConditions"]
+    assert f"system:serviceaccount:{NAMESPACE}:{AGENT}" in condition["expression"]
+    [validation] = spec["validations"]
+    assert "authentication.kubernetes.io/node-name" in validation["expression"]
+    assert "object.metadata.name ==" in validation["expression"]
+    off = render(helm, {"report.nodeBound": "false"})
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
 
 
 def test_rbac_and_account_can_be_disabled(helm: str) -> None:
     docs = render(
         helm, {"rbac.create": "false", "serviceAccount.create": "false", "serviceAccount.name": "x"}
     )
-    assert [d["kind"] for d in docs] == ["DaemonSet"]
+    assert sorted(d["kind"] for d in docs) == [
+        "DaemonSet",
+        "Deployment",
+        "ServiceAccount",  # the controller's
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
     assert only(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "x"
 
 
 def test_crds_are_shipped(helm: str) -> None:
     docs = render(helm, extra=["--include-crds"])
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
-    assert crds == {"tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io"}
+    assert crds == {
+        "tracingpolicies.cilium.io",
+        "tracingpoliciesnamespaced.cilium.io",
+        "tracingpolicynodereports.tpfilter.io",
+    }
 
 
 @pytest.mark.parametrize(

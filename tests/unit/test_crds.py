@@ -324,7 +324,9 @@ def _expectations(path: Path) -> list[str]:
 
 def test_generated_files_are_up_to_date(tmp_path: Path) -> None:
     written = gen.write_all(tmp_path)
-    assert sorted(p.name for p in written) == sorted(k.filename for k in gen.KINDS)
+    assert sorted(p.name for p in written) == sorted(
+        [*(k.filename for k in gen.KINDS), gen.REPORT_FILENAME]
+    )
     for path in written:
         committed = CRD_DIR / path.name
         assert committed.read_bytes() == path.read_bytes(), (
@@ -365,12 +367,20 @@ def test_crd_metadata(kind: str) -> None:
     assert version["served"] is True and version["storage"] is True
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Pod-Selector", "Container-Selector", "Ready", "Nodes", "Age"]
+    assert list(columns) == [
+        "Pod-Selector",
+        "Container-Selector",
+        "Ready",
+        "Nodes",
+        "Pods",
+        "Reason",
+        "Age",
+    ]
     assert columns["Pod-Selector"]["jsonPath"] == ".spec.podSelector"
     status = _root_schema(crd)["properties"]["status"]["properties"]
-    for name in ("Ready", "Nodes"):
+    for name in ("Ready", "Nodes", "Pods", "Reason"):
         field = columns[name]["jsonPath"].removeprefix(".status.")
-        assert status[field]["type"] == columns[name]["type"] == "integer"
+        assert status[field]["type"] == columns[name]["type"]
         assert "[" not in columns[name]["jsonPath"], "the API server prints only a first match"
     assert columns["Age"] == {
         "name": "Age",
@@ -380,6 +390,30 @@ def test_crd_metadata(kind: str) -> None:
     for column in columns.values():
         assert column["type"] in {"string", "integer", "number", "boolean", "date"}
         assert column["jsonPath"].startswith(".")
+
+
+def test_report_crd() -> None:
+    """tpfilter's own kind: cluster-scoped, its own group, no status subresource (the agent
+    writes the whole object), named after its node (CEL, with its twin), UID-keyed entries."""
+    with (CRD_DIR / gen.REPORT_FILENAME).open(encoding="utf-8") as f:
+        crd = yaml.load(f, Loader=_LOADER)
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "tracingpolicynodereports.tpfilter.io"
+    assert (spec["group"], spec["scope"]) == ("tpfilter.io", "Cluster")
+    [version] = spec["versions"]
+    assert "subresources" not in version
+    root = version["schema"]["openAPIV3Schema"]
+    [rule] = root["x-kubernetes-validations"]
+    twin = gen.CEL_TWINS[rule["rule"]]
+    assert twin({"metadata": {"name": "n1"}, "nodeName": "n1"})
+    assert not twin({"metadata": {"name": "n1"}, "nodeName": "n2"})
+    policies = root["properties"]["policies"]
+    assert policies["x-kubernetes-list-map-keys"] == ["uid"]
+    assert set(policies["items"]["required"]) == {"uid", "state"}
+    entry = policies["items"]["properties"]
+    assert entry["state"]["enum"] == ["Ready", "Pending", "Unsupported", "Skipped", "Error"]
+    for path, node in _walk(root):
+        assert node.get("type") in _TYPES, f"{path}: every node needs a type"
 
 
 def _walk(schema: Mapping[str, Any], path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -46,6 +46,27 @@ app.kubernetes.io/part-of: tpfilter
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/*
+The controller's labels: the same set with component: controller (its own selector).
+*/}}
+{{- define "tpfilter.controllerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tpfilter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "tpfilter.controllerLabels" -}}
+helm.sh/chart: {{ include "tpfilter.chart" . }}
+{{ include "tpfilter.controllerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: tpfilter
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "tpfilter.controllerName" -}}
+{{- printf "%s-controller" (include "tpfilter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "tpfilter.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "tpfilter.fullname" .) .Values.serviceAccount.name }}

@@ -29,6 +29,7 @@ from tpfilter.programs.tracefs import Field, TracepointFormat
 from tpfilter.programs.values import parse_int
 
 __all__ = [
+    "STRING_TYPES",
     "ArgMatch",
     "ArgSpec",
     "HookConfig",
@@ -62,6 +63,7 @@ _INT_TYPES: Mapping[str, IntType] = {
     "ulong": IntType.U64,
 }
 _STRING_TYPES = frozenset({"string", "data_loc"})
+STRING_TYPES = _STRING_TYPES  # argument types read as strings (tpfilter.accept needs them)
 _STRING_OPS: Mapping[str, Op] = {
     "equal": Op.EQ,
     "notequal": Op.NE,
