@@ -5,22 +5,37 @@
  *
  *   tpf_kprobe     attached to each kernel function a policy names (`spec.kprobes[].call`);
  *                  which one fired is told by its address (bpf_get_func_ip), which the agent
- *                  maps to the function's hook ID in tpf_kfuncs. The arguments are read
- *                  from the registers into values[0..5]; a hook may read one kernel string:
- *                  the char * at offset str_off of the struct its argument str_arg points
- *                  to (linux_binprm: filename; the offset comes from the node's BTF, so it
- *                  is the running kernel's). The string is strs[0] (what PATH selectors
- *                  compare). Then the tracepoints' stages: candidates, policy_filter_check
- *                  first, selectors, actions - through the kprobe-typed stage programs
- *                  below (a tail call needs a program array of the caller's type).
+ *                  maps to the function's hook ID in tpf_kfuncs. Argument i is read into
+ *                  values[1 + i] (as sys_enter's: values[k] is also strs[k]'s pointer),
+ *                  from the registers, or for a syscall (`syscall: true`: the function is
+ *                  the arch's wrapper, __x64_sys_*, whose one parameter is the user's
+ *                  pt_regs) from the registers the user called the syscall with. String
+ *                  arguments are read in the STRINGS stage from kernel memory, or user
+ *                  memory for a syscall (tpf_work.kern_strs). A hook may also read one
+ *                  kernel string: the char * at offset str_off of the struct its argument
+ *                  str_arg points to (linux_binprm: filename; the offset comes from the
+ *                  node's BTF, so it is the running kernel's), as strs[0] (what PATH
+ *                  selectors compare). Then the tracepoints' stages: candidates,
+ *                  policy_filter_check first, selectors, actions - through the
+ *                  kprobe-typed stage programs below (a tail call needs a program array of
+ *                  the caller's type).
+ *
+ *   tpf_kretprobe  attached as a return probe to each function a `return: true` entry
+ *                  names. The entry's posted events carry TPF_EV_RET_WAIT and mark the task
+ *                  in tpf_retwait; at the return this program sends a return record (the
+ *                  hook, the task, the return value in values[0]) that the agent joins to
+ *                  them (tpfilter.programs.retjoin). The selectors run at the entry, where
+ *                  Sigkill and Override can still act, as in Tetragon.
  *
  *   Override       a kprobe cannot change a return value on a kernel without
  *                  bpf_override_return (Debian: no CONFIG_FUNCTION_ERROR_INJECTION). For a
- *                  security_<hook> function the matching selector records argError for the
- *                  task (tpf_override) and the BPF LSM program of <hook>, which the kernel
- *                  runs inside security_<hook> after the kprobe at its entry, returns it:
- *                  the caller sees the error. The kprobe drops a stale verdict of the same
- *                  task first, so a verdict only ever applies to the call that made it.
+ *                  security_<hook> function the matching selector records argError and the
+ *                  hook for the task (tpf_override) and the BPF LSM program of <hook>
+ *                  (tpf_lsm_override.c, loaded for that hook when a policy needs it), which
+ *                  the kernel runs inside security_<hook> after the kprobe at its entry,
+ *                  returns it: the caller sees the error. The kprobe drops a stale verdict
+ *                  of the same task first, so a verdict only ever applies to the call that
+ *                  made it, and the LSM program takes only a verdict made for its hook.
  */
 
 #include <linux/ptrace.h> /* struct pt_regs: the kernel's own (its headers) */
@@ -28,9 +43,14 @@
 BPF_PROG_ARRAY(tpf_kstages, 3);
 BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -> hook */
 
+#define TPF_KH_SYSCALL 1 /* the arch's syscall wrapper: arguments from the user's pt_regs */
+#define TPF_KH_RETURN 2  /* return: true: posted events wait for the return record */
+
 struct tpf_khook {
 	u8 str_arg; /* argument holding the struct pointer; 0xff: no string */
-	u8 pad[3];
+	u8 flags;   /* TPF_KH_* */
+	u8 kern_strs; /* bit k: strs[k] (argument k - 1) is read from kernel memory */
+	u8 pad;
 	u32 str_off; /* offset of the char * member in that struct */
 };
 BPF_ARRAY(tpf_khooks, struct tpf_khook, TPF_NR_HOOKS);
@@ -62,6 +82,17 @@ int tpf_kstage_select(struct pt_regs *ctx)
 	return 0;
 }
 
+/* The syscall's arguments from the pt_regs the user entered the kernel with. */
+static __always_inline void tpf_syscall_args(u64 *values, struct pt_regs *regs)
+{
+	bpf_probe_read_kernel(&values[1], sizeof(u64), &PT_REGS_PARM1_SYSCALL(regs));
+	bpf_probe_read_kernel(&values[2], sizeof(u64), &PT_REGS_PARM2_SYSCALL(regs));
+	bpf_probe_read_kernel(&values[3], sizeof(u64), &PT_REGS_PARM3_SYSCALL(regs));
+	bpf_probe_read_kernel(&values[4], sizeof(u64), &PT_REGS_PARM4_SYSCALL(regs));
+	bpf_probe_read_kernel(&values[5], sizeof(u64), &PT_REGS_PARM5_SYSCALL(regs));
+	bpf_probe_read_kernel(&values[6], sizeof(u64), &PT_REGS_PARM6_SYSCALL(regs));
+}
+
 int tpf_kprobe(struct pt_regs *ctx)
 {
 	u64 ip = bpf_get_func_ip(ctx), id;
@@ -69,6 +100,7 @@ int tpf_kprobe(struct pt_regs *ctx)
 	struct tpf_khook *kh;
 	struct tpf_hook *h;
 	struct tpf_work *w;
+	u64 *values;
 
 	if (!found)
 		return 0;
@@ -83,20 +115,29 @@ int tpf_kprobe(struct pt_regs *ctx)
 		return 0;
 	if (!tpf_begin(w, hook, h))
 		return 0;
-	w->sc.ev.values[0] = PT_REGS_PARM1(ctx);
-	w->sc.ev.values[1] = PT_REGS_PARM2(ctx);
-	w->sc.ev.values[2] = PT_REGS_PARM3(ctx);
-	w->sc.ev.values[3] = PT_REGS_PARM4(ctx);
-	w->sc.ev.values[4] = PT_REGS_PARM5(ctx);
-	w->sc.ev.values[5] = PT_REGS_PARM6(ctx);
-	w->sc.ev.values[6] = 0;
-	w->sc.ev.values[7] = 0;
+	kh = tpf_khooks.lookup(&hook);
+	if (!kh)
+		return 0;
+	values = w->sc.ev.values;
+	values[0] = 0; /* the return value, in the return record */
+	values[7] = 0;
+	if (kh->flags & TPF_KH_SYSCALL) {
+		tpf_syscall_args(values, (struct pt_regs *)PT_REGS_PARM1(ctx));
+	} else {
+		values[1] = PT_REGS_PARM1(ctx);
+		values[2] = PT_REGS_PARM2(ctx);
+		values[3] = PT_REGS_PARM3(ctx);
+		values[4] = PT_REGS_PARM4(ctx);
+		values[5] = PT_REGS_PARM5(ctx);
+		values[6] = PT_REGS_PARM6(ctx);
+	}
+	w->kern_strs = kh->kern_strs;
+	w->ret_wait = kh->flags & TPF_KH_RETURN ? 1 : 0;
 	tpf_str_reset(&w->sc.path);
 	w->sc.ev.path[0] = 0;
-	kh = tpf_khooks.lookup(&hook);
-	if (kh && kh->str_arg < 6) {
+	if (kh->str_arg < 6) {
 		char *p = 0;
-		u64 base = w->sc.ev.values[kh->str_arg & 7];
+		u64 base = values[(kh->str_arg + 1) & 7];
 
 		bpf_probe_read_kernel(&p, sizeof(p), (void *)(base + kh->str_off));
 		tpf_str_done(&w->sc.path,
@@ -107,24 +148,31 @@ int tpf_kprobe(struct pt_regs *ctx)
 	return 0;
 }
 
-#ifdef TPF_WITH_LSM
-/* Override appliers: one per LSM hook in tpfilter.programs.kprobes.OVERRIDE_LSM_HOOKS. */
-struct linux_binprm;
-
-static __always_inline int tpf_override_verdict(void)
+/* The return record of a task whose entry event was posted (see the top of this file). */
+int tpf_kretprobe(struct pt_regs *ctx)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	s32 *err = tpf_override.lookup(&id), e;
+	u64 ip = bpf_get_func_ip(ctx), id = bpf_get_current_pid_tgid();
+	u32 *found = tpf_kfuncs.lookup(&ip), *waiting = tpf_retwait.lookup(&id);
+	struct tpf_event *ev;
 
-	if (!err)
+	if (!found || !waiting || *waiting != *found)
 		return 0;
-	e = *err;
-	tpf_override.delete(&id);
-	return e;
+	tpf_retwait.delete(&id);
+	ev = tpf_events.ringbuf_reserve(sizeof(*ev));
+	if (!ev)
+		return 0; /* the agent's joiner gives up waiting for it after a bound */
+	__builtin_memset(ev, 0, offsetof(struct tpf_event, comm));
+	ev->ktime_ns = bpf_ktime_get_boot_ns();
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->pid = id >> 32;
+	ev->tid = (u32)id;
+	ev->hook = *found;
+	ev->sel = 0xff;
+	ev->flags = TPF_EV_RETURN;
+	ev->values[0] = PT_REGS_RC(ctx);
+	ev->comm[0] = 0;
+	ev->path[0] = 0;
+	ev->str[0] = 0;
+	tpf_events.ringbuf_submit(ev, 0);
+	return 0;
 }
-
-LSM_PROBE(bprm_creds_for_exec, struct linux_binprm *bprm)
-{
-	return tpf_override_verdict();
-}
-#endif

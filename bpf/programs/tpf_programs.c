@@ -121,7 +121,9 @@ struct tpf_work {
 	u32 ncand;  /* filtered candidates in cand[] */
 	u32 nkept;  /* entries in slots[] */
 	u8 pass;    /* policy_filter_check()'s last answer, see tpf_stage_filter */
-	u8 pad[3];
+	u8 kern_strs; /* bit k: strs[k] is a kernel string (kprobes), else a user string */
+	u8 ret_wait;  /* a kprobe with return: true: posted events wait for the return */
+	u8 pad;
 };
 
 BPF_ARRAY(tpf_hooks, struct tpf_hook, TPF_NR_HOOKS);
@@ -142,7 +144,11 @@ BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
 BPF_PROG_ARRAY(tpf_stages, 3);
 /* Override verdicts: pid_tgid -> argError, from a kprobe's selector to the BPF LSM program
  * the kernel calls inside the same security_* function (tpf_kprobe.c). */
-BPF_F_TABLE("hash", u64, s32, tpf_override, 16384, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", u64, struct tpf_verdict, tpf_override, 16384, BPF_F_NO_PREALLOC);
+/* Shared with the per-hook Override programs (tpf_lsm_override.c, modules of their own). */
+__attribute__((section("maps/export"))) struct tpf_override_table_t __tpf_override;
+/* Tasks with a posted kprobe event waiting for its function's return: task -> hook. */
+BPF_F_TABLE("hash", u64, u32, tpf_retwait, 16384, BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(tpf_events, TPF_RINGBUF_PAGES);
 /* Never written: declared so that bcc hands the agent the event's ctypes layout. */
 BPF_ARRAY(tpf_event_layout, struct tpf_event, 1);
@@ -471,8 +477,9 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 	ev->flags = 0;
 	if (actions & TPF_ACT_OVERRIDE) {
 		u64 id = bpf_get_current_pid_tgid();
+		struct tpf_verdict v = {.error = error, .hook = w->hook};
 
-		if (tpf_override.update(&id, &error) != 0)
+		if (tpf_override.update(&id, &v) != 0)
 			tpf_count(config, TPF_STAT_ERROR);
 	}
 	if (actions & TPF_ACT_SIGKILL) {
@@ -495,6 +502,13 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 	if (w->sc.path.too_long)
 		ev->flags |= TPF_EV_PATH_LONG;
 	ev->str[0] = 0;
+	if (w->ret_wait) {
+		u64 id = bpf_get_current_pid_tgid();
+		u32 hook = w->hook;
+
+		ev->flags |= TPF_EV_RET_WAIT;
+		tpf_retwait.update(&id, &hook);
+	}
 	if (slot->capture != 0xff) {
 		struct tpf_str *c = tpf_strs_at(w, slot->capture);
 
@@ -521,8 +535,12 @@ static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook
 		if (!((h->str_mask | h->capture) & (1 << k)))
 			continue;
 		tpf_str_reset(str);
-		tpf_str_done(str, bpf_probe_read_user_str(str->fwd.s, TPF_STR_MAX,
-							  (void *)w->sc.ev.values[k]));
+		if (w->kern_strs & (1 << k))
+			tpf_str_done(str, bpf_probe_read_kernel_str(str->fwd.s, TPF_STR_MAX,
+								    (void *)w->sc.ev.values[k]));
+		else
+			tpf_str_done(str, bpf_probe_read_user_str(str->fwd.s, TPF_STR_MAX,
+								  (void *)w->sc.ev.values[k]));
 		if (h->rev_mask & (1 << k))
 			tpf_str_reverse(str);
 	}
@@ -731,6 +749,8 @@ static __always_inline bool tpf_begin(struct tpf_work *w, u32 hook, struct tpf_h
 	w->cursor = 0;
 	w->nkept = 0;
 	w->nany = nany;
+	w->kern_strs = 0;
+	w->ret_wait = 0;
 	w->ncand = h->npol ? tpf_gather(w) : 0;
 	return nany || w->ncand;
 }

@@ -214,6 +214,14 @@ struct tpf_event {
 #define TPF_EV_PATH_LONG 1 /* path was longer than TPF_STR_MAX - 1 bytes: truncated */
 #define TPF_EV_STR_SET 2   /* str holds the captured argument */
 #define TPF_EV_KILL_FAILED 4
+#define TPF_EV_RET_WAIT 8  /* a kprobe with return: true: its return record follows */
+#define TPF_EV_RETURN 16   /* the return record of a kretprobe: values[0] is the value */
+
+/* An Override verdict waiting for the BPF LSM program of the hook it was made for. */
+struct tpf_verdict {
+	s32 error; /* argError, a negative errno */
+	u32 hook;  /* the kprobe hook (security_<lsm hook>) whose selector decided */
+};
 
 /* A string read once per event (and its reverse, made on demand for Postfix). */
 struct tpf_str {

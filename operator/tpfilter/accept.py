@@ -7,9 +7,11 @@ node: tracepoint formats and syscall numbers come from the node's kernel. The co
 has no such node, so it compiles against a made-up node that offers everything: every hook
 kind, every syscall, the supported tracepoints with the fields a kernel has, and syscall
 arguments whose C type is what the policy declares (``const char *`` where it says string,
-``unsigned long`` elsewhere). Whatever that node refuses, every node refuses: the policy
-is not Accepted. What depends on a real kernel (a tracepoint or syscall it lacks, an
-argument that is not the type the policy says) is left to the nodes, which report it as
+``unsigned long`` elsewhere), and likewise every kernel function and LSM hook a kprobe
+or lsmhook names, with the parameters its arguments declare (``_AnyKernel``). Whatever
+that node refuses, every node refuses: the policy is not Accepted. What depends on a real
+kernel (a tracepoint, syscall or function it lacks, an argument that is not the type the
+policy says, kprobes or BPF LSM missing) is left to the nodes, which report it as
 Unsupported where the policy applies.
 """
 
@@ -94,7 +96,52 @@ def _env(spec: Mapping[str, Any]) -> NodeEnv:
         kprobes=None,
         lsm=None,
         tracepoints=None,
+        kernel=_AnyKernel(spec),
+        kprobe_hook=lambda _function: 0,
     )
+
+
+_PARAM_OF_TYPE = {"string": "char *", "linux_binprm": "struct linux_binprm *"}
+
+
+class _AnyKernel:
+    """The made-up node's BTF (the part tpfilter.programs.kprobes asks): every function
+    exists, returns int and takes six parameters, of the C types the policy's kprobe and
+    lsmhook arguments declare (``unsigned long`` for the others)."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self._params: dict[str, tuple[str, ...]] = {}
+        hooks = [(str(kp.get("call", "")), kp) for kp in _entries(spec, "kprobes")]
+        hooks += [(f"security_{h.get('hook', '')}", h) for h in _entries(spec, "lsmhooks")]
+        for function, entry in hooks:
+            params = ["unsigned long"] * 6
+            for arg in entry.get("args") or []:
+                index = arg.get("index") if isinstance(arg, Mapping) else None
+                if isinstance(index, int) and 0 <= index < 6:
+                    params[index] = _PARAM_OF_TYPE.get(str(arg.get("type")), "unsigned long")
+            self._params[function] = tuple(params)
+
+    def func_params(self, func: str) -> tuple[str, ...]:
+        if func.startswith("bpf_lsm_"):
+            func = "security_" + func.removeprefix("bpf_lsm_")
+        return self._params.get(func, ("unsigned long",) * 6)
+
+    def lsm_hook_params(self, hook: str) -> tuple[str, ...]:
+        return self.func_params(f"security_{hook}")
+
+    def func_return(self, func: str) -> str:
+        return "int"
+
+    def has_lsm_hook(self, hook: str) -> bool:
+        return True
+
+    def member_offset(self, struct_name: str, member: str) -> int:
+        return 0
+
+
+def _entries(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = spec.get(key)
+    return [e for e in value if isinstance(e, Mapping)] if isinstance(value, list) else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,10 +148,17 @@ def test_merge_keeps_wanted_order() -> None:
 def test_accept_without_a_kernel() -> None:
     tracepoint = yaml.safe_load((EXAMPLES / "seed-policy-tracepoint.yaml").read_text())
     assert accept(tracepoint["spec"]).accepted
+    # the seed (kprobe + Override) runs where the kernel has kprobes and BPF LSM: the nodes
+    # say whether theirs do
     seed = yaml.safe_load((EXAMPLES / "seed-policy.yaml").read_text())
-    verdict = accept(seed["spec"])
+    assert accept(seed["spec"]).accepted
+    # ... but no node runs a uprobe, or an Override on a function without an LSM hook
+    verdict = accept({**seed["spec"], "uprobes": [{"path": "/bin/sh", "symbols": ["main"]}]})
     assert not verdict.accepted and verdict.reason == "Unsupported"
-    assert "spec.kprobes" in verdict.message
+    assert "spec.uprobes" in verdict.message
+    not_security = yaml.safe_load((EXAMPLES / "seed-policy.yaml").read_text())["spec"]
+    not_security["kprobes"][0]["call"] = "do_sys_openat2"
+    assert "Override on do_sys_openat2" in accept(not_security).message
     string_mask = {
         "tracepoints": [
             {

@@ -273,7 +273,7 @@ def test_syscall_args_string_and_int() -> None:
             },
             "give it type string",
         ),
-        ({"lsmhooks": [{"hook": "file_open"}]}, "BPF LSM programs do not load"),
+        ({"lsmhooks": [{"hook": "file_open"}]}, "evaluated by a kprobe at security_<hook>"),
         ({"uprobes": [{"path": "/bin/sh"}]}, "spec.uprobes: not supported"),
         ({"tracepoints": [{**exec_tp()["tracepoints"][0], "raw": True}]}, "raw not supported"),
         (

@@ -22,12 +22,25 @@ class FakeKernel:
     funcs: ClassVar[dict[str, tuple[str, ...]]] = {
         "security_bprm_creds_for_exec": ("struct linux_binprm *",),
         "security_file_open": ("struct file *",),
-        "do_sys_openat2": ("int", "const char *", "struct open_how *"),
+        "security_file_set_fowner": ("struct file *",),
+        "security_path_mkdir": ("struct path *", "struct dentry *", "umode_t"),
+        "do_sys_openat2": ("int", "char *", "struct open_how *"),
+        "__x64_sys_openat": ("struct pt_regs *",),
+        "bpf_lsm_bprm_creds_for_exec": ("struct linux_binprm *",),
+        "bpf_lsm_file_open": ("struct file *",),
+        "bpf_lsm_file_set_fowner": ("struct file *",),
+        "bpf_lsm_path_mkdir": ("struct path *", "struct dentry *", "unsigned short"),
     }
-    lsm_hooks = frozenset({"bprm_creds_for_exec", "file_open"})
+    lsm_hooks = frozenset({"bprm_creds_for_exec", "file_open", "file_set_fowner", "path_mkdir"})
 
     def func_params(self, func: str) -> tuple[str, ...] | None:
         return self.funcs.get(func)
+
+    def func_return(self, func: str) -> str | None:
+        return None if func not in self.funcs else "void" if "fowner" in func else "int"
+
+    def lsm_hook_params(self, hook: str) -> tuple[str, ...] | None:
+        return self.funcs.get(f"bpf_lsm_{hook}")
 
     def member_offset(self, struct: str, member: str) -> int | None:
         return 96 if (struct, member) == ("linux_binprm", "filename") else None
@@ -97,10 +110,17 @@ def test_override_on_a_function_without_an_lsm_hook_is_refused() -> None:
     assert "no mechanism" in plan.unsupported[0] and "bpf_override_return" in plan.unsupported[0]
 
 
-def test_override_on_an_lsm_hook_without_an_override_program_is_refused() -> None:
-    spec = kprobe("security_file_open", [], [{"matchActions": [{"action": "Override"}]}])
-    (reason,) = compile_spec(spec, ENV).unsupported
-    assert "LSM Override program for bprm_creds_for_exec only" in reason
+def test_override_on_any_lsm_hook_that_returns_an_error() -> None:
+    override = [{"matchActions": [{"action": "Override", "argError": -1}]}]
+    spec = kprobe("security_file_open", [], override)
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.override_lsm == "file_open"
+    assert cfg.mechanism == "Override: BPF LSM file_open; kprobe"
+    void = kprobe("security_file_set_fowner", [], override)
+    (reason,) = compile_spec(void, ENV).unsupported
+    assert "the LSM hook file_set_fowner returns no error (void)" in reason
 
 
 @pytest.mark.parametrize("err", [0, 1, -5000])
@@ -130,8 +150,10 @@ def test_post_only_kprobe_with_int_and_string_filters() -> None:
                   [{"matchArgs": [{"index": 0, "operator": "GT", "values": ["2"]}]}])  # fmt: skip
     (cfg,) = compile_spec(ints, ENV).configs
     (arg,) = cfg.selectors[0].args
-    assert (arg.kind, arg.src, arg.int_type, arg.imm) == (Kind.INT, 0, IntType.S32, 2)
+    # argument i is values[1 + i] (values[0]: the return value)
+    assert (arg.kind, arg.src, arg.int_type, arg.imm) == (Kind.INT, 1, IntType.S32, 2)
     assert cfg.str_reader == (layout.NO_READER, 0)
+    assert (cfg.syscall, cfg.returns, cfg.kern_strs, cfg.override_lsm) == (False, False, 0, "")
 
 
 @pytest.mark.parametrize(
@@ -142,10 +164,17 @@ def test_post_only_kprobe_with_int_and_string_filters() -> None:
          "parameter 0 is struct file *, not struct linux_binprm *"),
         (kprobe("security_file_open", [{"index": 3, "type": "int"}], []),
          "the function has 1 parameters"),
-        (kprobe("do_sys_openat2", [{"index": 1, "type": "string"}], []),
-         "argument type 'string' is not supported on kprobes"),
-        (kprobe("do_sys_openat2", [], [], syscall=True), "syscall: true not supported"),
-        (kprobe("do_sys_openat2", [], [], **{"return": True}), "return: true not supported"),
+        (kprobe("do_sys_openat2", [{"index": 2, "type": "string"}], []),
+         "parameter 2 is struct open_how *, not a char * (type string)"),
+        (kprobe("do_sys_openat2", [{"index": 0, "type": "sock"}], []),
+         "argument type 'sock' is not supported on kprobes"),
+        (kprobe("__x64_sys_openat", [], []), "syscall wrapper: set syscall: true"),
+        (kprobe("nosuchcall", [], [], syscall=True),
+         "syscall 'nosuchcall': no function __x64_sys_nosuchcall on this node"),
+        (kprobe("do_sys_openat2", [], [], returnArg={"index": 0, "type": "int"}),
+         "returnArg: needs return: true"),
+        (kprobe("do_sys_openat2", [], [], returnArg={"type": "file"}, **{"return": True}),
+         "returnArg: type 'file' not supported"),
         (kprobe("do_sys_openat2", [], [{"matchBinaries": [{"operator": "In", "values": ["/x"]}]}]),
          "matchBinaries not supported on kprobes"),
         ({"options": [{"name": "something-else", "value": "1"}]}, "option 'something-else'"),
@@ -176,3 +205,86 @@ def test_the_probe_table_names_the_override_mechanism() -> None:
     )
     no_kprobes = replace(stock, kprobes="no kprobes")
     assert dict(no_kprobes.table())["Override"] == "none: no kprobes"
+
+
+@pytest.mark.parametrize("call", ["openat", "sys_openat", "__x64_sys_openat"])
+def test_syscall_kprobe_resolves_the_arch_wrapper_and_reads_user_strings(call: str) -> None:
+    spec = kprobe(
+        call,
+        [{"index": 0, "type": "int"}, {"index": 1, "type": "string"}],
+        [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": ["/etc/"]}]}],
+        syscall=True,
+    )
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.name == "kprobe/__x64_sys_openat"
+    assert cfg.syscall and cfg.kern_strs == 0  # the user's memory
+    (arg,) = cfg.selectors[0].args
+    assert (arg.kind, arg.src) == (Kind.USER_STR, 2)  # argument 1 -> strs[2]
+    assert cfg.str_mask == 1 << 2 and cfg.capture == 2
+    arm = replace(ENV, syscall_prefix="__arm64_")
+    assert "no function __arm64_sys_openat" in compile_spec(spec, arm).unsupported[0]
+
+
+def test_kernel_string_argument_of_a_plain_kprobe() -> None:
+    spec = kprobe(
+        "do_sys_openat2",
+        [{"index": 1, "type": "string"}],
+        [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/etc/passwd"]}]}],
+    )
+    (cfg,) = compile_spec(spec, ENV).configs
+    assert not cfg.syscall and cfg.kern_strs == 1 << 2  # strs[2] from kernel memory
+
+
+def test_return_probe_reports_the_return_value() -> None:
+    spec = kprobe(
+        "do_sys_openat2",
+        [{"index": 0, "type": "int"}],
+        [],
+        returnArg={"index": 0, "type": "int"},
+        **{"return": True},
+    )
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.returns and cfg.mechanism == "kprobe + kretprobe"
+    assert [(a.label, a.src, a.int_type) for a in cfg.args] == [
+        ("arg0", 1, IntType.S32),
+        ("return", 0, IntType.S32),
+    ]
+
+
+def lsmhook(hook: str, args: list[Any], selectors: list[Any]) -> dict[str, Any]:
+    return {"lsmhooks": [{"hook": hook, "args": args, "selectors": selectors}]}
+
+
+def test_lsmhook_runs_at_its_security_function_with_override() -> None:
+    spec = lsmhook(
+        "bprm_creds_for_exec",
+        [{"index": 0, "type": "linux_binprm"}],
+        [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["/usr/bin/true"]}],
+          "matchActions": [{"action": "Override", "argError": -13}]}],
+    )  # fmt: skip
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.name == "kprobe/security_bprm_creds_for_exec"
+    assert cfg.override_lsm == "bprm_creds_for_exec" and cfg.selectors[0].error == -13
+    assert cfg.mechanism.startswith("lsmhook bprm_creds_for_exec at security_bprm_creds_for_exec")
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "reason"),
+    [
+        (lsmhook("no_such_hook", [], []), ENV, "the kernel has no LSM hook 'no_such_hook'"),
+        (lsmhook("path_mkdir", [], []), ENV, "does not take the hook's parameters"),
+        (lsmhook("file_open", [], []), replace(ENV, kprobes="no kprobes"),
+         "LSM hooks are evaluated by a kprobe at security_<hook>: no kprobes"),
+        ({"lsmhooks": [{"hook": "file_open", "sleepable": True}]}, ENV,
+         "sleepable not supported on lsmhooks"),
+    ],
+)  # fmt: skip
+def test_what_lsmhooks_refuse_is_said(spec: dict[str, Any], env: NodeEnv, reason: str) -> None:
+    plan = compile_spec(spec, env)
+    assert not plan.ok and any(reason in r for r in plan.unsupported), plan.unsupported

@@ -101,6 +101,11 @@ class KernelBtf:
             return None
         return tuple(self.type_name(t) for _, t, _ in self.types[proto][3])
 
+    def func_return(self, func: str) -> str | None:
+        """The return type of a kernel function (``void``, ``int``), None if BTF has none."""
+        proto = self.funcs.get(func)
+        return None if proto is None else self.type_name(self.types[proto][2])
+
     def member_offset(self, struct_name: str, member: str) -> int | None:
         """Byte offset of a (non-bitfield, top-level) member."""
         tid = self.structs.get(struct_name)
@@ -113,3 +118,7 @@ class KernelBtf:
 
     def has_lsm_hook(self, hook: str) -> bool:
         return f"bpf_lsm_{hook}" in self.funcs
+
+    def lsm_hook_params(self, hook: str) -> tuple[str, ...] | None:
+        """The parameter types of a BPF LSM hook (its ``bpf_lsm_<hook>`` function)."""
+        return self.func_params(f"bpf_lsm_{hook}")

@@ -92,6 +92,7 @@ class NodeEnv:
     tracepoints: str | None = None  # None = tracefs and the programs are there
     kernel: Any = None  # programs.btf.KernelBtf of the node (kprobes: functions, offsets)
     kprobe_hook: Callable[[str], int | None] | None = None  # a kernel function's hook ID
+    syscall_prefix: str = "__x64_"  # the arch's syscall wrapper prefix (syscall: true)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,10 @@ class HookConfig:
     tags: tuple[str, ...] = ()
     mechanism: str = ""  # how the node runs it, when not obvious from the name
     str_reader: tuple[int, int] = (layout.NO_READER, 0)  # kprobes: (arg, member offset)
+    syscall: bool = False  # kprobe on the arch's syscall wrapper: the user's arguments
+    returns: bool = False  # kprobe with return: true (a kretprobe sends the return value)
+    kern_strs: int = 0  # kprobes: bit k, strs[k] is read from kernel memory
+    override_lsm: str = ""  # the BPF LSM hook whose program returns this entry's Override
 
     @property
     def attach(self) -> str | None:
@@ -576,10 +581,9 @@ def compile_spec(spec: Mapping[str, Any], env: NodeEnv) -> PolicyPlan:
 
             compile_options(value, errors)
         elif key == "lsmhooks":
-            errors.add(
-                "spec.lsmhooks",
-                env.lsm if env.lsm is not None else "LSM programs are not implemented yet",
-            )
+            from tpfilter.programs.lsmhooks import compile_lsmhooks
+
+            configs += compile_lsmhooks(value, env, errors)
         else:
             errors.add(f"spec.{key}", "not supported by tpfilter's programs")
     if errors.reasons:

@@ -18,6 +18,7 @@ from tpfilter.programs.layout import Action, IntType, Kind
 
 log = logging.getLogger(__name__)
 
+RETURN_ARG = -1  # ArgSpec.index of a kprobe's returnArg (values[0])
 Resolver = Callable[[int], "tuple[str, str, str] | None"]
 
 
@@ -86,6 +87,8 @@ def _int_value(raw: int, int_type: IntType) -> int:
 
 
 def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
+    if spec.index == RETURN_ARG and not ev.flags & layout.EV_RETURN:
+        return None  # the return never came (tpfilter.programs.retjoin)
     if spec.kind is Kind.PATH:
         return ev.path
     if spec.kind is Kind.USER_STR:
@@ -140,6 +143,8 @@ def event_record(
         record["binary_truncated"] = True
     if ev.flags & layout.EV_KILL_FAILED:
         record["action_failed"] = True
+    if ev.flags & layout.EV_RET_WAIT and not ev.flags & layout.EV_RETURN:
+        record["return_missing"] = True
     return record
 
 

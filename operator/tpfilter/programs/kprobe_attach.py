@@ -1,5 +1,12 @@
 """Attaching the generic kprobe program (bpf/programs/tpf_kprobe.c) to a kernel function:
-the function's address -> its hook ID (tpf_kfuncs), the hook's string reader (tpf_khooks)."""
+the function's address -> its hook ID (tpf_kfuncs), how the hook reads its arguments
+(tpf_khooks), the return probe of ``return: true`` entries and the BPF LSM Override
+program of an Override entry (tpfilter.programs.lsm_override).
+
+What a hook reads is the function's (syscall wrapper or not, which arguments are kernel
+strings), so every entry on it agrees; ``return: true`` is an entry's: once one entry of
+a function wants the return, every posted event of that function waits for it (and gets
+the return value) until the function is detached."""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import contextlib
 import ctypes as ct
 from typing import Any
 
+from tpfilter.programs import layout
 from tpfilter.programs.compiler import HookConfig
 
 # bpf_get_func_ip() of a kprobe is the probed address: the symbol's, or 4 bytes further
@@ -21,14 +29,30 @@ def _addresses(bpf: Any, function: str) -> list[int]:
     return [addr, addr + _ENDBR_LEN]
 
 
-def kprobe_attach(programs: Any, function: str, cfg: HookConfig) -> None:
+_KH_SYSCALL = 1  # tpf_kprobe.c TPF_KH_*
+_KH_RETURN = 2
+
+
+def kprobe_attach(programs: Any, function: str, cfg: HookConfig, *, attached: bool) -> None:
+    """Make ``function``'s probes serve ``cfg`` (``attached``: the kprobe already is)."""
     bpf = programs.bpf
     if not programs.kprobes:
         raise RuntimeError("the kprobe program is not loaded on this node")
+    if cfg.override_lsm:
+        programs.lsm_overrides.ensure(cfg.override_lsm, cfg.hook)
     khooks = bpf.get_table(b"tpf_khooks")
-    leaf = khooks.Leaf()
-    leaf.str_arg, leaf.str_off = cfg.str_reader
-    khooks[ct.c_int(cfg.hook)] = leaf
+    key = ct.c_int(cfg.hook)
+    leaf = khooks[key] if attached else khooks.Leaf()
+    if cfg.str_reader[0] != layout.NO_READER or not attached:
+        leaf.str_arg, leaf.str_off = cfg.str_reader
+    leaf.kern_strs |= cfg.kern_strs
+    leaf.flags |= (_KH_SYSCALL if cfg.syscall else 0) | (_KH_RETURN if cfg.returns else 0)
+    khooks[key] = leaf
+    if cfg.returns and function not in programs.kretprobes:
+        bpf.attach_kretprobe(event=function.encode(), fn_name=b"tpf_kretprobe")
+        programs.kretprobes.add(function)
+    if attached:
+        return
     kfuncs = bpf.get_table(b"tpf_kfuncs")
     for addr in _addresses(bpf, function):
         kfuncs[kfuncs.Key(addr)] = kfuncs.Leaf(cfg.hook)
@@ -38,6 +62,12 @@ def kprobe_attach(programs: Any, function: str, cfg: HookConfig) -> None:
 def kprobe_detach(programs: Any, function: str) -> None:
     bpf = programs.bpf
     bpf.detach_kprobe(event=function.encode())
+    if function in programs.kretprobes:
+        bpf.detach_kretprobe(event=function.encode())
+        programs.kretprobes.discard(function)
+    hook = function.removeprefix("security_")
+    if hook != function and hook in programs.lsm_overrides.hooks:
+        programs.lsm_overrides.release(hook)
     kfuncs = bpf.get_table(b"tpf_kfuncs")
     for addr in _addresses(bpf, function):
         with contextlib.suppress(KeyError):

@@ -1,17 +1,23 @@
 """``spec.kprobes`` -> hook entries of the generic kprobe program (bpf/programs/tpf_kprobe.c).
 
 Pure, like the rest of the compiler: the node comes in through :class:`NodeEnv` (its BTF
-as ``env.kernel``, a hook ID per kernel function as ``env.kprobe_hook``).
+as ``env.kernel``, a hook ID per kernel function as ``env.kprobe_hook``, the arch's
+syscall wrapper prefix as ``env.syscall_prefix``).
 
 What runs (docs/policies.md): one kprobe program, attached to each function a policy
-names, reads the function's arguments from the registers; a ``linux_binprm`` argument
-is read as its ``filename`` (the member's offset comes from the node's BTF and is written
-into a map, so nothing is compiled per policy). Candidates, ``policy_filter_check`` and
-selectors are the tracepoints' (the same stages). ``Override`` on ``security_<hook>``:
-the selector records ``argError`` for the task and the BPF LSM program of ``<hook>``,
-which the kernel calls inside ``security_<hook>``, returns it. Debian's kernels have no
-``bpf_override_return`` (no CONFIG_FUNCTION_ERROR_INJECTION), so where no LSM program
-exists for the hook the policy is refused as a whole, with the reason.
+names, reads argument i into ``values[1 + i]``: from the registers, or for ``syscall:
+true`` (the function is the arch's wrapper, ``__x64_sys_<name>``) from the user's
+registers it was called with. Integers as declared; ``string`` is a ``char *``, read from
+kernel memory, or user memory for a syscall; a ``linux_binprm`` argument is read as its
+``filename`` (the member's offset comes from the node's BTF and is written into a map, so
+nothing is compiled per policy). ``return: true`` adds a return probe: posted events carry
+the return value (``returnArg``). Candidates, ``policy_filter_check`` and selectors are the
+tracepoints' (the same stages). ``Override`` on ``security_<hook>``: the selector records
+``argError`` for the task and the BPF LSM program of ``<hook>`` (bpf/programs/
+tpf_lsm_override.c, compiled for that hook), which the kernel calls inside
+``security_<hook>``, returns it. Debian's kernels have no ``bpf_override_return`` (no
+CONFIG_FUNCTION_ERROR_INJECTION), so where no LSM hook exists for the function the policy
+is refused as a whole, with the reason.
 """
 
 from __future__ import annotations
@@ -35,12 +41,16 @@ from tpfilter.programs.compiler import (
     _Source,
     parse_int,
 )
+from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
 
-# LSM hooks the programs have an Override program for (tpf_kprobe.c, TPF_WITH_LSM).
-OVERRIDE_LSM_HOOKS = frozenset({"bprm_creds_for_exec"})
+# The arch's syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER), by os.uname().machine.
+SYSCALL_PREFIXES = {"x86_64": "__x64_", "aarch64": "__arm64_", "s390x": "__s390x_"}
 FIRST_HOOK = 600  # kprobe hook IDs: above any syscall number, below HOOK_EXEC
-_KPROBE_KEYS = frozenset({"call", "syscall", "return", "args", "selectors", "message", "tags"})
+_KPROBE_KEYS = frozenset(
+    {"call", "syscall", "return", "returnArg", "args", "selectors", "message", "tags"}
+)
+_STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"})
 _STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
 _IGNORED_OPTIONS = frozenset({"disable-kprobe-multi"})  # one kprobe per function anyway
@@ -81,7 +91,7 @@ def compile_kprobes(value: Any, env: NodeEnv, errors: _Errors) -> list[HookConfi
         return []
     out = []
     for i, kp in enumerate(value):
-        cfg = _compile_kprobe(kp, f"spec.kprobes[{i}]", env, errors)
+        cfg = compile_kprobe(kp, f"spec.kprobes[{i}]", env, errors)
         if cfg is not None:
             out.append(cfg)
     return out
@@ -101,51 +111,93 @@ def override_mechanism(call: str, env: NodeEnv) -> tuple[str | None, str]:
         return f"Override on {call} needs a BPF LSM program: {env.lsm}", ""
     if env.kernel is None or not env.kernel.has_lsm_hook(hook):
         return f"Override on {call}: the kernel has no BPF LSM hook {hook}", ""
-    if hook not in OVERRIDE_LSM_HOOKS:
-        return (
-            f"Override on {call}: tpfilter has an LSM Override program for "
-            f"{', '.join(sorted(OVERRIDE_LSM_HOOKS))} only",
-            "",
-        )
+    if env.kernel.func_return(f"bpf_lsm_{hook}") != "int":
+        return f"Override on {call}: the LSM hook {hook} returns no error (void)", ""
     return None, f"Override: BPF LSM {hook}"
 
 
+def resolve_call(call: str, syscall: bool, env: NodeEnv) -> tuple[str, str | None]:
+    """(the kernel function to probe, why it cannot be or None). For a syscall, the arch's
+    wrapper: ``openat``, ``sys_openat``, ``__x64_sys_openat`` and ``__arm64_sys_openat`` all
+    name ``__x64_sys_openat`` on x86-64 (``__arm64_sys_openat`` on arm64)."""
+    prefix = env.syscall_prefix
+    if not syscall:
+        if call.startswith(f"{prefix}sys_"):
+            return call, f"{call} is a syscall wrapper: set syscall: true to read its arguments"
+        return call, None
+    name = call
+    for other in SYSCALL_PREFIXES.values():  # a policy written on another arch still runs
+        name = name.removeprefix(other)
+    name = name if name.startswith("sys_") else f"sys_{name}"
+    func = f"{prefix}{name}"
+    if env.kernel is not None and env.kernel.func_params(func) is None:
+        return func, f"syscall {call!r}: no function {func} on this node (not in BTF)"
+    return func, None
+
+
 def _arg_source(
-    arg: Mapping[str, Any], params: tuple[str, ...], env: NodeEnv
+    arg: Mapping[str, Any], params: tuple[str, ...] | None, env: NodeEnv
 ) -> tuple[_Source, tuple[int, int] | None] | str:
+    """Where argument ``index`` is (values[1 + index]) and, for a struct read as a string,
+    the reader (index, member offset). ``params`` is None for a syscall (the wrapper's one
+    parameter is pt_regs: the syscall's own six are read from it)."""
     index = int(arg["index"])
-    if not 0 <= index < min(len(params), 6):
-        return f"index {index}: the function has {len(params)} parameters (at most 6 read)"
+    nparams = 6 if params is None else min(len(params), 6)
+    if not 0 <= index < nparams:
+        return f"index {index}: the function has {nparams} parameters (at most 6 read)"
     user_type = str(arg["type"]) if arg.get("type") is not None else None
     if user_type in _STRUCT_STRINGS:
         struct_name, member = _STRUCT_STRINGS[user_type]
-        if params[index] != f"struct {struct_name} *":
-            return f"parameter {index} is {params[index]}, not struct {struct_name} *"
+        if params is None or params[index] != f"struct {struct_name} *":
+            got = "a syscall argument" if params is None else params[index]
+            return f"parameter {index} is {got}, not struct {struct_name} *"
         offset = env.kernel.member_offset(struct_name, member)
         if offset is None:
             return f"struct {struct_name} has no member {member} in this kernel's BTF"
         return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset)
+    if user_type == "string":
+        if params is not None and params[index] not in _STRING_PARAMS:
+            return f"parameter {index} is {params[index]}, not a char * (type string)"
+        return _Source(Kind.USER_STR, index + 1, IntType.U64), None
     int_type = _INT_TYPES.get(user_type or "")
     if int_type is None:
-        return f"argument type {user_type!r} is not supported on kprobes (linux_binprm, ints)"
-    return _Source(Kind.INT, index, int_type), None
+        return (
+            f"argument type {user_type!r} is not supported on kprobes "
+            "(integers, string, linux_binprm)"
+        )
+    return _Source(Kind.INT, index + 1, int_type), None
 
 
-def _compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
+def _return_arg(kp: Mapping[str, Any], where: str, errors: _Errors) -> ArgSpec | None:
+    ret = kp.get("returnArg")
+    if ret in (None, {}):
+        return None
+    if not kp.get("return"):
+        errors.add(f"{where}.returnArg", "needs return: true")
+        return None
+    user_type = str(ret.get("type")) if isinstance(ret, Mapping) else None
+    int_type = _INT_TYPES.get(user_type or "")
+    if int_type is None:
+        errors.add(f"{where}.returnArg", f"type {user_type!r} not supported (integers)")
+        return None
+    return ArgSpec(RETURN_ARG, "return", Kind.INT, 0, int_type)
+
+
+def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
     if not isinstance(kp, Mapping):
         errors.add(where, "not a mapping")
         return None
     extra = {k for k, v in kp.items() if k not in _KPROBE_KEYS and v not in (None, [], {})}
-    if kp.get("syscall"):
-        extra.add("syscall: true")
-    if kp.get("return"):
-        extra.add("return: true")
     if extra:
         errors.add(where, f"{', '.join(sorted(extra))} not supported (yet) on kprobes")
         return None
-    call = str(kp.get("call", ""))
     if env.kernel is None:
         errors.add(where, "the node's BTF (/sys/kernel/btf/vmlinux) could not be read")
+        return None
+    syscall = bool(kp.get("syscall"))
+    call, why = resolve_call(str(kp.get("call", "")), syscall, env)
+    if why is not None:
+        errors.add(where, why)
         return None
     params = env.kernel.func_params(call)
     if params is None:
@@ -159,28 +211,39 @@ def _compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookC
     sources: dict[int, _Source] = {}
     specs: list[ArgSpec] = []
     reader: tuple[int, int] | None = None
+    capture = layout.NO_CAPTURE
     for i, arg in enumerate(kp.get("args") or []):
         at = f"{where}.args[{i}]"
         if not isinstance(arg, Mapping) or "index" not in arg:
             errors.add(at, "needs an index")
             continue
         bad = {k for k in set(arg) - _ARG_KEYS if _ARG_DEFAULTS.get(k, ...) != arg[k]}
-        got = f"{', '.join(sorted(bad))} not supported" if bad else _arg_source(arg, params, env)
+        got = (
+            f"{', '.join(sorted(bad))} not supported"
+            if bad
+            else _arg_source(arg, None if syscall else params, env)
+        )
         if isinstance(got, str):
             errors.add(at, got)
             continue
         source, string = got
         if string is not None:
             if reader is not None:
-                errors.add(at, "one string argument per kprobe is supported")
+                errors.add(at, "one struct read as a string per kprobe is supported")
                 continue
             reader = string
+        if source.kind is Kind.USER_STR and capture == layout.NO_CAPTURE:
+            capture = source.src
         sources[int(arg["index"])] = source
         label = str(arg.get("label") or f"arg{arg['index']}")
         specs.append(ArgSpec(int(arg["index"]), label, source.kind, source.src, source.int_type))
+    ret = _return_arg(kp, where, errors)
+    if ret is not None:
+        specs.append(ret)
 
     selectors: list[Selector] = []
-    mechanisms = {"kprobe"}
+    mechanisms = {"kprobe" + (" + kretprobe" if kp.get("return") else "")}
+    override_lsm = ""
     for s, raw in enumerate(kp.get("selectors") or []):
         at = f"{where}.selectors[{s}]"
         if not isinstance(raw, Mapping):
@@ -213,6 +276,7 @@ def _compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookC
                 errors.add(f"{at}.matchActions", why)
             actions |= Action.OVERRIDE
             mechanisms.add(mechanism)
+            override_lsm = call.removeprefix("security_")
         if len(matches) > layout.MAX_ARGS or any(m is None for m in matches):
             if len(matches) > layout.MAX_ARGS:
                 errors.add(f"{at}.matchArgs", f"more than {layout.MAX_ARGS} entries")
@@ -223,13 +287,19 @@ def _compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookC
     if len(selectors) > layout.MAX_SELECTORS:
         errors.add(f"{where}.selectors", f"more than {layout.MAX_SELECTORS} selectors")
     tags = kp.get("tags") or []
+    strings = {a.src for a in sources.values() if a.kind is Kind.USER_STR}
     return HookConfig(
         hook=hook,
         name=f"kprobe/{call}",
         selectors=tuple(selectors),
         args=tuple(specs),
+        capture=capture,
         message=str(kp.get("message") or ""),
         tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
         mechanism="; ".join(sorted(m for m in mechanisms if m)),
         str_reader=reader or (layout.NO_READER, 0),
+        syscall=syscall,
+        returns=bool(kp.get("return")),
+        kern_strs=0 if syscall else sum(1 << k for k in strings),
+        override_lsm=override_lsm,
     )

@@ -88,6 +88,8 @@ class Stat(IntEnum):
 EV_PATH_LONG = 1
 EV_STR_SET = 2
 EV_KILL_FAILED = 4
+EV_RET_WAIT = 8  # a kprobe entry with return: true: its return record follows
+EV_RETURN = 16  # the return record (values[0]: the return value)
 
 
 def cflags(*, exec_offsets: tuple[int, int, int] | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
+from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ class Programs:
         kprobes: bool = False,
         lsm: bool = False,
     ) -> None:
-        """``kprobes``: also the kprobe program (tpf_kprobe.c); ``lsm`` with it: its BPF LSM
-        Override programs (attached at once: they act only on verdicts a kprobe wrote)."""
+        """``kprobes``: also the kprobe programs (tpf_kprobe.c); ``lsm``: BPF LSM programs
+        load here (the compiler refuses Override where they do not; the Override program of
+        a hook is compiled when an entry first needs it: tpfilter.programs.lsm_override)."""
         from bcc import BPF
 
         self._BPF = BPF
@@ -106,7 +108,6 @@ class Programs:
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
                 *(["-DTPF_WITH_KPROBES"] if kprobes else []),
-                *(["-DTPF_WITH_LSM"] if kprobes and lsm else []),
             ),
         )
         t0 = time.monotonic()
@@ -128,6 +129,10 @@ class Programs:
                 fn = self.bpf.load_func(name.replace("_stage", "_kstage").encode(), BPF.KPROBE)
                 kstages[ct.c_int(index)] = ct.c_int(fn.fd)
             self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
+            self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
+        # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
+        self.lsm_overrides = LsmOverrides()
+        self.kretprobes: set[str] = set()  # functions whose return probe is attached
         t2 = time.monotonic()
         self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
         self._attached: set[str] = set()
@@ -152,12 +157,13 @@ class Programs:
     def attach(self, tracepoint: str, cfg: HookConfig | None = None) -> None:
         """Attach (no compile): the exec program, the generic sys_enter program, or (a
         ``kprobe/<function>`` of ``cfg``) the kprobe program."""
-        if tracepoint in self._attached:
-            return
-        if tracepoint.startswith("kprobe/"):
+        if tracepoint.startswith("kprobe/"):  # per entry: its return probe, its Override
             assert cfg is not None, "a kprobe is attached for a hook entry"
-            kprobe_attach(self, tracepoint.removeprefix("kprobe/"), cfg)
+            attached = tracepoint in self._attached
+            kprobe_attach(self, tracepoint.removeprefix("kprobe/"), cfg, attached=attached)
             self._attached.add(tracepoint)
+            return
+        if tracepoint in self._attached:
             return
         fn = b"tpf_exec" if tracepoint == "sched/sched_process_exec" else b"tpf_sys_enter"
         self.bpf.attach_tracepoint(tp=tracepoint.replace("/", ":").encode(), fn_name=fn)
@@ -330,6 +336,7 @@ class Programs:
                 self.detach(tp)
             except Exception:  # best effort: cleanup detaches the rest
                 log.exception("detach %s", tp)
+        self.lsm_overrides.close()
         self.bpf.cleanup()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,10 +44,11 @@ from tpfilter.programs.events import (
 )
 from tpfilter.programs.hooktable import Entry as _Entry
 from tpfilter.programs.hooktable import over_capacity, write_hook
-from tpfilter.programs.kprobes import KprobeHooks
+from tpfilter.programs.kprobes import SYSCALL_PREFIXES, KprobeHooks
 from tpfilter.programs.layout import Stat
 from tpfilter.programs.metrics import Metrics, filter_map_usage, index_metrics
 from tpfilter.programs.probe import NodeFeatures, probe_features
+from tpfilter.programs.retjoin import ReturnJoiner
 from tpfilter.programs.tracefs import TracepointFormat, read_format, syscall_numbers
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class ProgramManager:
         self.features: NodeFeatures | None = None
         self._kernel: KernelBtf | None = None  # the node's BTF (kprobes)
         self._khooks = KprobeHooks()
+        self._returns = ReturnJoiner()  # return: true events wait for their return value
         self._formats: dict[tuple[str, str], TracepointFormat | None] = {}
         self._loaded: dict[str, _Loaded] = {}
         self._hooks: dict[int, list[_Entry]] = {}
@@ -248,24 +251,28 @@ class ProgramManager:
             if programs is None:
                 return 0
             raw = RawEvent.from_ctypes(ct.cast(data, ct.POINTER(programs.event_type)).contents)
-            with self._lock:
-                info = self._infos.get(raw.config)
-            pod = None
-            try:
-                pod = self._resolve(raw.cgroup_id)
-            except Exception:
-                if not self._resolve_failed:
-                    log.exception("resolve(cgroup_id) failed; events go out without pods")
-                    self._resolve_failed = True
-            record = event_record(
-                raw, node=self._node, info=info, pod=pod, wall_offset_ns=self._wall_offset
-            )
-            if self._writer is not None:
-                self._writer.write(record)
-                self.events_written += 1
+            for ev in self._returns.feed(raw):
+                self._write_event(ev)
         except Exception:  # never let an exception unwind into bcc's C callback
             log.exception("event handling failed")
         return 0
+
+    def _write_event(self, raw: RawEvent) -> None:
+        with self._lock:
+            info = self._infos.get(raw.config)
+        pod = None
+        try:
+            pod = self._resolve(raw.cgroup_id)
+        except Exception:
+            if not self._resolve_failed:
+                log.exception("resolve(cgroup_id) failed; events go out without pods")
+                self._resolve_failed = True
+        record = event_record(
+            raw, node=self._node, info=info, pod=pod, wall_offset_ns=self._wall_offset
+        )
+        if self._writer is not None:
+            self._writer.write(record)
+            self.events_written += 1
 
     # -- sync -------------------------------------------------------------------------------
 
@@ -286,6 +293,7 @@ class ProgramManager:
             tracepoints=self._unavailable,
             kernel=self._kernel,
             kprobe_hook=self._khooks,
+            syscall_prefix=SYSCALL_PREFIXES.get(os.uname().machine, ""),
         )
 
     def statuses(self) -> dict[str, ProgramStatus]:

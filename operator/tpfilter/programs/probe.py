@@ -44,7 +44,7 @@ class NodeFeatures:
             return f"none: {self.kprobes}"
         if self.lsm is not None:
             return f"none (bpf_override_return is not used; BPF LSM: {self.lsm})"
-        return "BPF LSM program of the security_* function's hook (bprm_creds_for_exec)"
+        return "BPF LSM program of the security_<hook> function's hook (any int hook)"
 
 
 def probe_kprobes(tracefs: Path | None) -> str | None:
