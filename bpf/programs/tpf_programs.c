@@ -123,7 +123,10 @@ struct tpf_work {
 	u8 pass;    /* policy_filter_check()'s last answer, see tpf_stage_filter */
 	u8 kern_strs; /* bit k: strs[k] is a kernel string (kprobes), else a user string */
 	u8 ret_wait;  /* a kprobe with return: true: posted events wait for the return */
-	u8 pad;
+	u8 path_kind; /* kprobes: strs[0] is the path of the file / path at path_ptr (1 / 2) */
+	u8 buf_size[8]; /* kprobes: strs[k] is a char_buf of values[buf_size[k]] bytes; 0xff: a string */
+	u64 path_ptr;
+	char pbuf[3 * TPF_STR_MAX]; /* the path walk builds the name here, from its end */
 };
 
 BPF_ARRAY(tpf_hooks, struct tpf_hook, TPF_NR_HOOKS);
@@ -523,6 +526,38 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 		tpf_count(config, TPF_STAT_DROP);
 }
 
+/*
+ * A kernel string, or a user one. A kprobe's `char *` may be either (BTF does not say
+ * __user here): kernel memory is tried first, then user memory; on x86-64 and arm64 the
+ * two address ranges do not overlap, so the read that succeeds is the right one.
+ */
+static __always_inline void tpf_str_read(struct tpf_str *str, void *p, bool kernel)
+{
+	long n = -1;
+
+	if (kernel)
+		n = bpf_probe_read_kernel_str(str->fwd.s, TPF_STR_MAX, p);
+	if (n < 0)
+		n = bpf_probe_read_user_str(str->fwd.s, TPF_STR_MAX, p);
+	tpf_str_done(str, n);
+}
+
+/* A char_buf: size bytes at p (at most 255: more is too_long, compared as a prefix). */
+static __always_inline void tpf_buf_read(struct tpf_str *str, void *p, u64 size, bool kernel)
+{
+	u32 n = size > TPF_STR_MAX - 1 ? TPF_STR_MAX - 1 : (u32)size;
+	long r = -1;
+
+	if (kernel)
+		r = bpf_probe_read_kernel(str->fwd.s, n & (TPF_STR_MAX - 1), p);
+	if (r != 0)
+		r = bpf_probe_read_user(str->fwd.s, n & (TPF_STR_MAX - 1), p);
+	if (r != 0)
+		return; /* len stays -1: unreadable */
+	str->len = n;
+	str->too_long = size > TPF_STR_MAX - 1;
+}
+
 /* The strings this hook's selectors compare, read (and reversed) once per event. */
 static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook *h)
 {
@@ -535,12 +570,12 @@ static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook
 		if (!((h->str_mask | h->capture) & (1 << k)))
 			continue;
 		tpf_str_reset(str);
-		if (w->kern_strs & (1 << k))
-			tpf_str_done(str, bpf_probe_read_kernel_str(str->fwd.s, TPF_STR_MAX,
-								    (void *)w->sc.ev.values[k]));
+		if (w->buf_size[k] < TPF_NR_VALUES)
+			tpf_buf_read(str, (void *)w->sc.ev.values[k],
+				     w->sc.ev.values[w->buf_size[k] & (TPF_NR_VALUES - 1)],
+				     w->kern_strs & (1 << k));
 		else
-			tpf_str_done(str, bpf_probe_read_user_str(str->fwd.s, TPF_STR_MAX,
-								  (void *)w->sc.ev.values[k]));
+			tpf_str_read(str, (void *)w->sc.ev.values[k], w->kern_strs & (1 << k));
 		if (h->rev_mask & (1 << k))
 			tpf_str_reverse(str);
 	}
@@ -751,6 +786,8 @@ static __always_inline bool tpf_begin(struct tpf_work *w, u32 hook, struct tpf_h
 	w->nany = nany;
 	w->kern_strs = 0;
 	w->ret_wait = 0;
+	w->path_kind = 0;
+	__builtin_memset(w->buf_size, 0xff, sizeof(w->buf_size));
 	w->ncand = h->npol ? tpf_gather(w) : 0;
 	return nany || w->ncand;
 }

@@ -101,7 +101,13 @@ def _env(spec: Mapping[str, Any]) -> NodeEnv:
     )
 
 
-_PARAM_OF_TYPE = {"string": "char *", "linux_binprm": "struct linux_binprm *"}
+_PARAM_OF_TYPE = {
+    "string": "char *",
+    "char_buf": "char *",
+    "linux_binprm": "struct linux_binprm *",
+    "file": "struct file *",
+    "path": "struct path *",
+}
 
 
 class _AnyKernel:

@@ -14,6 +14,7 @@ from tpfilter.programs import layout
 from tpfilter.programs.compiler import NodeEnv, compile_spec, hooks_of
 from tpfilter.programs.kprobes import FIRST_HOOK, KprobeHooks
 from tpfilter.programs.layout import Action, IntType, Kind, Op
+from tpfilter.programs.pathwalk import MEMBERS, path_cflags
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -42,8 +43,12 @@ class FakeKernel:
     def lsm_hook_params(self, hook: str) -> tuple[str, ...] | None:
         return self.funcs.get(f"bpf_lsm_{hook}")
 
+    walkable = True  # the members of the path walk (tpfilter.programs.pathwalk) exist
+
     def member_offset(self, struct: str, member: str) -> int | None:
-        return 96 if (struct, member) == ("linux_binprm", "filename") else None
+        if (struct, member) == ("linux_binprm", "filename"):
+            return 96
+        return 8 if self.walkable and (struct, member) in MEMBERS.values() else None
 
     def has_lsm_hook(self, hook: str) -> bool:
         return hook in self.lsm_hooks
@@ -162,6 +167,10 @@ def test_post_only_kprobe_with_int_and_string_filters() -> None:
         (kprobe("no_such_fn", [], []), "kernel function 'no_such_fn' does not exist"),
         (kprobe("security_file_open", [{"index": 0, "type": "linux_binprm"}], []),
          "parameter 0 is struct file *, not struct linux_binprm *"),
+        (kprobe("security_bprm_creds_for_exec", [{"index": 0, "type": "file"}], []),
+         "parameter 0 is struct linux_binprm *, not struct file *"),
+        (kprobe("openat", [{"index": 0, "type": "path"}], [], syscall=True),
+         "parameter 0 is a syscall argument, not struct path *"),
         (kprobe("security_file_open", [{"index": 3, "type": "int"}], []),
          "the function has 1 parameters"),
         (kprobe("do_sys_openat2", [{"index": 2, "type": "string"}], []),
@@ -288,3 +297,84 @@ def test_lsmhook_runs_at_its_security_function_with_override() -> None:
 def test_what_lsmhooks_refuse_is_said(spec: dict[str, Any], env: NodeEnv, reason: str) -> None:
     plan = compile_spec(spec, env)
     assert not plan.ok and any(reason in r for r in plan.unsupported), plan.unsupported
+
+
+@pytest.mark.parametrize(
+    ("call", "arg_type", "reader"),
+    [("security_file_open", "file", layout.READ_FILE),
+     ("security_path_mkdir", "path", layout.READ_PATH)],
+)  # fmt: skip
+def test_file_and_path_arguments_are_compared_as_their_path_name(
+    call: str, arg_type: str, reader: int
+) -> None:
+    spec = kprobe(
+        call,
+        [{"index": 0, "type": arg_type}],
+        [{"matchArgs": [{"index": 0, "operator": "Postfix", "values": ["/shadow"]}]}],
+    )
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert (cfg.str_reader, cfg.reader_kind) == ((0, 0), reader)
+    (arg,) = cfg.selectors[0].args
+    assert arg.kind is Kind.PATH and cfg.rev_mask == 1
+
+
+def test_file_argument_where_the_walk_cannot_be_compiled() -> None:
+    kernel = FakeKernel()
+    kernel.walkable = False
+    env = replace(ENV, kernel=kernel)
+    spec = kprobe("security_file_open", [{"index": 0, "type": "file"}], [])
+    (reason,) = compile_spec(spec, env).unsupported
+    assert "type file: its path cannot be walked on this node: struct file has no member" in reason
+    assert path_cflags(kernel) == []
+    assert path_cflags(FakeKernel())[0] == "-DTPF_WITH_PATHS"
+
+
+def test_nop_arguments_are_reported_never_compared() -> None:
+    spec = kprobe("do_sys_openat2", [{"index": 0, "type": "nop"}], [])
+    (cfg,) = compile_spec(spec, ENV).configs
+    assert cfg.args[0].kind is Kind.NOP
+    compared = kprobe(
+        "do_sys_openat2",
+        [{"index": 0, "type": "nop"}],
+        [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["1"]}]}],
+    )
+    (reason,) = compile_spec(compared, ENV).unsupported
+    assert "index 0 has type nop" in reason
+
+
+def test_char_buf_reads_as_many_bytes_as_its_size_argument_says() -> None:
+    spec = kprobe(
+        "write",
+        [{"index": 0, "type": "int"},
+         {"index": 1, "type": "char_buf", "sizeArgIndex": 3},
+         {"index": 2, "type": "size_t"}],
+        [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": ["secret"]}]}],
+        syscall=True,
+    )  # fmt: skip
+    plan = compile_spec(spec, replace(ENV, kernel=WithWrite()))
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.buf_sizes == ((2, 3),)  # strs[2] holds values[3] bytes (argument 2, count)
+    assert cfg.str_mask == 1 << 2 and cfg.capture == 2
+
+
+@pytest.mark.parametrize(
+    ("arg", "reason"),
+    [({"index": 1, "type": "char_buf"}, "char_buf needs sizeArgIndex"),
+     ({"index": 1, "type": "char_buf", "sizeArgIndex": 2}, "char_buf needs sizeArgIndex"),
+     ({"index": 1, "type": "char_buf", "sizeArgIndex": 3, "returnCopy": True},
+      "char_buf with returnCopy is not supported")],
+)  # fmt: skip
+def test_char_buf_needs_another_argument_for_its_size(arg: dict[str, Any], reason: str) -> None:
+    spec = kprobe("write", [arg], [], syscall=True)
+    (got,) = compile_spec(spec, replace(ENV, kernel=WithWrite())).unsupported
+    assert reason in got
+
+
+class WithWrite(FakeKernel):
+    funcs: ClassVar[dict[str, tuple[str, ...]]] = {
+        **FakeKernel.funcs,
+        "__x64_sys_write": ("struct pt_regs *",),
+    }

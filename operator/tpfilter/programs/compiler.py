@@ -141,6 +141,8 @@ class HookConfig:
     tags: tuple[str, ...] = ()
     mechanism: str = ""  # how the node runs it, when not obvious from the name
     str_reader: tuple[int, int] = (layout.NO_READER, 0)  # kprobes: (arg, member offset)
+    reader_kind: int = layout.READ_MEMBER  # what str_reader's argument is (layout.READ_*)
+    buf_sizes: tuple[tuple[int, int], ...] = ()  # kprobes: char_buf (strs[] k, its size's values[])
     syscall: bool = False  # kprobe on the arch's syscall wrapper: the user's arguments
     returns: bool = False  # kprobe with return: true (a kretprobe sends the return value)
     kern_strs: int = 0  # kprobes: bit k, strs[k] is read from kernel memory
@@ -295,6 +297,9 @@ def _compile_match_arg(
     source = sources.get(index)
     if source is None:
         errors.add(where, f"index {index} is not one of the hook's declared args")
+        return None
+    if source.kind is Kind.NOP:
+        errors.add(where, f"index {index} has type nop: nothing is read to compare")
         return None
     op_name = str(entry.get("operator", "")).lower()
     values = _values(entry)

@@ -91,6 +91,8 @@ def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
         return None  # the return never came (tpfilter.programs.retjoin)
     if spec.kind is Kind.PATH:
         return ev.path
+    if spec.kind is Kind.NOP:
+        return None
     if spec.kind is Kind.USER_STR:
         if spec.src == capture and ev.flags & layout.EV_STR_SET:
             return ev.string
@@ -123,7 +125,9 @@ def event_record(
         "pid": ev.pid,
         "tid": ev.tid,
         "comm": ev.comm,
-        "binary": ev.path or None,
+        "binary": (ev.path or None)
+        if info is None or not info.config.name.startswith("kprobe/")
+        else None,
         "policy": info.policy if info else None,
         "policy_uid": info.policy_uid if info else None,
         "hook": info.config.name if info else None,

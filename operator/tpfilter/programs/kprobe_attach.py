@@ -45,6 +45,11 @@ def kprobe_attach(programs: Any, function: str, cfg: HookConfig, *, attached: bo
     leaf = khooks[key] if attached else khooks.Leaf()
     if cfg.str_reader[0] != layout.NO_READER or not attached:
         leaf.str_arg, leaf.str_off = cfg.str_reader
+        leaf.reader = cfg.reader_kind
+    if not attached:
+        ct.memset(ct.addressof(leaf.buf_size), 0xFF, ct.sizeof(leaf.buf_size))
+    for k, size_src in cfg.buf_sizes:
+        leaf.buf_size[k] = size_src
     leaf.kern_strs |= cfg.kern_strs
     leaf.flags |= (_KH_SYSCALL if cfg.syscall else 0) | (_KH_RETURN if cfg.returns else 0)
     khooks[key] = leaf

@@ -43,6 +43,7 @@ from tpfilter.programs.compiler import (
 )
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
+from tpfilter.programs.pathwalk import path_offsets
 
 # The arch's syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER), by os.uname().machine.
 SYSCALL_PREFIXES = {"x86_64": "__x64_", "aarch64": "__arm64_", "s390x": "__s390x_"}
@@ -51,8 +52,13 @@ _KPROBE_KEYS = frozenset(
     {"call", "syscall", "return", "returnArg", "args", "selectors", "message", "tags"}
 )
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
+_BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
 _SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"})
 _STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
+_PATH_TYPES = {
+    "file": ("struct file *", layout.READ_FILE),
+    "path": ("struct path *", layout.READ_PATH),
+}
 _IGNORED_OPTIONS = frozenset({"disable-kprobe-multi"})  # one kprobe per function anyway
 
 
@@ -137,10 +143,10 @@ def resolve_call(call: str, syscall: bool, env: NodeEnv) -> tuple[str, str | Non
 
 def _arg_source(
     arg: Mapping[str, Any], params: tuple[str, ...] | None, env: NodeEnv
-) -> tuple[_Source, tuple[int, int] | None] | str:
+) -> tuple[_Source, tuple[int, int, int] | None] | str:
     """Where argument ``index`` is (values[1 + index]) and, for a struct read as a string,
-    the reader (index, member offset). ``params`` is None for a syscall (the wrapper's one
-    parameter is pt_regs: the syscall's own six are read from it)."""
+    the reader (index, member offset, layout.READ_*). ``params`` is None for a syscall (the
+    wrapper's one parameter is pt_regs: the syscall's own six are read from it)."""
     index = int(arg["index"])
     nparams = 6 if params is None else min(len(params), 6)
     if not 0 <= index < nparams:
@@ -154,16 +160,36 @@ def _arg_source(
         offset = env.kernel.member_offset(struct_name, member)
         if offset is None:
             return f"struct {struct_name} has no member {member} in this kernel's BTF"
-        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset)
-    if user_type == "string":
-        if params is not None and params[index] not in _STRING_PARAMS:
-            return f"parameter {index} is {params[index]}, not a char * (type string)"
+        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset, layout.READ_MEMBER)
+    if user_type in _PATH_TYPES:
+        c_type, reader = _PATH_TYPES[user_type]
+        if params is None or params[index] != c_type:
+            got = "a syscall argument" if params is None else params[index]
+            return f"parameter {index} is {got}, not {c_type}"
+        offsets = path_offsets(env.kernel)
+        if isinstance(offsets, str):
+            return f"type {user_type}: its path cannot be walked on this node: {offsets}"
+        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, 0, reader)
+    if user_type == "nop":
+        return _Source(Kind.NOP, index + 1, IntType.U64), None
+    if user_type in ("string", "char_buf"):
+        if params is not None and params[index] not in _BUFFER_PARAMS[user_type]:
+            return f"parameter {index} is {params[index]}, not a char * (type {user_type})"
+        if user_type == "char_buf":
+            size = arg.get("sizeArgIndex")
+            if arg.get("returnCopy"):
+                return "char_buf with returnCopy is not supported (read at the entry only)"
+            if not isinstance(size, int) or not 1 <= size <= nparams or size == index + 1:
+                return (
+                    f"char_buf needs sizeArgIndex, the 1-based index of another of the "
+                    f"{nparams} arguments holding its size (got {size!r})"
+                )
         return _Source(Kind.USER_STR, index + 1, IntType.U64), None
     int_type = _INT_TYPES.get(user_type or "")
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
-            "(integers, string, linux_binprm)"
+            "(integers, string, char_buf, file, path, linux_binprm, nop)"
         )
     return _Source(Kind.INT, index + 1, int_type), None
 
@@ -210,14 +236,19 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
 
     sources: dict[int, _Source] = {}
     specs: list[ArgSpec] = []
-    reader: tuple[int, int] | None = None
+    reader: tuple[int, int, int] | None = None
     capture = layout.NO_CAPTURE
+    buffers: list[tuple[int, int]] = []
     for i, arg in enumerate(kp.get("args") or []):
         at = f"{where}.args[{i}]"
         if not isinstance(arg, Mapping) or "index" not in arg:
             errors.add(at, "needs an index")
             continue
-        bad = {k for k in set(arg) - _ARG_KEYS if _ARG_DEFAULTS.get(k, ...) != arg[k]}
+        bad = {
+            k
+            for k in set(arg) - _ARG_KEYS - {"sizeArgIndex", "returnCopy"}
+            if _ARG_DEFAULTS.get(k, ...) != arg[k]
+        }
         got = (
             f"{', '.join(sorted(bad))} not supported"
             if bad
@@ -229,11 +260,13 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         source, string = got
         if string is not None:
             if reader is not None:
-                errors.add(at, "one struct read as a string per kprobe is supported")
+                errors.add(at, "one linux_binprm, file or path argument per kprobe is supported")
                 continue
             reader = string
         if source.kind is Kind.USER_STR and capture == layout.NO_CAPTURE:
             capture = source.src
+        if arg.get("type") == "char_buf":
+            buffers.append((source.src, int(arg["sizeArgIndex"])))  # values[1 + i] = arg i
         sources[int(arg["index"])] = source
         label = str(arg.get("label") or f"arg{arg['index']}")
         specs.append(ArgSpec(int(arg["index"]), label, source.kind, source.src, source.int_type))
@@ -297,7 +330,9 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         message=str(kp.get("message") or ""),
         tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
         mechanism="; ".join(sorted(m for m in mechanisms if m)),
-        str_reader=reader or (layout.NO_READER, 0),
+        str_reader=reader[:2] if reader else (layout.NO_READER, 0),
+        reader_kind=reader[2] if reader else layout.READ_MEMBER,
+        buf_sizes=tuple(buffers),
         syscall=syscall,
         returns=bool(kp.get("return")),
         kern_strs=0 if syscall else sum(1 << k for k in strings),

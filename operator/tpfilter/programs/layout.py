@@ -31,6 +31,9 @@ ARG_BINARY = 0xFF
 NO_CAPTURE = 0xFF
 NO_SELECTOR = 0xFF
 NO_READER = 0xFF  # a kprobe hook that reads no string
+READ_MEMBER = 0  # tpf_kprobe.c TPF_READ_*: strs[0] is a char * member of the struct ...
+READ_FILE = 1  # ... the path name of a struct file *
+READ_PATH = 2  # ... the path name of a struct path *
 
 # Value slots of the exec hook (values[]), and where user strings live (strs[k]).
 EXEC_PID = 0
@@ -41,7 +44,8 @@ PATH_STR = 0  # strs[0]: the binary
 class Kind(IntEnum):
     INT = 1
     PATH = 2
-    USER_STR = 3
+    USER_STR = 3  # a string at the pointer values[src] (user memory, or kernel: kern_strs)
+    NOP = 4  # declared, never read (type nop): reported as null, never compared
 
 
 class IntType(IntEnum):

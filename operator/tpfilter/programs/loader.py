@@ -25,6 +25,7 @@ from tpfilter.programs.compiler import ArgMatch, HookConfig
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
+from tpfilter.programs.pathwalk import path_cflags
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
+_KSTAGE_PATH = 3  # tpf_kprobe.c TPF_STAGE_PATH: kprobes only, when the path walk is compiled
 
 
 def program_source() -> Path:
@@ -84,10 +86,13 @@ class Programs:
         exec_format: TracepointFormat,
         kprobes: bool = False,
         lsm: bool = False,
+        kernel: Any = None,
     ) -> None:
         """``kprobes``: also the kprobe programs (tpf_kprobe.c); ``lsm``: BPF LSM programs
         load here (the compiler refuses Override where they do not; the Override program of
-        a hook is compiled when an entry first needs it: tpfilter.programs.lsm_override)."""
+        a hook is compiled when an entry first needs it: tpfilter.programs.lsm_override);
+        ``kernel``: the node's BTF (programs.btf.KernelBtf), whose offsets the kprobes' path
+        walk is compiled with (tpfilter.programs.pathwalk)."""
         from bcc import BPF
 
         self._BPF = BPF
@@ -101,13 +106,14 @@ class Programs:
             node_pidns.ino,
             node_pidns.dev,
         )
+        paths = path_cflags(kernel) if kprobes else []  # the path walk of file/path args
         src = bcc_source(
             program_source(),
             pin_dir=pin_dir,
             node_pidns=node_pidns,
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
-                *(["-DTPF_WITH_KPROBES"] if kprobes else []),
+                *(["-DTPF_WITH_KPROBES", *paths] if kprobes else []),
             ),
         )
         t0 = time.monotonic()
@@ -128,6 +134,9 @@ class Programs:
             for name, index in _STAGES:
                 fn = self.bpf.load_func(name.replace("_stage", "_kstage").encode(), BPF.KPROBE)
                 kstages[ct.c_int(index)] = ct.c_int(fn.fd)
+            if paths:
+                fn = self.bpf.load_func(b"tpf_kstage_path", BPF.KPROBE)
+                kstages[ct.c_int(_KSTAGE_PATH)] = ct.c_int(fn.fd)
             self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
             self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)

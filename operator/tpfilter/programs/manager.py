@@ -164,7 +164,11 @@ class ProgramManager:
             self._kernel = KernelBtf.load_or_none()
             ok = features.kprobes is None, features.lsm is None
             programs = Programs(
-                pin_dir=self._pin_dir, exec_format=exec_fmt, kprobes=ok[0], lsm=ok[1]
+                pin_dir=self._pin_dir,
+                exec_format=exec_fmt,
+                kprobes=ok[0],
+                lsm=ok[1],
+                kernel=self._kernel,
             )
         except Exception as exc:  # bcc raises plain Exception for compile/load errors
             self._unavailable = f"the policy programs failed to compile or load: {exc}"
