@@ -67,8 +67,24 @@ def test_lsm_policy(features: NodeFeatures) -> None:
     policy = yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "data/valid/lsmhook-file-open.yaml").read_text()
     )
-    plan = compile_spec(policy["spec"], _env(features))
-    assert not plan.ok and any("not implemented" in r for r in plan.unsupported)
+    env = replace(_env(features), kernel=KernelBtf.load_or_none(), kprobe_hook=KprobeHooks())
+    plan = compile_spec(policy["spec"], env)
+    if features.kprobes is not None:  # lsmhooks are evaluated by a kprobe at security_<hook>
+        assert not plan.ok and any(features.kprobes in r for r in plan.unsupported)
+        return
+    # what this policy asks beyond the programs is named: matchBinaries on a kprobe, imaHash
+    assert not plan.ok
+    assert any("matchBinaries not supported" in r for r in plan.unsupported), plan.unsupported
+    selector = policy["spec"]["lsmhooks"][0]["selectors"][0]
+    del selector["matchBinaries"]
+    plan = compile_spec(policy["spec"], env)
+    assert [r for r in plan.unsupported if "imaHash" in r], plan.unsupported
+    # without those, it compiles against this kernel's BTF: file_open at security_file_open
+    del selector["matchActions"][0]["imaHash"]
+    plan = compile_spec(policy["spec"], env)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert (cfg.name, cfg.override_lsm) == ("kprobe/security_file_open", "file_open")
 
 
 def test_missing_hook_kinds_are_reported_with_the_reason(features: NodeFeatures) -> None:

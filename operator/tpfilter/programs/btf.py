@@ -107,14 +107,26 @@ class KernelBtf:
         return None if proto is None else self.type_name(self.types[proto][2])
 
     def member_offset(self, struct_name: str, member: str) -> int | None:
-        """Byte offset of a (non-bitfield, top-level) member."""
+        """Byte offset of a (non-bitfield) member, also one inside an anonymous struct or
+        union member (newer kernels wrap e.g. ``file.f_path`` in one)."""
         tid = self.structs.get(struct_name)
-        if tid is None:
-            return None
-        for m_name, _, off_bits in self.types[tid][3]:
+        return None if tid is None else self._member_bits(tid, member, depth=0)
+
+    def _member_bits(self, tid: int, member: str, *, depth: int) -> int | None:
+        for m_name, m_type, off_bits in self.types[tid][3]:
             if m_name == member:
                 return off_bits // 8
+            inner = self._strip(m_type)
+            if not m_name and depth < 4 and self.types[inner][0] in (_STRUCT, _UNION):
+                found = self._member_bits(inner, member, depth=depth + 1)
+                if found is not None:
+                    return off_bits // 8 + found
         return None
+
+    def _strip(self, tid: int) -> int:
+        while self.types[tid][0] in (_CONST, _VOLATILE, _RESTRICT, _TYPE_TAG, _TYPEDEF):
+            tid = self.types[tid][2]
+        return tid
 
     def has_lsm_hook(self, hook: str) -> bool:
         return f"bpf_lsm_{hook}" in self.funcs
