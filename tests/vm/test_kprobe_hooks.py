@@ -272,7 +272,11 @@ def test_char_buf_of_write_and_a_user_string_of_a_kernel_function(
                     {
                         "matchArgs": [{"index": 1, "operator": "Prefix", "values": ["tpf-secret"]}],
                         "matchActions": [{"action": "Sigkill"}],
-                    }
+                    },
+                    {  # an integer (size_t) of a syscall; NoPost: killed, no event
+                        "matchArgs": [{"index": 2, "operator": "Equal", "values": ["4444"]}],
+                        "matchActions": [{"action": "Sigkill"}, {"action": "NoPost"}],
+                    },
                 ],
             },
             {  # its filename is a user pointer: kernel memory first fails, user memory reads
@@ -292,5 +296,9 @@ def test_char_buf_of_write_and_a_user_string_of_a_kernel_function(
     assert run_py(cg, write.format(b"tpf-secret and more")) == -9
     assert run_py(cg, write.format(b"tpf-secre")) == 0  # 9 bytes: not the prefix
     assert run_py(cg, write.format(b"hello tpf-secret")) == 0
+    assert run_py(cg, write.format(b"x" * 4444)) == -9
+    assert run_py(cg, write.format(b"x" * 4443)) == 0
+    posted = [e["args"][0] for e in loaded.lines() if e["hook"] == "kprobe/__x64_sys_write"]
+    assert posted == ["tpf-secret and more"]  # the first selector posts; NoPost does not
     assert run_py(cg, f"open({str(denied)!r})") == -9
     assert run_py(cg, f"open({str(tmp_path / 'other')!r})") == errno.ENOENT
