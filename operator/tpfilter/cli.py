@@ -6,6 +6,8 @@
 * ``tpfilter status``: per policy on this node, its ID, kind, name, cgroups held, inner
   map size and kernel memory, as a table or ``--json``. It reads the pinned maps and the
   agent's state files directly, so it works without API access (e.g. ``kubectl exec``).
+  ``tpfilter status --cluster``: the cluster's view instead, every policy's status as the
+  controller wrote it, read through the API (``tpfilter.clusterstatus``).
 * ``tpfilter probe``: what this node's kernel supports.
 """
 
@@ -149,9 +151,21 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("-v", "--verbose", action="store_true")
     controller.set_defaults(func=_controller)
 
-    status = sub.add_parser("status", help="show this node's policies and their maps")
+    status = sub.add_parser(
+        "status", help="show this node's policies and their maps, or (--cluster) every policy's"
+    )
     _paths(status)
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    status.add_argument(
+        "--cluster",
+        action="store_true",
+        help="every policy's status in the cluster (Ready, nodes, pods), through the API",
+    )
+    status.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="with --cluster: kubeconfig file (default: in-cluster, else $KUBECONFIG)",
+    )
     status.set_defaults(func=_status)
 
     probe = sub.add_parser("probe", help="show what this node's kernel supports")
@@ -297,6 +311,10 @@ def _index_usage(pin_dir: Path) -> dict[str, int] | None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from tpfilter.clusterstatus import show
+
+        return show(kubeconfig=args.kubeconfig, as_json=args.json)
     status = collect_status(pin_dir=args.pin_dir, state_dir=args.state_dir)
     if args.json:
         print(json.dumps(status, indent=2))

@@ -21,10 +21,13 @@ from tpfilter.models import GROUP, VERSION, PolicyKind
 PAGE = 500
 
 
-def load_api_client() -> Any:
-    """An ApiClient from the in-cluster service account, else from $KUBECONFIG."""
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """An ApiClient from ``kubeconfig`` if given, else the in-cluster service account, else
+    from $KUBECONFIG (or ~/.kube/config)."""
     import kubernetes
 
+    if kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:

@@ -1,13 +1,16 @@
 """The whole system on this machine, in one command (``scripts/run-local.sh``).
 
 Builds or reuses the control-plane binaries, starts etcd + kube-apiserver on loopback,
-installs the CRDs, starts ``tpfilter agent`` for this machine as a node, applies the
-user's seed policy, starts a pod the policy selects and one it does not (real cgroups with
-real processes, reported through the API as a kubelet would), and shows with
-``tpfilter status`` which cgroups each policy holds and their kernel memory. Then it applies
-the seed's intent on this node's hooks (``examples/seed-policy-tracepoint.yaml``) and execs
-binaries in both pods: the denied one is killed only in the selected pod.
-Ctrl-C stops everything and removes the cgroups and pins it made.
+installs the CRDs, starts ``tpfilter agent`` for this machine as a node and ``tpfilter
+controller`` (the writer of policy status), applies the user's seed policy, starts a pod
+the policy selects and one it does not (real cgroups with real processes, reported
+through the API as a kubelet would), and shows with ``tpfilter status`` which cgroups each
+policy holds and their kernel memory. Then it applies the seed's intent on this node's
+hooks (``examples/seed-policy-tracepoint.yaml``) and execs binaries in both pods: the
+denied one is killed only in the selected pod. Last, once the controller has summed up the
+node's report, the cluster's view (``kubectl get tracingpolicies``, ``tpfilter status
+--cluster``): without the controller a user's first ``kubectl get`` would show the status
+columns empty. Ctrl-C stops everything and removes the cgroups and pins it made.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.cli import collect_status, format_status
+from tpfilter.clusterstatus import PolicyView, collect, format_table
 from tpfilter_dev.agentproc import eventually
+from tpfilter_dev.controllerproc import ControllerProcess
 from tpfilter_dev.controlplane import ControlPlane
 from tpfilter_dev.kubelet import Kubelet, Pod
 from tpfilter_dev.localnode import LocalNode
@@ -60,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
             labels={"kubernetes.io/hostname": node_name},
         )
         kubelet, agent = node.kubelet, node.agent
+        controller = ControllerProcess(
+            kubeconfig=plane.kubeconfig, log_path=work / "controller.log"
+        )
         try:
             agent.start()
             step(f"agent running for node {node_name} (log: {agent.log_path})")
+            controller.start()
+            step(f"controller running (log: {controller.log_path})")
             print(plane.kubectl("apply", "-f", str(args.policy)).strip())
             selected = kubelet.create_pod(
                 "default",
@@ -91,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             print(format_status(collect_status(pin_dir=pin_dir, state_dir=agent.state_dir)))
             print(f"\n(cgroup {want} is the ubuntu container; bpftool map show shows the maps)")
             _show_enforcement(plane, kubelet, (selected, "ubuntu"), (other, "nginx"))
+            _show_cluster_status(plane, api)
             if not args.once:
                 step("running; Ctrl-C stops everything and cleans up")
                 _wait_for_interrupt()
         finally:
+            controller.stop()
             node.close()
             step("stopped; cgroups and pins removed")
     return 0
@@ -121,6 +134,30 @@ def _show_enforcement(
         code = kubelet.exec(pod, name, *argv)
         outcome = "killed by SIGKILL" if code == -signal.SIGKILL else f"exit {code}"
         print(f"  {name:7} {' '.join(argv):16} -> {outcome}")
+
+
+def _show_cluster_status(plane: ControlPlane, api: Any) -> None:
+    """What the controller made of the node's report, once every policy's status is settled
+    (of its current spec, on this node, past Pending)."""
+
+    def settled(view: PolicyView) -> bool:
+        return (
+            view.has_status
+            and not view.behind
+            and view.total_nodes == 1
+            and view.reason not in ("Pending", "NoNodes")
+        )
+
+    eventually(
+        lambda: all(settled(v) for v in collect(api)),
+        timeout=60,
+        interval=0.2,
+        what="every policy's status written by the controller",
+    )
+    print("\n$ kubectl get tracingpolicies")
+    print(plane.kubectl("get", "tracingpolicies").rstrip())
+    print("\n$ tpfilter status --cluster")
+    print(format_table(collect(api)))
 
 
 def _seed() -> Path:

@@ -2,7 +2,9 @@
 
 Each test gets a fresh node name, cgroup prefix (inside the real cgroup v2 mount), bpffs pin
 directory and state directory, so tests never see each other's maps or pods, and everything
-they made is removed afterwards, also when they fail.
+they made is removed afterwards, also when they fail. ``make_node`` and ``make_controller``
+start as many nodes (agents) and ``tpfilter controller`` processes as a test needs, stopped
+and removed after it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from tpfilter.bpfmaps import probe
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.models import GROUP, VERSION, PolicyKind
+from tpfilter_dev.controllerproc import ControllerProcess
 from tpfilter_dev.controlplane import ControlPlane, ControlPlaneError, binary
 from tpfilter_dev.localnode import LocalNode
 
@@ -196,6 +199,58 @@ def other_layout_node(
 ) -> Iterator[Node]:
     driver, runtime = request.param
     yield from _node(request, control_plane, api_client, tmp_path, driver=driver, runtime=runtime)
+
+
+MakeNode = Callable[..., Node]
+MakeController = Callable[..., ControllerProcess]
+
+
+@pytest.fixture
+def make_node(
+    request: pytest.FixtureRequest, cluster: Cluster, api_client: Any, tmp_path: Path
+) -> Iterator[MakeNode]:
+    made: list[Node] = []
+
+    def make(*, start: bool = True, labels: dict[str, str] | None = None, **agent: Any) -> Node:
+        work = tmp_path / f"node{len(made)}"
+        work.mkdir()
+        node = Node(plane=cluster.plane, api_client=api_client, tmp=work)
+        made.append(node)
+        if labels:
+            node.kubelet.core.patch_node(node.name, {"metadata": {"labels": labels}})
+        for key, value in agent.items():
+            setattr(node.agent, key, value)
+        if start:
+            node.agent.start()
+        return node
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for node in made:
+        if failed is not None and failed.failed:
+            print(f"\n--- agent log ({node.name}) ---\n{node.agent.log(60)}")
+        node.close()
+
+
+@pytest.fixture
+def make_controller(
+    request: pytest.FixtureRequest, cluster: Cluster, tmp_path: Path
+) -> Iterator[MakeController]:
+    made: list[ControllerProcess] = []
+
+    def make(**options: Any) -> ControllerProcess:
+        log = tmp_path / f"controller{len(made)}.log"
+        controller = ControllerProcess(kubeconfig=cluster.plane.kubeconfig, log_path=log, **options)
+        made.append(controller)
+        controller.start()
+        return controller
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for controller in made:
+        if failed is not None and failed.failed:
+            print(f"\n--- controller log ---\n{controller.log(80)}")
+        controller.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

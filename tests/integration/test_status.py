@@ -9,73 +9,22 @@ expectation is about API objects the test reads back (the policy's status, the r
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from harness import eventually
 
-from conftest import Cluster, Node, kubectl
+from conftest import Cluster, MakeController, MakeNode, Node, kubectl
 from tpfilter.models import PolicyKind
 from tpfilter.reporter import GROUP, PLURAL, VERSION
-from tpfilter_dev.controllerproc import ControllerProcess
 
 pytestmark = pytest.mark.apiserver
 
 TP, TPN = PolicyKind.CLUSTER, PolicyKind.NAMESPACED
-KPROBE = {"kprobes": [{"call": "security_bprm_check", "syscall": False}]}
-
-MakeNode = Callable[..., Node]
-MakeController = Callable[..., ControllerProcess]
-
-
-@pytest.fixture
-def make_node(
-    request: pytest.FixtureRequest, cluster: Cluster, api_client: Any, tmp_path: Path
-) -> Iterator[MakeNode]:
-    made: list[Node] = []
-
-    def make(*, start: bool = True, labels: dict[str, str] | None = None, **agent: Any) -> Node:
-        work = tmp_path / f"node{len(made)}"
-        work.mkdir()
-        node = Node(plane=cluster.plane, api_client=api_client, tmp=work)
-        made.append(node)
-        if labels:
-            node.kubelet.core.patch_node(node.name, {"metadata": {"labels": labels}})
-        for key, value in agent.items():
-            setattr(node.agent, key, value)
-        if start:
-            node.agent.start()
-        return node
-
-    yield make
-    failed = getattr(request.node, "rep_call", None)
-    for node in made:
-        if failed is not None and failed.failed:
-            print(f"\n--- agent log ({node.name}) ---\n{node.agent.log(60)}")
-        node.close()
-
-
-@pytest.fixture
-def make_controller(
-    request: pytest.FixtureRequest, cluster: Cluster, tmp_path: Path
-) -> Iterator[MakeController]:
-    made: list[ControllerProcess] = []
-
-    def make(**options: Any) -> ControllerProcess:
-        log = tmp_path / f"controller{len(made)}.log"
-        controller = ControllerProcess(kubeconfig=cluster.plane.kubeconfig, log_path=log, **options)
-        made.append(controller)
-        controller.start()
-        return controller
-
-    yield make
-    failed = getattr(request.node, "rep_call", None)
-    for controller in made:
-        if failed is not None and failed.failed:
-            print(f"\n--- controller log ---\n{controller.log(80)}")
-        controller.stop()
+# A kernel function no kernel has: Accepted (the controller's made-up node has every
+# function), Unsupported on every node that runs tpfilter's programs, with or without kprobes.
+KPROBE = {"kprobes": [{"call": "tpf_no_such_kernel_function", "syscall": False}]}
 
 
 def web_policy(**extra: Any) -> dict[str, Any]:
@@ -169,9 +118,9 @@ def test_ready_everywhere_and_shown_by_kubectl_get(
 def test_unsupported_on_some_nodes(
     cluster: Cluster, make_node: MakeNode, make_controller: MakeController
 ) -> None:
-    """A kprobe policy: tpfilter runs kprobes (Accepted), but no node of this machine's
-    kernel can (Unsupported there: no kprobes); a node whose agent only keeps the filter
-    maps (programs loaded by someone else) has it Ready."""
+    """A kprobe policy tpfilter's programs implement (Accepted) but no node can run
+    (Unsupported where the programs run); a node whose agent only keeps the filter maps
+    (programs loaded by someone else) has it Ready."""
     make_controller()
     programs = make_node()
     maps_only = make_node(extra=("--no-programs",))
