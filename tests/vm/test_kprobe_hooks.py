@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelkit import Cgroups, Env, cgroup2_mount, emptied_after, program_env
+from kernelkit import Cgroups, Env, emptied_after
 
 from tpfilter.models import Policy, parse_policy
 from tpfilter_dev import contain
@@ -41,23 +41,6 @@ def policy(name: str, **spec: Any) -> Policy:
             "spec": {"podSelector": {"matchLabels": {"app": name}}, **spec},
         }
     )
-
-
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    with program_env(probe_lsm=True) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
-def cgroups(env: Env) -> Iterator[Cgroups]:
-    mount = cgroup2_mount()
-    assert mount is not None
-    made = Cgroups(mount)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture

@@ -12,12 +12,11 @@ and a plain host process are untouched; deleting the policy lifts it.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from kernelkit import Cgroups, Env, program_env
+from kernelkit import Cgroups, Env
 
 from tpfilter.models import parse_policy
 from tpfilter_dev import contain
@@ -31,25 +30,6 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     argv = list(command) if cgroup is None else contain.argv(cgroup, command, pid_ns=pid_ns)
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    with program_env(probe_lsm=True) as e:
-        yield e
-
-
-@pytest.fixture(scope="module")
-def cgroups(env: Env) -> Iterator[Cgroups]:
-    from kernelkit import cgroup2_mount
-
-    mount = cgroup2_mount()
-    assert mount is not None
-    made = Cgroups(mount)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture(scope="module")

@@ -279,6 +279,20 @@ def _syscall_source(index: int, f: Field, user_type: str | None) -> _Source | st
     return _Source(Kind.INT, src, chosen)
 
 
+def selector_keys_ok(
+    raw: Any, at: str, errors: _Errors, allowed: frozenset[str], refusal: str
+) -> bool:
+    """A selector is a mapping of ``allowed`` keys (others present but empty are fine)."""
+    if not isinstance(raw, Mapping):
+        errors.add(at, "not a mapping")
+        return False
+    extra = {k for k, v in raw.items() if k not in allowed and v not in (None, [], {})}
+    if extra:
+        errors.add(at, f"{', '.join(sorted(extra))} {refusal}")
+        return False
+    return True
+
+
 def _compile_match_arg(
     entry: Any, where: str, sources: Mapping[int, _Source], errors: _Errors
 ) -> ArgMatch | None:
@@ -502,12 +516,7 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
     selectors: list[Selector] = []
     for s, raw in enumerate(raw_selectors):
         at = f"{where}.selectors[{s}]"
-        if not isinstance(raw, Mapping):
-            errors.add(at, "not a mapping")
-            continue
-        extra = {k for k, v in raw.items() if k not in _SELECTOR_KEYS and v not in (None, [], {})}
-        if extra:
-            errors.add(at, f"{', '.join(sorted(extra))} not supported")
+        if not selector_keys_ok(raw, at, errors, _SELECTOR_KEYS, "not supported"):
             continue
         bin_op: BinOp = BinOp.NONE
         binaries: tuple[bytes, ...] = ()

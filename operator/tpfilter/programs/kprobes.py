@@ -40,6 +40,7 @@ from tpfilter.programs.compiler import (
     _Errors,
     _Source,
     parse_int,
+    selector_keys_ok,
 )
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
@@ -279,12 +280,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
     override_lsm = ""
     for s, raw in enumerate(kp.get("selectors") or []):
         at = f"{where}.selectors[{s}]"
-        if not isinstance(raw, Mapping):
-            errors.add(at, "not a mapping")
-            continue
-        extra = {k for k, v in raw.items() if k not in _SELECTOR_KEYS and v not in (None, [], {})}
-        if extra:
-            errors.add(at, f"{', '.join(sorted(extra))} not supported on kprobes")
+        if not selector_keys_ok(raw, at, errors, _SELECTOR_KEYS, "not supported on kprobes"):
             continue
         matches: list[ArgMatch | None] = [
             _compile_match_arg(m, f"{at}.matchArgs[{j}]", sources, errors)
