@@ -388,13 +388,15 @@ static __always_inline bool tpf_str_match(struct tpf_str *str, u8 op, u32 config
 	case TPF_OP_NE:
 		return !tpf_str_in(str, config, sel, arg);
 	case TPF_OP_PREFIX:
-		return tpf_prefix.lookup(tpf_set_key(&str->fwd, tpf_lpm_bits(str), config, sel,
-						     arg)) != NULL;
+	case TPF_OP_NOTPREFIX:
+		return (tpf_prefix.lookup(tpf_set_key(&str->fwd, tpf_lpm_bits(str), config, sel,
+						      arg)) != NULL) == (op == TPF_OP_PREFIX);
 	case TPF_OP_POSTFIX:
+	case TPF_OP_NOTPOSTFIX:
 		if (str->too_long || !str->rev_ready)
-			return false; /* the end of a cut string is unknown */
-		return tpf_postfix.lookup(tpf_set_key(&str->rev, tpf_lpm_bits(str), config, sel,
-						      arg)) != NULL;
+			return false; /* the end of a cut string is unknown: neither */
+		return (tpf_postfix.lookup(tpf_set_key(&str->rev, tpf_lpm_bits(str), config, sel,
+						       arg)) != NULL) == (op == TPF_OP_POSTFIX);
 	}
 	return false;
 }

@@ -82,6 +82,8 @@
 #define TPF_OP_GT 5
 #define TPF_OP_LT 6
 #define TPF_OP_MASK 7
+#define TPF_OP_NOTPREFIX 8  /* readable, and none of the prefixes */
+#define TPF_OP_NOTPOSTFIX 9 /* readable, its end known, and none of the suffixes */
 
 /* tpf_sel.bin_op */
 #define TPF_BIN_NONE 0

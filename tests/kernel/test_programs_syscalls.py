@@ -154,3 +154,41 @@ def test_string_argument_prefix_postfix_equal(loaded: Env, cgroups: Cgroups) -> 
         (base + "x.tpfpost", 1),
         (base + "exact", 2),
     ]
+
+
+def test_string_argument_not_prefix_and_not_postfix(loaded: Env, cgroups: Cgroups) -> None:
+    """NotPrefix / NotPostfix: the string is readable and none of the values starts / ends
+    it. Both selectors are ANDed in one, so an event is posted only for a name that
+    neither starts with the allowed directory's prefix nor ends with an allowed suffix."""
+    env = loaded
+    cg, cg_id = cgroups()
+    env.maps.install(44, {cg_id}, max_entries=8)
+    base = f"{env.root}/neg-"
+    policy = tp_policy(
+        "openat-neg",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_openat",
+            "args": [{"index": 6, "type": "string", "label": "filename"}],
+            "selectors": [
+                {
+                    "matchArgs": [
+                        {"index": 6, "operator": "Prefix", "values": [base]},
+                        {
+                            "index": 6,
+                            "operator": "NotPrefix",
+                            "values": [base + "ok", base + "fine"],
+                        },
+                        {"index": 6, "operator": "NotPostfix", "values": [".conf", ".txt"]},
+                    ]
+                }
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 44)])["openat-neg"].state == "loaded"
+    names = ["ok1", "fine.bin", "x.conf", "y.txt", "bad.bin", "worse"]
+    code = "import os\n" + "".join(
+        f"try:\n    os.open({base + n!r}, os.O_RDONLY)\nexcept OSError:\n    pass\n" for n in names
+    )
+    assert py(code, cg) == 0
+    assert [e["args"][0] for e in env.lines()] == [base + "bad.bin", base + "worse"]

@@ -324,3 +324,29 @@ def test_arg_fields_the_api_server_defaults_are_not_unsupported_features() -> No
     assert compile_spec(spec, ENV).ok
     arg["maxData"] = True
     assert "maxData" in str(compile_spec(spec, ENV).unsupported)
+
+
+def test_not_prefix_and_not_postfix_use_the_tries_and_the_reverse() -> None:
+    spec = {
+        "tracepoints": [
+            {
+                "subsystem": "syscalls",
+                "event": "sys_enter_openat",
+                "args": [{"index": 6, "type": "string"}],
+                "selectors": [
+                    {
+                        "matchArgs": [
+                            {"index": 6, "operator": "NotPrefix", "values": ["/etc/"]},
+                            {"index": 6, "operator": "NotPostfix", "values": [".so"]},
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert [a.op for a in cfg.selectors[0].args] == [Op.NOTPREFIX, Op.NOTPOSTFIX]
+    assert Op.NOTPREFIX.prefix_set and Op.NOTPOSTFIX.postfix_set
+    assert cfg.rev_mask == cfg.str_mask  # NotPostfix needs the reversed string

@@ -69,6 +69,8 @@ _STRING_OPS: Mapping[str, Op] = {
     "notequal": Op.NE,
     "prefix": Op.PREFIX,
     "postfix": Op.POSTFIX,
+    "notprefix": Op.NOTPREFIX,
+    "notpostfix": Op.NOTPOSTFIX,
 }
 _INT_OPS: Mapping[str, Op] = {
     "equal": Op.EQ,
@@ -172,7 +174,7 @@ class HookConfig:
         mask = 0
         for sel in self.selectors:
             for arg in sel.args:
-                if arg.op is Op.POSTFIX:
+                if arg.op.postfix_set:
                     mask |= 1 << (0 if arg.kind is Kind.PATH else arg.src)
         return mask
 

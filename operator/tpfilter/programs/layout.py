@@ -67,6 +67,18 @@ class Op(IntEnum):
     GT = 5
     LT = 6
     MASK = 7
+    NOTPREFIX = 8
+    NOTPOSTFIX = 9
+
+    @property
+    def prefix_set(self) -> bool:
+        """Its values go into the Prefix trie (tpf_prefix)."""
+        return self in (Op.PREFIX, Op.NOTPREFIX)
+
+    @property
+    def postfix_set(self) -> bool:
+        """Its values go reversed into the Postfix trie (tpf_postfix); needs the reverse."""
+        return self in (Op.POSTFIX, Op.NOTPOSTFIX)
 
 
 class BinOp(IntEnum):

@@ -243,8 +243,8 @@ class Programs:
                 else:
                     self._strs_put(config, s, j, text)
             else:
-                table = self._t["tpf_prefix" if arg.op is Op.PREFIX else "tpf_postfix"]
-                data = text if arg.op is Op.PREFIX else text[::-1]
+                table = self._t["tpf_prefix" if arg.op.prefix_set else "tpf_postfix"]
+                data = text if arg.op.prefix_set else text[::-1]
                 key = table.Key()
                 key.prefixlen = 64 + 8 * len(data)
                 key.config, key.sel, key.arg = config, s, j
