@@ -76,7 +76,9 @@ def container_process(cgroup: Path) -> int:
             if os.stat(f"/proc/{pid}/ns/pid").st_ino == ours:
                 continue
             parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            if Path(f"/proc/{pid}/cmdline").read_bytes() != _cmdline(parent):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            # empty: in the middle of exec (the new mm has no arguments yet), not started
+            if cmdline and cmdline != _cmdline(parent):
                 return int(pid)
         except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
             continue
