@@ -158,12 +158,10 @@ class Reporter:
             plan = {shard_name(self._node, i, len(groups)): g for i, g in enumerate(groups)}
             due = {n: next_write(g, self.written.get(n), self._rates) for n, g in plan.items()}
             wait = min(due.values()) - self._clock()
-            if wait > 0:
-                log.debug("report: nothing to write for %.1fs", wait)
-                await self._sleep(wait)
-                continue
             try:
-                await self._write(plan, due)
+                if wait <= 0:
+                    await self._write(plan, due)
+                # Also when nothing is due: a restarted agent may find a leftover set.
                 await self._delete_others(plan.keys())
             except Exception as exc:
                 log.warning("writing this node's report failed (retry in %.1fs): %s", delay, exc)
@@ -171,6 +169,9 @@ class Reporter:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = RETRY_FIRST
+            if wait > 0:
+                log.debug("report: nothing to write for %.1fs", wait)
+                await self._sleep(wait)
 
     async def _write(self, plan: dict[str, list[Entry]], due: dict[str, float]) -> None:
         """The shards that are due, in index order (the others are unchanged or waiting)."""
