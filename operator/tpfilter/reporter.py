@@ -184,7 +184,7 @@ class Reporter:
             await asyncio.to_thread(self._api.write, name, body)
             self.written[name] = Written(entries=entries, at=now)
             self.writes += 1
-            log.debug("report %s written (%d policies)", name, len(entries))
+            log.debug("report written: %s (%d policies)", name, len(entries))
 
     async def _delete_others(self, names: Iterable[str]) -> None:
         """The objects of a previous shard count, once the current count is written in full
