@@ -19,8 +19,8 @@ A node's report may be split in shards (``tpfilter.reportshards``): report objec
 cached by name, grouped by their ``nodeName``, and a node's report is merged from one
 complete set of its shards (``choose``), never from a mix of two shard counts.
 
-It also deletes the reports (every shard) of nodes that no longer exist (on the Node's DELETED event
-and in a periodic sweep), and posts an Event on the policy when its Ready or Degraded
+It also deletes the reports (every shard) of nodes that no longer exist (on the Node's
+DELETED event and in a periodic sweep), and posts an Event on the policy when its Ready or Degraded
 condition changes status.
 """
 
@@ -193,19 +193,19 @@ class Controller:
         }
         chosen = choose(self._shards[n][1] for n in names)
         old = self._reports.get(node)
-        if names:
-            self._by_node[node] = names
-        else:
+        if not names:
             self._by_node.pop(node, None)
-        if chosen is None:
-            self._reports.pop(node, None)
-            if old is not None:
+            if self._reports.pop(node, None) is not None:
                 self._mark(set(self._policies))
             return
+        self._by_node[node] = names
+        # No complete set (a shard deleted by hand, or lost): the node is still there, and
+        # Pending on every policy (no entries: NotReported) until it writes a whole set.
+        used = [shard.name for shard in chosen] if chosen else sorted(names)
         entries: dict[str, Seen] = {}
-        for shard in chosen:
-            entries.update(self._shards[shard.name][2])
-        heartbeat = max(shard.written for shard in chosen)
+        for name in used if chosen else ():
+            entries.update(self._shards[name][2])
+        heartbeat = max(self._shards[name][1].written for name in used)
         self._reports[node] = NodeReport(node, heartbeat, entries)
         if old is None:
             self._mark(set(self._policies))

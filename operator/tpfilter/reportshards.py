@@ -144,9 +144,9 @@ def choose(shards: Iterable[Shard]) -> list[Shard] | None:
     An incomplete newest set (the agent has written some of its new shards, or a shard
     was deleted by hand) is ignored while the previous set is complete: the agent deletes
     the old set only after writing every new shard, so the old one is whole and, for a
-    moment, as right as it was. With no complete set the node has no usable report and
-    the controller treats it as it treats a node that never reported (Pending on it):
-    half a report would say "absent" for the policies of the missing shards.
+    moment, as right as it was. With no complete set the controller counts the node as
+    Pending on every policy (it is there, but has not said a whole thing) rather than
+    read half a report, which would leave the policies of the missing shards out.
     """
     by_count: dict[int, dict[int, Shard]] = {}
     for shard in shards:

@@ -272,8 +272,16 @@ def test_controller_merges_one_set_of_shards_and_never_double_counts() -> None:
     asyncio.run(controller.step())
     assert controller.summary()["report_objects"] == 2
     assert status_of(api, "b")["totalNodes"] == 1
-    # A shard deleted by hand: no complete set, the node has no report.
+    # A shard deleted by hand: no complete set, the node is Pending on every policy.
     controller.report_event("DELETED", body_of("n", [], NOW, 1, 2, 5))
+    asyncio.run(controller.step())
+    assert controller.summary()["reports"] == 1
+    for name in ("a", "b"):
+        status = status_of(api, name)
+        assert (status["readyNodes"], status["totalNodes"]) == (0, 1)
+        assert [(n["state"], n["reason"]) for n in status["nodes"]] == [("Pending", "NotReported")]
+    # Its last shard deleted: no node.
+    controller.report_event("DELETED", body_of("n", [], NOW, 0, 2, 6))
     asyncio.run(controller.step())
     assert controller.summary()["reports"] == 0
     assert status_of(api, "a")["totalNodes"] == 0
