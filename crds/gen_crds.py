@@ -208,11 +208,16 @@ RULE_HOST_SELECTOR_ALL: Final = Rule(
     lambda s: "matchLabels" not in s and "matchExpressions" not in s,
 )
 
-# A node report is named after its node, so that one name means one writer (the chart's
-# ValidatingAdmissionPolicy compares the name with the writer's node).
+# A node report is named after its node, or is one of its shards, <node>.shard-<i>-of-<k>
+# (tpfilter.reportshards), so that a name means one writer (the chart's
+# ValidatingAdmissionPolicy compares nodeName with the writer's node).
 RULE_REPORT_NAMED_AFTER_NODE: Final = Rule(
-    "self.metadata.name == self.nodeName",
-    lambda s: (s.get("metadata") or {}).get("name") == s.get("nodeName"),
+    "self.metadata.name == self.nodeName"
+    " || self.metadata.name.startsWith(self.nodeName + '.shard-')",
+    lambda s: (
+        (s.get("metadata") or {}).get("name") == s.get("nodeName")
+        or str((s.get("metadata") or {}).get("name", "")).startswith(f"{s.get('nodeName')}.shard-")
+    ),
 )
 
 ALL_RULES: Final = (
@@ -1045,7 +1050,18 @@ def report_crd() -> Schema:
             "apiVersion": string("API version of the object."),
             "kind": string("Kind of the object."),
             "metadata": {"type": "object"},
-            "nodeName": string("The node; the object's name is the same.", max_length=253),
+            "nodeName": string(
+                "The node; the object's name is the same, or <node>.shard-<i>-of-<k>.",
+                max_length=253,
+            ),
+            "shard": obj(
+                "Which part of the node's report this is, when it is split (absent: all).",
+                {
+                    "index": integer("This shard's index, from 0.", minimum=0),
+                    "count": integer("How many shards the report has.", minimum=1),
+                },
+                required=("index", "count"),
+            ),
             "writeTime": {
                 "type": "string",
                 "format": "date-time",
@@ -1060,7 +1076,8 @@ def report_crd() -> Schema:
         required=("nodeName",),
         validations=(
             RULE_REPORT_NAMED_AFTER_NODE.validation(
-                "metadata.name must be the nodeName", field_path=".nodeName"
+                "metadata.name must be the nodeName or <nodeName>.shard-<i>-of-<k>",
+                field_path=".nodeName",
             ),
         ),
     )

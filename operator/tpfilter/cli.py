@@ -25,6 +25,7 @@ from typing import Any
 
 from tpfilter import statefile
 from tpfilter.engine import DEFAULT_MAX_CGROUPS, DEFAULT_MAX_POLICIES, Limits
+from tpfilter.reportshards import REPORT_MAX_BYTES
 
 DEFAULT_STATE_DIR = Path("/run/tpfilter")
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/tpfilter")
@@ -102,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=3600.0,
         help="the report is rewritten at least this often, even unchanged",
+    )
+    agent.add_argument(
+        "--report-max-bytes",
+        type=int,
+        default=REPORT_MAX_BYTES,
+        help="the largest report object (JSON bytes); past it the report is split in shards",
     )
     agent.add_argument(
         "--heartbeat-seconds",
@@ -209,6 +216,7 @@ def _agent(args: argparse.Namespace) -> int:
         report_rates=WriteRates(
             args.report_interval, args.report_counts_interval, args.report_refresh_seconds
         ),
+        report_max_bytes=args.report_max_bytes,
         heartbeat_seconds=args.heartbeat_seconds,
         lease_namespace=args.lease_namespace,
     )

@@ -15,8 +15,12 @@ watches cannot say when they have delivered everything, and a status computed fr
 the reports would be wrong (and written). Cached objects carry their resourceVersion, so
 an older event arriving after a newer list loses.
 
-It also deletes the reports of nodes that no longer exist (on the Node's DELETED event
-and in a periodic sweep), and posts an Event on the policy when its Ready or Degraded
+A node's report may be split in shards (``tpfilter.reportshards``): report objects are
+cached by name, grouped by their ``nodeName``, and a node's report is merged from one
+complete set of its shards (``choose``), never from a mix of two shard counts.
+
+It also deletes the reports (every shard) of nodes that no longer exist (on the Node's
+DELETED event and in a periodic sweep), and posts an Event on the policy when its Ready or Degraded
 condition changes status.
 """
 
@@ -33,10 +37,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tpfilter.accept import Verdict, accept
-from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate, seen
+from tpfilter.aggregate import NodeReport, PolicyFacts, Seen, aggregate, seen
 from tpfilter.conditions import transitions
 from tpfilter.models import PolicyError, PolicyKind, parse_policy
-from tpfilter.reporter import from_rfc3339
+from tpfilter.reportshards import Shard, choose, shard_of_body
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ class StatusApi(Protocol):
     def post_event(self, ref: PolicyRef, warning: bool, reason: str, message: str) -> None: ...
     def node_names(self) -> set[str]: ...
     def node_leases(self) -> dict[str, float]: ...
-    def delete_report(self, node: str) -> None: ...
+    def delete_report(self, name: str) -> None: ...  # one report object, by name
 
 
 @dataclass(slots=True)
@@ -125,7 +129,11 @@ class Controller:
         self.config = config
         self._clock = clock
         self._policies: dict[str, _Policy] = {}
-        self._reports: dict[str, tuple[int | None, NodeReport]] = {}
+        # Report objects by name (a node's whole report, or one of its shards), their
+        # names by node, and each node's report merged from one set of its shards.
+        self._shards: dict[str, tuple[int | None, Shard, dict[str, Seen]]] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._reports: dict[str, NodeReport] = {}
         self._dirty: set[str] = set()
         self._gone_nodes: set[str] = set()
         self._stale: frozenset[str] = frozenset()
@@ -159,24 +167,50 @@ class Controller:
         self._mark({uid})
 
     def report_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        node = str((body.get("metadata") or {}).get("name", ""))
-        old = self._reports.get(node)
+        """One report object (a whole report or one shard of it): cached by object name,
+        then its node's report is merged again from one consistent set of shards."""
+        shard = shard_of_body(body)
+        old = self._shards.get(shard.name)
         if event_type == "DELETED":
-            if self._reports.pop(node, None) is not None:
-                self._mark(set(self._policies))
+            if self._shards.pop(shard.name, None) is not None:
+                self._merge(old[1].node if old else shard.node)
             return
         if old is not None and _older(_rv(body), old[0]):
             return
-        try:
-            heartbeat = from_rfc3339(str(body.get("writeTime") or ""))
-        except ValueError:
-            heartbeat = 0.0
         entries = {sys.intern(str(e.get("uid"))): seen(e) for e in body.get("policies") or ()}
-        self._reports[node] = (_rv(body), NodeReport(node, heartbeat, entries))
+        self._shards[shard.name] = (_rv(body), shard, entries)
+        self._by_node.setdefault(shard.node, set()).add(shard.name)
+        if old is not None and old[1].node != shard.node:  # renamed by hand: both change
+            self._merge(old[1].node)
+        self._merge(shard.node)
+
+    def _merge(self, node: str) -> None:
+        """The node's report from its chosen shards; marks the policies whose entry changed."""
+        names = {
+            n
+            for n in self._by_node.get(node, ())
+            if n in self._shards and self._shards[n][1].node == node
+        }
+        chosen = choose(self._shards[n][1] for n in names)
+        old = self._reports.get(node)
+        if not names:
+            self._by_node.pop(node, None)
+            if self._reports.pop(node, None) is not None:
+                self._mark(set(self._policies))
+            return
+        self._by_node[node] = names
+        # No complete set (a shard deleted by hand, or lost): the node is still there, and
+        # Pending on every policy (no entries: NotReported) until it writes a whole set.
+        used = [shard.name for shard in chosen] if chosen else sorted(names)
+        entries: dict[str, Seen] = {}
+        for name in used if chosen else ():
+            entries.update(self._shards[name][2])
+        heartbeat = max(self._shards[name][1].written for name in used)
+        self._reports[node] = NodeReport(node, heartbeat, entries)
         if old is None:
             self._mark(set(self._policies))
         else:
-            before = old[1].entries
+            before = old.entries
             self._mark(
                 {u for u in before.keys() | entries.keys() if before.get(u) != entries.get(u)}
             )
@@ -261,7 +295,7 @@ class Controller:
         await self._poll_leases(now)
         stale = frozenset(
             node
-            for node, (_, r) in self._reports.items()
+            for node, r in self._reports.items()
             if now - self._alive(r).heartbeat > self.config.stale_after
         )
         if stale != self._stale:
@@ -274,7 +308,7 @@ class Controller:
         for node in sorted(gone):
             await self._delete_report(node)
         dirty, self._dirty = self._dirty, set()
-        reports = [self._alive(r) for _, r in self._reports.values()]
+        reports = [self._alive(r) for r in self._reports.values()]
         text = rfc3339_seconds(now)
         writes = self.counters.writes
         for uid in sorted(dirty):
@@ -337,14 +371,16 @@ class Controller:
                 log.warning("event for %s not posted: %s", ref.name, exc)
 
     async def _delete_report(self, node: str) -> None:
-        try:
-            await asyncio.to_thread(self._api.delete_report, node)
-            self.counters.reports_deleted += 1
-            log.info("deleted the report of node %s (the node is gone)", node)
-        except Exception as exc:
-            if getattr(exc, "status", None) != 404:
-                log.warning("report of deleted node %s not deleted: %s", node, exc)
-                self._gone_nodes.add(node)
+        """Every report object of a deleted node: its report or all of its shards."""
+        for name in sorted(self._by_node.get(node) or {node}):
+            try:
+                await asyncio.to_thread(self._api.delete_report, name)
+                self.counters.reports_deleted += 1
+                log.info("deleted report %s (node %s is gone)", name, node)
+            except Exception as exc:
+                if getattr(exc, "status", None) != 404:
+                    log.warning("report %s of deleted node %s not deleted: %s", name, node, exc)
+                    self._gone_nodes.add(node)
 
     async def _sweep_loop(self) -> None:
         """Reports whose Node is gone (deleted while the controller was down)."""
@@ -354,7 +390,7 @@ class Controller:
                     # The reports it knows (its cache), not a list of them: a full list of
                     # reports is the largest read there is.
                     nodes = await asyncio.to_thread(self._api.node_names)
-                    for node in sorted(self._reports.keys() - nodes):
+                    for node in sorted(self._by_node.keys() - nodes):
                         await self._delete_report(node)
                 except Exception as exc:
                     log.warning("sweep of reports failed: %s", exc)
@@ -364,6 +400,7 @@ class Controller:
         return {
             "policies": len(self._policies),
             "reports": len(self._reports),
+            "report_objects": len(self._shards),
             "stale": sorted(self._stale),
             "leading": self.leading(),
             "recomputed": self.counters.recomputed,

@@ -23,6 +23,7 @@ from tpfilter.nodelease import NodeLease
 from tpfilter.programs import Metrics, ProgramManager
 from tpfilter.programs.podindex import PodIndex
 from tpfilter.reporter import KubeReportApi, Reporter
+from tpfilter.reportshards import REPORT_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class AgentConfig:
     metrics_addr: str = "0.0.0.0"
     report: bool = True  # write this node's TracingPolicyNodeReport
     report_rates: WriteRates = field(default_factory=WriteRates)
+    report_max_bytes: int = REPORT_MAX_BYTES  # past this, the report is sharded
     heartbeat_seconds: float = 10.0  # node Lease renewal (the controller's liveness signal)
     lease_namespace: str = "default"
 
@@ -92,6 +94,7 @@ async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -
             node_name=config.node_name,
             api=KubeReportApi(api_client),
             rates=config.report_rates,
+            max_bytes=config.report_max_bytes,
             source=lambda: agent.report_entries,
         )
         agent.on_report = reporter.changed

@@ -102,5 +102,5 @@ class KubeStatusApi:
         items, _ = pages(self._core.list_node)
         return {str(n["metadata"]["name"]) for n in items}
 
-    def delete_report(self, node: str) -> None:
-        self._custom.delete_cluster_custom_object(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, node)
+    def delete_report(self, name: str) -> None:
+        self._custom.delete_cluster_custom_object(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, name)

@@ -70,18 +70,26 @@ class LocalNode:
                     maps.remove_pins()
 
     def delete_from_api(self) -> None:
-        """Remove this node's Node object and its report (a node leaving the cluster)."""
+        """Remove this node's Node object and its report, every shard of it (a node leaving
+        the cluster)."""
         import kubernetes
 
-        calls = (
-            lambda: kubernetes.client.CoreV1Api(self._api_client).delete_node(self.name),
-            lambda: kubernetes.client.CustomObjectsApi(
-                self._api_client
-            ).delete_cluster_custom_object(GROUP, VERSION, PLURAL, self.name),
-        )
-        for call in calls:
+        custom: Any = kubernetes.client.CustomObjectsApi(self._api_client)
+        listed: dict[str, Any] = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        reports: list[dict[str, Any]] = listed["items"]
+        names = {self.name} | {
+            str(r["metadata"]["name"]) for r in reports if r.get("nodeName") == self.name
+        }
+
+        def delete(name: str | None) -> None:
+            if name is None:
+                kubernetes.client.CoreV1Api(self._api_client).delete_node(self.name)
+            else:
+                custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+
+        for name in [None, *sorted(names)]:
             try:
-                call()
+                delete(name)
             except Exception as exc:  # gone already: fine
                 if getattr(exc, "status", None) != 404:
                     raise

@@ -1,5 +1,5 @@
 """The chart's RBAC and ValidatingAdmissionPolicy on the real API server: an agent writes
-only its own node's report.
+(and deletes) only its own node's report and its shards.
 
 The agent's credentials are made as the kubelet makes them: a service-account token bound
 to the agent's Pod (TokenRequest with a boundObjectRef), which the API server gives the
@@ -23,6 +23,7 @@ from tpfilter.models import GROUP as POLICY_GROUP
 from tpfilter.models import VERSION as POLICY_VERSION
 from tpfilter.nodelease import lease_body
 from tpfilter.reporter import GROUP, PLURAL, VERSION, report_body
+from tpfilter.reportshards import shard_body, shard_name
 from tpfilter_dev.controlplane import ControlPlane, binary
 
 pytestmark = pytest.mark.apiserver
@@ -142,6 +143,41 @@ def test_an_agent_writes_only_its_own_nodes_report(
         assert as_agent.get_cluster_custom_object(GROUP, VERSION, PLURAL, mine)["nodeName"] == mine
         as_agent.patch_cluster_custom_object(GROUP, VERSION, PLURAL, mine, {"policies": []})
 
+        # Its own shards: created, patched, deleted (a change of the shard count).
+        mine_shard = shard_name(mine, 1, 2)
+        as_agent.create_cluster_custom_object(
+            GROUP, VERSION, PLURAL, shard_body(mine, [], 0.0, index=1, count=2)
+        )
+        as_agent.patch_cluster_custom_object(GROUP, VERSION, PLURAL, mine_shard, {"policies": []})
+        assert (
+            as_agent.get_cluster_custom_object(GROUP, VERSION, PLURAL, mine_shard)["shard"]["count"]
+            == 2
+        )
+        as_agent.delete_cluster_custom_object(GROUP, VERSION, PLURAL, mine_shard)
+        # A shard named for another node (and saying so) is refused.
+        other_shard = shard_body(other, [], 0.0, index=0, count=2)
+        assert status_of(
+            lambda: as_agent.create_cluster_custom_object(GROUP, VERSION, PLURAL, other_shard)
+        ) in (403, 422)
+        # A report whose nodeName is another node, under a name of its own node's shape:
+        # the CRD refuses a name that is not its nodeName's...
+        lying = shard_body(other, [], 0.0, index=0, count=2)
+        lying["metadata"]["name"] = shard_name(mine, 0, 2)
+        assert status_of(
+            lambda: as_agent.create_cluster_custom_object(GROUP, VERSION, PLURAL, lying)
+        ) in (403, 422)
+        # ...but a node may be named "<mine>.shard-0-of-2": its report passes the CRD and
+        # the name rule of <mine>'s token; only the nodeName rule refuses it.
+        dotted = report_body(shard_name(mine, 0, 2), [], 0.0)
+        try:
+            as_agent.create_cluster_custom_object(GROUP, VERSION, PLURAL, dotted)
+        except Exception as exc:
+            assert getattr(exc, "status", 0) in (403, 422)
+            assert "its own node's report" in str(getattr(exc, "body", exc))
+            assert f"of node {mine}.shard-0-of-2" in str(getattr(exc, "body", exc))
+        else:
+            raise AssertionError("an agent wrote a report whose nodeName is another node")
+
         # Another node's existing report cannot be patched either (admin creates it).
         cluster.custom.create_cluster_custom_object(
             GROUP, VERSION, PLURAL, report_body(other, [], 0.0)
@@ -157,11 +193,20 @@ def test_an_agent_writes_only_its_own_nodes_report(
         assert status_of(
             lambda: leases.create_namespaced_lease(ns, lease_body(other, ns, 0.0, 10.0))
         ) in (403, 422)
-        # RBAC: no delete, no list, no policy status.
+        # Another node's report and shards: not deleted (admission), its own: deleted.
+        cluster.custom.create_cluster_custom_object(
+            GROUP, VERSION, PLURAL, shard_body(other, [], 0.0, index=1, count=2)
+        )
+        for name in (other, shard_name(other, 1, 2)):
+            assert status_of(
+                lambda n=name: as_agent.delete_cluster_custom_object(GROUP, VERSION, PLURAL, n)
+            ) in (403, 422)
+            assert cluster.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
         assert (
             status_of(lambda: as_agent.delete_cluster_custom_object(GROUP, VERSION, PLURAL, mine))
-            == 403
+            == 200
         )
+        # RBAC: no list, no policy status.
         assert status_of(lambda: as_agent.list_cluster_custom_object(GROUP, VERSION, PLURAL)) == 403
         assert (
             status_of(
@@ -173,10 +218,10 @@ def test_an_agent_writes_only_its_own_nodes_report(
         )
     finally:
         for node in (mine, other):
-            for call in (
-                lambda n=node: cluster.custom.delete_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, n
-                ),
-                lambda n=node: cluster.core.delete_node(n),
-            ):
-                status_of(call)
+            for name in (node, shard_name(node, 0, 2), shard_name(node, 1, 2)):
+                status_of(
+                    lambda n=name: cluster.custom.delete_cluster_custom_object(
+                        GROUP, VERSION, PLURAL, n
+                    )
+                )
+            status_of(lambda n=node: cluster.core.delete_node(n))

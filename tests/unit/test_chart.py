@@ -326,8 +326,14 @@ def test_agent_role_is_read_only_but_for_its_report(helm: str) -> None:
     assert by_resource[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
     assert ("", "events") not in by_resource
     assert ("events.k8s.io", "events") not in by_resource
-    # Its node's report: no delete, no list (the admission policy binds it to its node).
-    assert by_resource[("tpfilter.io", "tracingpolicynodereports")] == {"get", "create", "patch"}
+    # Its node's report: no list; delete for its old shards (the admission policy binds
+    # every verb to its node).
+    assert by_resource[("tpfilter.io", "tracingpolicynodereports")] == {
+        "get",
+        "create",
+        "patch",
+        "delete",
+    }
     writes = {(g, r) for g, r, v in granted if v - READ_VERBS}
     assert writes == {("tpfilter.io", "tracingpolicynodereports")}
     assert not any(r.endswith("/status") for _, r, _ in granted)
@@ -412,12 +418,20 @@ def test_node_bound_reports_admission_policy(helm: str) -> None:
     assert spec["failurePolicy"] == "Fail"
     resources = {r["resources"][0]: r for r in spec["matchConstraints"]["resourceRules"]}
     assert resources.keys() == {"tracingpolicynodereports", "leases"}
-    assert all(set(r["operations"]) == {"CREATE", "UPDATE"} for r in resources.values())
+    assert set(resources["leases"]["operations"]) == {"CREATE", "UPDATE"}
+    assert set(resources["tracingpolicynodereports"]["operations"]) == {
+        "CREATE",
+        "UPDATE",
+        "DELETE",
+    }
     [condition] = spec["matchConditions"]
     assert f"system:serviceaccount:{NAMESPACE}:{AGENT}" in condition["expression"]
     [validation] = spec["validations"]
-    assert "authentication.kubernetes.io/node-name" in validation["expression"]
-    assert "object.metadata.name ==" in validation["expression"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert "authentication.kubernetes.io/node-name" in variables["node"]
+    assert "oldObject" in variables["target"]
+    assert "variables.target.nodeName == variables.node" in validation["expression"]
+    assert 'startsWith(variables.node + ".shard-")' in validation["expression"]
     off = render(helm, {"report.nodeBound": "false"})
     assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
 
