@@ -15,9 +15,8 @@ watches cannot say when they have delivered everything, and a status computed fr
 the reports would be wrong (and written). Cached objects carry their resourceVersion, so
 an older event arriving after a newer list loses.
 
-A node's report may be split in shards (``tpfilter.reportshards``): report objects are
-cached by name, grouped by their ``nodeName``, and a node's report is merged from one
-complete set of its shards (``choose``), never from a mix of two shard counts.
+A node's report may be split in shards (``tpfilter.reportshards``); the report cache
+(``tpfilter.reportcache``) merges a node's report from one complete set of its shards.
 
 It also deletes the reports (every shard) of nodes that no longer exist (on the Node's
 DELETED event and in a periodic sweep), and posts an Event on the policy when its Ready or Degraded
@@ -29,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -37,10 +35,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tpfilter.accept import Verdict, accept
-from tpfilter.aggregate import NodeReport, PolicyFacts, Seen, aggregate, seen
+from tpfilter.aggregate import NodeReport, PolicyFacts, aggregate
 from tpfilter.conditions import transitions
 from tpfilter.models import PolicyError, PolicyKind, parse_policy
-from tpfilter.reportshards import Shard, choose, shard_of_body
+from tpfilter.reportcache import EVERY_POLICY, ReportCache, older, resource_version
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +92,6 @@ class Counters:
     started: float = field(default_factory=time.monotonic)
 
 
-def _rv(body: Mapping[str, Any]) -> int | None:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion", ""))
-    except ValueError:
-        return None
-
-
-def _older(rv: int | None, than: int | None) -> bool:
-    return rv is not None and than is not None and rv < than
-
-
 def rfc3339_seconds(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -129,11 +116,7 @@ class Controller:
         self.config = config
         self._clock = clock
         self._policies: dict[str, _Policy] = {}
-        # Report objects by name (a node's whole report, or one of its shards), their
-        # names by node, and each node's report merged from one set of its shards.
-        self._shards: dict[str, tuple[int | None, Shard, dict[str, Seen]]] = {}
-        self._by_node: dict[str, set[str]] = {}
-        self._reports: dict[str, NodeReport] = {}
+        self._report_cache = ReportCache()  # node reports, merged from their shards
         self._dirty: set[str] = set()
         self._gone_nodes: set[str] = set()
         self._stale: frozenset[str] = frozenset()
@@ -153,7 +136,7 @@ class Controller:
             self._policies.pop(uid, None)
             self._dirty.discard(uid)
             return
-        if old is not None and _older(_rv(body), old.rv):
+        if old is not None and older(resource_version(body), old.rv):
             return
         kind = PolicyKind(str(body.get("kind")))
         generation = int(metadata.get("generation") or 0)
@@ -163,57 +146,15 @@ class Controller:
             verdict = verdict_of(body)
         ref = PolicyRef(kind, metadata.get("namespace"), str(metadata.get("name")), uid)
         status = dict(body.get("status") or {})
-        self._policies[uid] = _Policy(ref, PolicyFacts(uid, generation, verdict), status, _rv(body))
+        self._policies[uid] = _Policy(
+            ref, PolicyFacts(uid, generation, verdict), status, resource_version(body)
+        )
         self._mark({uid})
 
     def report_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """One report object (a whole report or one shard of it): cached by object name,
-        then its node's report is merged again from one consistent set of shards."""
-        shard = shard_of_body(body)
-        old = self._shards.get(shard.name)
-        if event_type == "DELETED":
-            if self._shards.pop(shard.name, None) is not None:
-                self._merge(old[1].node if old else shard.node)
-            return
-        if old is not None and _older(_rv(body), old[0]):
-            return
-        entries = {sys.intern(str(e.get("uid"))): seen(e) for e in body.get("policies") or ()}
-        self._shards[shard.name] = (_rv(body), shard, entries)
-        self._by_node.setdefault(shard.node, set()).add(shard.name)
-        if old is not None and old[1].node != shard.node:  # renamed by hand: both change
-            self._merge(old[1].node)
-        self._merge(shard.node)
-
-    def _merge(self, node: str) -> None:
-        """The node's report from its chosen shards; marks the policies whose entry changed."""
-        names = {
-            n
-            for n in self._by_node.get(node, ())
-            if n in self._shards and self._shards[n][1].node == node
-        }
-        chosen = choose(self._shards[n][1] for n in names)
-        old = self._reports.get(node)
-        if not names:
-            self._by_node.pop(node, None)
-            if self._reports.pop(node, None) is not None:
-                self._mark(set(self._policies))
-            return
-        self._by_node[node] = names
-        # No complete set (a shard deleted by hand, or lost): the node is still there, and
-        # Pending on every policy (no entries: NotReported) until it writes a whole set.
-        used = [shard.name for shard in chosen] if chosen else sorted(names)
-        entries: dict[str, Seen] = {}
-        for name in used if chosen else ():
-            entries.update(self._shards[name][2])
-        heartbeat = max(self._shards[name][1].written for name in used)
-        self._reports[node] = NodeReport(node, heartbeat, entries)
-        if old is None:
-            self._mark(set(self._policies))
-        else:
-            before = old.entries
-            self._mark(
-                {u for u in before.keys() | entries.keys() if before.get(u) != entries.get(u)}
-            )
+        """One report object (a whole report or one shard of it): tpfilter.reportcache."""
+        changed = self._report_cache.update(event_type, body)
+        self._mark(set(self._policies) if changed is EVERY_POLICY else changed)
 
     def node_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         if event_type == "DELETED":
@@ -295,7 +236,7 @@ class Controller:
         await self._poll_leases(now)
         stale = frozenset(
             node
-            for node, r in self._reports.items()
+            for node, r in self._report_cache.reports.items()
             if now - self._alive(r).heartbeat > self.config.stale_after
         )
         if stale != self._stale:
@@ -308,7 +249,7 @@ class Controller:
         for node in sorted(gone):
             await self._delete_report(node)
         dirty, self._dirty = self._dirty, set()
-        reports = [self._alive(r) for r in self._reports.values()]
+        reports = [self._alive(r) for r in self._report_cache.reports.values()]
         text = rfc3339_seconds(now)
         writes = self.counters.writes
         for uid in sorted(dirty):
@@ -372,7 +313,7 @@ class Controller:
 
     async def _delete_report(self, node: str) -> None:
         """Every report object of a deleted node: its report or all of its shards."""
-        for name in sorted(self._by_node.get(node) or {node}):
+        for name in sorted(self._report_cache.names_of(node)):
             try:
                 await asyncio.to_thread(self._api.delete_report, name)
                 self.counters.reports_deleted += 1
@@ -390,7 +331,7 @@ class Controller:
                     # The reports it knows (its cache), not a list of them: a full list of
                     # reports is the largest read there is.
                     nodes = await asyncio.to_thread(self._api.node_names)
-                    for node in sorted(self._by_node.keys() - nodes):
+                    for node in sorted(self._report_cache.nodes() - nodes):
                         await self._delete_report(node)
                 except Exception as exc:
                     log.warning("sweep of reports failed: %s", exc)
@@ -399,8 +340,8 @@ class Controller:
     def summary(self) -> dict[str, Any]:
         return {
             "policies": len(self._policies),
-            "reports": len(self._reports),
-            "report_objects": len(self._shards),
+            "reports": len(self._report_cache.reports),
+            "report_objects": self._report_cache.objects,
             "stale": sorted(self._stale),
             "leading": self.leading(),
             "recomputed": self.counters.recomputed,
