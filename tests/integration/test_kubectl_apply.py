@@ -14,7 +14,8 @@ from tpfilter_dev.controlplane import ControlPlane
 pytestmark = pytest.mark.apiserver
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SEED = Path(__file__).resolve().parents[2] / "examples" / "seed-policy.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SEED = EXAMPLES / "seed-policy.yaml"
 
 
 def _expectation(path: Path) -> str:
@@ -33,7 +34,9 @@ def test_invalid_policy_is_refused_naming_the_field(
 
 
 @pytest.mark.parametrize(
-    "path", [*sorted((DATA / "valid").glob("*.yaml")), SEED], ids=lambda p: p.stem
+    "path",
+    [*sorted((DATA / "valid").glob("*.yaml")), *sorted(EXAMPLES.glob("*.yaml"))],
+    ids=lambda p: p.stem,
 )
 def test_valid_policy_is_accepted(control_plane: ControlPlane, path: Path) -> None:
     result = kubectl(control_plane, "apply", "--dry-run=server", "-f", str(path), check=False)
