@@ -23,7 +23,7 @@ class LsmOverrides:
     """The loaded Override programs, by LSM hook. Not thread-safe (the manager's lock)."""
 
     def __init__(self) -> None:
-        self._modules: dict[str, tuple[int, Any]] = {}  # hook -> (kprobe hook ID, BPF)
+        self._modules: dict[str, Any] = {}  # LSM hook -> its bcc module
 
     @property
     def hooks(self) -> frozenset[str]:
@@ -45,13 +45,13 @@ class LsmOverrides:
                 f"-DTPF_OVERRIDE_HOOK={kprobe_hook}",
             ],
         )  # bcc attaches the LSM program here
-        self._modules[lsm_hook] = (kprobe_hook, bpf)
+        self._modules[lsm_hook] = bpf
         log.info("Override program of BPF LSM hook %s loaded", lsm_hook)
 
     def release(self, lsm_hook: str) -> None:
         module = self._modules.pop(lsm_hook, None)
         if module is not None:
-            module[1].cleanup()
+            module.cleanup()
             log.info("Override program of BPF LSM hook %s unloaded", lsm_hook)
 
     def close(self) -> None:
