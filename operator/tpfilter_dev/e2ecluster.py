@@ -21,9 +21,11 @@ import json
 import secrets
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tpfilter.interfaces import HOST_MARKER
 from tpfilter_dev.agentproc import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,3 +270,21 @@ def bpftool_keys(dump_json: str) -> frozenset[int]:
         int.from_bytes(bytes(int(b, 16) for b in entry["key"]), "little")
         for entry in json.loads(dump_json)
     )
+
+
+def maps_from_status(status: Mapping[str, Any]) -> dict[str, frozenset[int]]:
+    """``tpfilter status --json`` -> what :func:`tpfilter_dev.agentproc.kernel_view` reads
+    from the pins: {policy key: the inner map's keys}, a slot no record names as "?<id>",
+    the host marker included."""
+    view = {}
+    for row in status["policies"]:
+        if row["map_id"] is None:  # no inner map in the kernel: nothing pinned to read
+            continue
+        if row["kind"] is None:
+            key = f"?{row['policy_id']}"
+        elif row["namespace"]:
+            key = f"{row['kind']}/{row['namespace']}/{row['name']}"
+        else:
+            key = f"{row['kind']}/{row['name']}"
+        view[key] = frozenset(row["cgroup_ids"]) | ({HOST_MARKER} if row["host"] else set())
+    return view

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import PurePosixPath
 from typing import Any
 
-from tpfilter_dev.e2ecluster import CHART, E2ECluster, bpftool_keys
+from tpfilter_dev.e2ecluster import CHART, E2ECluster, bpftool_keys, maps_from_status
 
 READER_NS, READER = "tpfilter-e2e-reader", "node-reader"
 # The chart's defaults (scripts/e2e-kind.sh sets neither pinDir nor stateDir).
@@ -136,22 +136,8 @@ class KindCluster(E2ECluster):
         return self.kubectl("exec", "-n", READER_NS, READER, "--", *argv, check=check)
 
     def maps(self) -> dict[str, frozenset[int]]:
-        status = json.loads(
-            self._read(
-                "tpfilter", "status", "--json", f"--pin-dir={PIN_DIR}", f"--state-dir={STATE_DIR}"
-            )
-        )
-        view = {}
-        for row in status["policies"]:
-            if row["kind"] is None:  # as tpfilter_dev.agentproc.kernel_view names orphans
-                key = f"?{row['policy_id']}"
-            elif row["namespace"]:
-                key = f"{row['kind']}/{row['namespace']}/{row['name']}"
-            else:
-                key = f"{row['kind']}/{row['name']}"
-            if row["map_id"] is not None:
-                view[key] = frozenset(row["cgroup_ids"])
-        return view
+        dirs = (f"--pin-dir={PIN_DIR}", f"--state-dir={STATE_DIR}")
+        return maps_from_status(json.loads(self._read("tpfilter", "status", "--json", *dirs)))
 
     def map_keys(self, map_id: int) -> frozenset[int] | None:
         try:

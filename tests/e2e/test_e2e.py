@@ -20,7 +20,7 @@ import pytest
 from tpfilter.bpfmaps import LEVELS_PIN_NAME, OUTER_PIN_NAME
 from tpfilter.indexmap import INDEX_PIN_NAME
 from tpfilter_dev.agentproc import eventually
-from tpfilter_dev.e2ecluster import ROOT, E2ECluster
+from tpfilter_dev.e2ecluster import ROOT, E2ECluster, maps_from_status
 
 SEED = ROOT / "examples" / "seed-policy.yaml"
 TRACEPOINT_SEED = ROOT / "examples" / "seed-policy-tracepoint.yaml"
@@ -172,6 +172,8 @@ def test_seed_policy_maps_exactly_the_selected_containers(cluster: E2ECluster, n
         assert frozenset(row["cgroup_ids"]) == want
         assert isinstance(row["map_id"], int)
         assert cluster.map_keys(row["map_id"]) == want
+        # All of it: every slot the agent reports is what the node's pins hold.
+        assert maps_from_status(cluster.agent_status()) == cluster.maps()
         # The pods run on one node: every other node's agent knows the policy, holds nothing.
         for node in cluster.nodes():
             if node != cluster.workload_node:
