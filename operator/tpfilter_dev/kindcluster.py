@@ -8,9 +8,12 @@ the pinned maps are read by a reader pod of its own: the agent's image (which ha
 directory mounted, and not the agent's pod, so that reads go on while ``helm upgrade``
 rolls the agent and after ``helm uninstall``.
 
-Not run on the development machines (no Docker engine): written from kind's conventions
-(a node's container is named after the node; cgroup v2 with the systemd driver, each
-container in a ``cri-containerd-<id>.scope``) and from the previous kind suite.
+Never run on kind on the development machines (no Docker engine): written from kind's
+conventions (a node's container is named after the node; cgroup v2 with the systemd driver,
+each container in a ``cri-containerd-<id>.scope``; ``ctr`` in the node image) and from the
+previous kind suite. Its code did run once against the real node, with ``docker exec``
+replaced by running on that node's host and the real node's pin and state directories:
+every shared test passed (reader pod, maps, cgroup IDs, ``ctr`` kill, upgrade, uninstall).
 """
 
 from __future__ import annotations
