@@ -9,7 +9,7 @@ run:      ## the agent against a local control plane
 	bash scripts/run-local.sh
 node:     ## a real kubelet + containerd node with the agent installed by helm
 	bash scripts/run-node.sh
-e2e:      ## kind cluster + image + chart + tests/e2e (needs Docker)
+e2e:      ## tests/e2e on kind: cluster + image + chart (needs Docker; `make test` runs it on a real node)
 	bash scripts/e2e-kind.sh
 crds:     ## regenerate crds/ and copy them into the chart
 	.venv/bin/python crds/gen_crds.py && bash scripts/sync-chart-crds.sh

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The kind end-to-end suite, on a machine with Docker (there is no Docker engine on the
-# development machines, where tests/e2e skips and says why):
+# The e2e suite (tests/e2e) on its kind backend, on a machine with Docker (there is no
+# Docker engine on the development machines, where the kind backend skips and says why;
+# the same tests run there on a real kubelet + containerd node, from scripts/test.sh):
 #   bash scripts/e2e-kind.sh            # or: make e2e; extra arguments go to pytest
 # Steps: create a kind cluster (tests/e2e/kind-config.yaml, 2 nodes) unless it exists;
 # build the agent image (Dockerfile) and load it into the nodes; load the ubuntu image the
 # tests run; helm install charts/tpfilter with the image overridden; wait until the
-# DaemonSet's ready count equals its desired count; run `pytest tests/e2e -m e2e`.
+# DaemonSet's ready count equals its desired count; run `pytest tests/e2e -m kind`.
+# The suite's last test runs `helm uninstall`: a kept cluster is installed again next run.
 # The cluster is deleted at the end unless KEEP_CLUSTER=1 (then a second run reuses it
 # and upgrades the release).
 #
@@ -87,8 +89,11 @@ helm upgrade --install "$RELEASE" charts/tpfilter \
   --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" --create-namespace \
   --set image.repository="$IMAGE_REPO" --set image.tag="$IMAGE_TAG" \
   --set image.pullPolicy=Never \
+  --set tracefs=true \
   --set-string "podAnnotations.tpfilter-e2e/image-id=$(docker image inspect -f '{{.Id}}' "$IMAGE")"
 # (The annotation rolls the pods when a reused cluster gets a rebuilt image of the same tag.)
+# (tracefs=true: the node's tracefs (kind's nodes run systemd, which mounts it) in the
+# agent's container, for the tracepoint policies of the suite, as on the real node.)
 
 # 4. Ready on every node: ready == desired (and every pod runs the current template).
 ds=$(kubectl -n "$NAMESPACE" get daemonsets -o name \
@@ -116,4 +121,4 @@ export TPFILTER_E2E_KUBECONFIG="$KUBECONFIG_FILE" TPFILTER_E2E_NAMESPACE="$NAMES
 PYTEST=.venv/bin/pytest
 [ -x "$PYTEST" ] || PYTEST="python3 -m pytest"
 log "running the suite (diagnostics of failures go to $ARTIFACTS)"
-$PYTEST tests/e2e -m e2e "$@"
+$PYTEST tests/e2e -m kind "$@"

@@ -14,7 +14,7 @@ VENV=${TPFILTER_VENV:-.venv}
 
 # util-linux: `unshare`, with which the kubelet stand-in starts container processes.
 APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc clang bpftool linux-headers-amd64 python3-venv python3-pip util-linux)
-# The real node of tests/realnode (tpfilter_dev.realnode): containerd + runc, CNI plugins,
+# The real node of tests/e2e (tpfilter_dev.realnode): containerd + runc, CNI plugins,
 # what kubelet calls (iptables, conntrack, socat); the images (scripts/build-images.sh):
 # debootstrap, busybox-static, a static C toolchain, openssl for the node's certificates.
 APT_PACKAGES+=(containerd runc iptables conntrack socat containernetworking-plugins

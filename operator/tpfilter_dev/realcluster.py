@@ -3,28 +3,25 @@
 ``helm install`` of charts/tpfilter with the agent image built here
 (scripts/build-images.sh, no Docker), pods of the busybox test image, and readers of what
 the agent did: the maps from the host's pins, cgroup IDs from the host's cgroupfs (found by
-container ID, independently of the agent's own path code). Shared by the real-node e2e
-suite (tests/realnode) and its benchmark (benchmarks/bench_realnode.py).
+container ID, independently of the agent's own path code). The real-node backend of the
+e2e suite (tests/e2e, :mod:`tpfilter_dev.e2ecluster`), its benchmark
+(benchmarks/bench_realnode.py) and ``scripts/run-node.sh``.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
 
 from tpfilter.bpfmaps import OUTER_PIN_NAME, PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.indexmap import INDEX_PIN_NAME
-from tpfilter_dev.agentproc import eventually, kernel_view
-from tpfilter_dev.realnode import NODE_IP, RealNode
+from tpfilter_dev.agentproc import kernel_view
+from tpfilter_dev.e2ecluster import CHART, ROOT, E2ECluster, bpftool_keys
+from tpfilter_dev.realnode import CTR_NAMESPACE, NODE_IP, RealNode
 
-ROOT = Path(__file__).resolve().parents[2]
 RELEASE, RELEASE_NS = "tpfilter", "kube-system"
 PIN_DIR = Path("/sys/fs/bpf/tpfilter-e2e")
 STATE_DIR = Path("/run/tpfilter-e2e")
@@ -42,27 +39,25 @@ def build_images() -> dict[str, Path]:
     return {k: Path(v) for k, v in re.findall(r"^(\w+_IMAGE)=(.+)$", out, re.MULTILINE)}
 
 
-@dataclass
-class Cluster:
-    node: RealNode
+class Cluster(E2ECluster):
+    """The real-node backend of the e2e suite: one node, read from this machine (the
+    node's host): the pins by the agent's map code run here, bpftool, the cgroupfs, ctr."""
 
-    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
-        return self.node.kubectl(*args, check=check, stdin=stdin)
+    backend = "realnode"
+    release, release_ns = RELEASE, RELEASE_NS
+    pin_dir, state_dir = PurePosixPath(PIN_DIR), PurePosixPath(STATE_DIR)
+    workload_image, workload_pull_policy = BUSYBOX, "Never"
 
-    def helm(self, *args: str) -> str:
-        return subprocess.run(
-            ["helm", f"--kubeconfig={self.node.kubeconfig}", *args],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+    def __init__(self, node: RealNode) -> None:
+        self.node = node
+        self.kubeconfig = str(node.kubeconfig)
+        self.workload_node = node.name
 
     def helm_install(self, verb: str = "install", *values: str) -> str:
         """helm install/upgrade of charts/tpfilter with the image built here, then wait
-        until the agent is rolled out: helm's --wait lets a DaemonSet be "ready" with
-        maxUnavailable (1) pods not ready, which on one node means none."""
+        until the agent is rolled out."""
         out = self.helm(
-            verb, RELEASE, str(ROOT / "charts" / "tpfilter"),
+            verb, RELEASE, str(CHART),
             "--namespace", RELEASE_NS, "--wait", "--timeout", "240s",
             "--set", "image.repository=tpfilter.local/tpfilter",
             "--set", "image.tag=dev",
@@ -78,71 +73,20 @@ class Cluster:
         self.wait_agent_rolled_out()
         return out
 
-    def wait_agent_rolled_out(self) -> None:
-        def rolled_out() -> bool:
-            ds = json.loads(self.kubectl("get", "ds", "tpfilter", "-n", RELEASE_NS, "-o", "json"))
-            st = ds.get("status", {})
-            want = st.get("desiredNumberScheduled", 0)
-            return bool(
-                want >= 1
-                and st.get("observedGeneration") == ds["metadata"]["generation"]
-                and st.get("updatedNumberScheduled") == want
-                and st.get("numberReady") == want
-                and st.get("numberAvailable") == want
-            )
+    def helm_upgrade(self, *values: str) -> None:
+        self.helm_install("upgrade", *values)
 
-        eventually(rolled_out, timeout=240, interval=1, what="the agent DaemonSet rolled out")
+    def maps(self) -> dict[str, frozenset[int]]:
+        return maps_on_host()
 
-    def namespace(self) -> str:
-        ns = f"e2e-{secrets.token_hex(3)}"
-        self.kubectl("create", "namespace", ns)
-        return ns
-
-    def pod(
-        self,
-        ns: str,
-        name: str,
-        labels: dict[str, str],
-        *,
-        command: tuple[str, ...] = ("/usr/bin/sleep", "3600"),
-        restart: str = "Always",
-        wait: bool = True,
-    ) -> dict[str, Any]:
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {
-                "restartPolicy": restart,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": BUSYBOX,
-                        "imagePullPolicy": "Never",
-                        "command": list(command),
-                    }
-                ],
-            },
-        }
-        self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
-        if wait:
-            eventually(
-                lambda: self.get_pod(ns, name).get("status", {}).get("phase") == "Running",
-                timeout=90,
-                interval=0.3,
-                what=f"pod {ns}/{name} Running",
-            )
-        return self.get_pod(ns, name)
-
-    def get_pod(self, ns: str, name: str) -> dict[str, Any]:
-        return dict(json.loads(self.kubectl("get", "pod", name, "-n", ns, "-o", "json")))
-
-    def container_id(self, ns: str, name: str) -> str | None:
-        """The running container's ID, None before the runtime reported one."""
-        statuses = self.get_pod(ns, name).get("status", {}).get("containerStatuses") or []
-        cid = statuses[0].get("containerID") if statuses else None
-        return str(cid).split("://", 1)[1] if cid else None
+    def map_keys(self, map_id: int) -> frozenset[int] | None:
+        done = subprocess.run(
+            ["bpftool", "-j", "map", "dump", "id", str(map_id)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return bpftool_keys(done.stdout) if done.returncode == 0 else None
 
     def cgroup_dir(self, ns: str, name: str) -> Path | None:
         """The container's cgroup2 directory, found on the host by its container ID (not
@@ -154,43 +98,27 @@ class Cluster:
         assert len(found) <= 1, f"cgroup of container {cid}: {found}"
         return found[0] if found else None
 
-    def cgroup_id(self, ns: str, name: str) -> int:
-        """The container's cgroup ID: the inode of its cgroup2 directory."""
-        cgroup = self.cgroup_dir(ns, name)
-        assert cgroup is not None, f"no cgroup for {ns}/{name}"
+    def cgroup_id(self, ns: str, pod: str) -> int:
+        cgroup = self.cgroup_dir(ns, pod)
+        assert cgroup is not None, f"no cgroup for {ns}/{pod}"
         return cgroup.stat().st_ino
 
-    def agent_pod(self) -> str:
-        out = self.kubectl(
-            "get", "pods", "-n", RELEASE_NS,
-            # the agent's pod, not the controller's (component=controller)
-            "-l", "app.kubernetes.io/name=tpfilter,app.kubernetes.io/component=agent",
-            "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].metadata.name}",
+    def kill_container(self, container_id: str) -> None:
+        subprocess.run(
+            ["ctr", f"--address={self.node.containerd_socket}", f"--namespace={CTR_NAMESPACE}",
+             "tasks", "kill", "--signal", "SIGKILL", container_id],
+            check=True, capture_output=True,
         )  # fmt: skip
-        names = out.split()
-        assert len(names) == 1, names
-        return names[0]
 
-    def agent_exec(self, *args: str) -> str:
-        return self.kubectl("exec", "-n", RELEASE_NS, self.agent_pod(), "--", *args)
+    def host_listdir(self, path: PurePosixPath) -> list[str] | None:
+        try:
+            return sorted(p.name for p in Path(path).iterdir())
+        except FileNotFoundError:
+            return None
 
-    def agent_status(self) -> dict[str, Any]:
-        """``tpfilter status --json`` run inside the agent's pod."""
-        out = self.agent_exec(
-            "tpfilter", "status", "--json", f"--pin-dir={PIN_DIR}", f"--state-dir={STATE_DIR}"
-        )
-        return dict(json.loads(out))
-
-    def exec_status(self, ns: str, pod: str, *argv: str) -> int:
-        """Exit status of ``kubectl exec`` (137: the process was SIGKILLed)."""
-        done = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.node.kubeconfig}", "exec", "-n", ns, pod, "--",
-             *argv],
-            capture_output=True,
-            text=True,
-            check=False,
-        )  # fmt: skip
-        return done.returncode
+    def diagnostics(self) -> str:
+        logs = [f"--- {name}\n{self.node.log_tail(name, 20)}" for name in ("kubelet", "containerd")]
+        return "\n".join([super().diagnostics(), *logs])
 
 
 def maps_on_host() -> dict[str, frozenset[int]]:

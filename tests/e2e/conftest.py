@@ -1,17 +1,21 @@
-"""The kind end-to-end suite: the real image, installed by the real chart, on kind nodes.
+"""The e2e suite: tpfilter installed as users install it, on two backends.
 
-``scripts/e2e-kind.sh`` (``make e2e``) creates the cluster (tests/e2e/kind-config.yaml),
-builds and loads the image, installs charts/tpfilter, waits until the DaemonSet is ready
-on every node and then runs ``pytest tests/e2e -m e2e`` with:
+Every test takes the ``cluster`` fixture, a :class:`tpfilter_dev.e2ecluster.E2ECluster`
+installed with ``helm install`` of charts/, and runs once per backend:
 
-* ``TPFILTER_E2E_KUBECONFIG``: the cluster's kubeconfig (a file of its own);
-* ``TPFILTER_E2E_NAMESPACE`` / ``TPFILTER_E2E_RELEASE``: where the chart is installed;
-* ``TPFILTER_E2E_ARTIFACTS``: where failure diagnostics are written (optional).
+* ``realnode``: a real kubelet + containerd + runc node on this machine
+  (:mod:`tpfilter_dev.realnode`), the agent image built without Docker
+  (scripts/build-images.sh), installed by the fixture (~15 s for the node, ~20 s more for
+  the agent). Runs in ``scripts/test.sh`` (root); skipped, with the reason, elsewhere.
+* ``kind``: the cluster that ``scripts/e2e-kind.sh`` (``make e2e``) creates, builds and
+  installs where Docker is, then runs ``pytest tests/e2e -m kind`` with
+  ``TPFILTER_E2E_KUBECONFIG`` (and ``_NAMESPACE``, ``_RELEASE``, ``_UBUNTU_IMAGE``,
+  ``_ARTIFACTS``) set. Skipped, with the reason, on machines without a Docker engine.
 
-Without Docker (as on the development machines, which have only the docker CLI) kind
-cannot run, and the whole suite is skipped with the reason. On failure each test prints,
-for every agent pod, ``bpftool map show``, ``tpfilter status``, its logs and
-``kubectl describe`` (and writes them to the artifacts directory).
+A test that only one backend can run says so with ``@pytest.mark.backends(name,
+reason=...)``, and is skipped on the other with that reason. Tests run in file order on
+each backend (pytest groups them by the session fixture's parameter): the last two roll the
+agent over with ``helm upgrade`` and remove it with ``helm uninstall``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import secrets
 import shutil
 import subprocess
 from collections.abc import Generator, Iterator
@@ -27,49 +30,65 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kindkube import Agents, Kube
 
-HERE = Path(__file__).resolve().parent
-RUN_HINT = "run `make e2e` / `bash scripts/e2e-kind.sh` where Docker is"
+from tpfilter_dev.e2ecluster import E2ECluster
+
+KIND_HINT = "run `make e2e` / `bash scripts/e2e-kind.sh` where Docker is"
 
 
 @functools.cache
-def environment_problem() -> str | None:
-    """Why the suite cannot run here, or None."""
+def realnode_problem() -> str | None:
+    """Why the real node cannot run here, or None (on this project's machines: None)."""
+    if os.geteuid() != 0:
+        return "needs root (kubelet, containerd, BPF maps)"
+    for tool in ("containerd", "runc", "ctr", "kubectl", "helm", "bpftool"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found: run scripts/install.sh and scripts/build-k8s-bins.sh"
+    return None
+
+
+@functools.cache
+def kind_problem() -> str | None:
+    """Why the kind backend cannot run here, or None."""
     docker = shutil.which("docker")
     if docker is None:
-        return f"no docker CLI on this machine: kind cannot run; {RUN_HINT}"
+        return f"no docker CLI on this machine: kind cannot run; {KIND_HINT}"
     try:
-        info = subprocess.run(
-            [docker, "info"], capture_output=True, text=True, timeout=30, check=False
-        )
+        info = subprocess.run([docker, "info"], capture_output=True, timeout=30, check=False)
         docker_ok = info.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         docker_ok = False
     if not docker_ok:
-        return f"no Docker engine on this machine: kind cannot run; {RUN_HINT}"
-    if shutil.which("kind") is None:
-        return f"kind is not installed (go install sigs.k8s.io/kind@latest); {RUN_HINT}"
-    if shutil.which("kubectl") is None:
-        return f"kubectl is not installed; {RUN_HINT}"
+        return f"no Docker engine on this machine (docker info fails): kind cannot run; {KIND_HINT}"
+    for tool in ("kind", "kubectl", "helm"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed; {KIND_HINT}"
     if not os.environ.get("TPFILTER_E2E_KUBECONFIG"):
         return (
-            "no e2e cluster: TPFILTER_E2E_KUBECONFIG is unset; the suite runs inside "
-            "scripts/e2e-kind.sh, which creates the kind cluster, loads the image and "
-            f"installs the chart; {RUN_HINT}"
+            "no kind cluster: TPFILTER_E2E_KUBECONFIG is unset; the kind backend runs inside "
+            "scripts/e2e-kind.sh, which creates the cluster, loads the images and installs "
+            f"the chart; {KIND_HINT}"
         )
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    ours = [item for item in items if item.path.is_relative_to(HERE)]
-    if not ours:
-        return
-    reason = environment_problem()
-    if reason is None:
-        return
-    for item in ours:
-        item.add_marker(pytest.mark.skip(reason=reason))
+PROBLEMS = {"realnode": realnode_problem, "kind": kind_problem}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("cluster") if callspec else None
+        if backend is None:
+            continue
+        item.add_marker(pytest.mark.e2e)
+        only = item.get_closest_marker("backends")
+        if only is not None and backend not in only.args:
+            item.add_marker(pytest.mark.skip(reason=f"{backend}: {only.kwargs['reason']}"))
+            continue
+        problem = PROBLEMS[backend]()
+        if problem:
+            item.add_marker(pytest.mark.skip(reason=f"{backend}: {problem}"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -81,42 +100,64 @@ def pytest_runtest_makereport(
     setattr(item, f"report_{report.when}", report)
 
 
-# -- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("realnode", marks=pytest.mark.realnode),
+        pytest.param("kind", marks=pytest.mark.kind),
+    ],
+)
+def cluster(request: pytest.FixtureRequest) -> Iterator[E2ECluster]:
+    if request.param == "realnode":
+        yield from _realnode()
+    else:
+        from tpfilter_dev.kindcluster import KindCluster
+
+        kind = KindCluster()
+        try:
+            yield kind
+        finally:
+            kind.close()
 
 
-@pytest.fixture(scope="session")
-def kube() -> Kube:
-    return Kube(kubeconfig=os.environ["TPFILTER_E2E_KUBECONFIG"])
+def _realnode() -> Iterator[E2ECluster]:
+    from tpfilter_dev.realcluster import Cluster, build_images, remove_agent_leftovers
+    from tpfilter_dev.realnode import RealNode
+
+    images = build_images()
+    with RealNode(images=tuple(images.values())) as node:
+        c = Cluster(node)
+        try:
+            c.helm_install()
+            yield c
+        finally:
+            subprocess.run(
+                ["helm", f"--kubeconfig={node.kubeconfig}", "uninstall", c.release, "-n",
+                 c.release_ns, "--wait", "--timeout", "60s"],
+                capture_output=True,
+                check=False,
+            )  # fmt: skip
+    remove_agent_leftovers()
 
 
-@pytest.fixture(scope="session")
-def agents(kube: Kube) -> Agents:
-    return Agents(
-        kube=kube,
-        namespace=os.environ.get("TPFILTER_E2E_NAMESPACE", "tpfilter-system"),
-        release=os.environ.get("TPFILTER_E2E_RELEASE", "tpfilter"),
-    )
-
-
-@pytest.fixture(scope="module")
-def test_namespace(kube: Kube) -> Iterator[str]:
-    name = f"tpf-e2e-{secrets.token_hex(3)}"
-    kube.run("create", "namespace", name)
+@pytest.fixture
+def ns(cluster: E2ECluster) -> Iterator[str]:
+    """A namespace of the test's own, deleted with its pods afterwards: the seed policies
+    are cluster-wide, so another test's pods must not be left to match them."""
+    name = cluster.namespace()
     yield name
-    kube.run("delete", "namespace", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
 
 
 @pytest.fixture(autouse=True)
-def diagnostics(request: pytest.FixtureRequest, kube: Kube, agents: Agents) -> Iterator[None]:
-    """On failure, print (and save) what explains it: maps, agent status, logs, describe."""
+def diagnostics(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On failure, print (and with TPFILTER_E2E_ARTIFACTS, save) the cluster's state."""
     yield
     report = getattr(request.node, "report_call", None)
-    if report is None or not report.failed:
+    if report is None or not report.failed or "cluster" not in request.fixturenames:
         return
-    namespaces = [agents.namespace]
-    if "test_namespace" in request.fixturenames:
-        namespaces.append(request.getfixturevalue("test_namespace"))
-    text = collect_diagnostics(kube, agents, namespaces)
+    cluster: E2ECluster = request.getfixturevalue("cluster")
+    text = cluster.diagnostics()
     print(text)
     artifacts = os.environ.get("TPFILTER_E2E_ARTIFACTS")
     if artifacts:
@@ -124,66 +165,3 @@ def diagnostics(request: pytest.FixtureRequest, kube: Kube, agents: Agents) -> I
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"diagnostics saved to {path}")
-
-
-def collect_diagnostics(kube: Kube, agents: Agents, namespaces: list[str]) -> str:
-    sections: list[tuple[str, subprocess.CompletedProcess[str] | str]] = []
-
-    def kubectl(title: str, *args: str) -> None:
-        try:
-            sections.append((title, kube.run(*args, check=False, timeout=60)))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            sections.append((title, f"failed: {exc}"))
-
-    kubectl("nodes", "get", "nodes", "-o", "wide")
-    kubectl("all pods", "get", "pods", "-A", "-o", "wide")
-    kubectl("policies", "get", "tracingpolicies,tracingpoliciesnamespaced", "-A", "-o", "yaml")
-    kubectl(
-        "agent DaemonSet", "-n", agents.namespace, "describe", "daemonset", "-l", agents.selector
-    )
-    try:
-        pods = agents.pods()
-    except (AssertionError, OSError, subprocess.TimeoutExpired) as exc:
-        pods = []
-        sections.append(("agent pods", f"failed: {exc}"))
-    for pod in pods:
-        name, node = pod["metadata"]["name"], pod["spec"].get("nodeName", "?")
-        ns = agents.namespace
-        in_pod = ("-n", ns, "exec", name, "-c", "agent", "--")
-        kubectl(f"{node} {name}: bpftool map show", *in_pod, "bpftool", "map", "show")
-        pin = agents.flag("pin-dir", "/sys/fs/bpf/tpfilter")
-        kubectl(
-            f"{node} {name}: outer map",
-            *in_pod,
-            "bpftool",
-            "map",
-            "dump",
-            "pinned",
-            f"{pin}/policy_filter_maps",
-        )
-        kubectl(f"{node} {name}: tpfilter status", *in_pod, "tpfilter", "status", *agents.dirs)
-        kubectl(f"{node} {name}: logs", "-n", ns, "logs", name, "-c", "agent", "--tail=300")
-        kubectl(
-            f"{node} {name}: previous logs",
-            "-n",
-            ns,
-            "logs",
-            name,
-            "-c",
-            "agent",
-            "--previous",
-            "--tail=100",
-        )
-        kubectl(f"{node} {name}: describe", "-n", ns, "describe", "pod", name)
-    for ns in namespaces[1:]:
-        kubectl(f"describe pods in {ns}", "-n", ns, "describe", "pods")
-    kubectl("events", "get", "events", "-A", "--sort-by=.lastTimestamp")
-
-    lines = ["", "=" * 30 + " e2e diagnostics " + "=" * 30]
-    for title, result in sections:
-        lines.append(f"----- {title}")
-        if isinstance(result, str):
-            lines.append(result)
-        else:
-            lines.append((result.stdout + result.stderr).rstrip() or f"(exit {result.returncode})")
-    return "\n".join(lines)
