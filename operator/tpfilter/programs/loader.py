@@ -26,6 +26,7 @@ from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.pathwalk import path_cflags
+from tpfilter.programs.tasksel import fill_tsel, task_cflags
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class Programs:
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
                 *(["-DTPF_WITH_KPROBES", *paths] if kprobes else []),
+                *task_cflags(kernel),  # matchPIDs/matchNamespaces/matchCapabilities
             ),
         )
         t0 = time.monotonic()
@@ -153,6 +155,7 @@ class Programs:
                 "tpf_slots",
                 "tpf_pcfg",
                 "tpf_sels",
+                "tpf_tsels",
                 "tpf_strs",
                 "tpf_prefix",
                 "tpf_postfix",
@@ -203,6 +206,10 @@ class Programs:
             leaf.bin_op = int(sel.bin_op)
             leaf.actions = int(sel.actions)
             leaf.error = sel.error
+            leaf.task = 1 if sel.task else 0
+            if sel.task:  # before the selector that points to them
+                tsels = self._t["tpf_tsels"]
+                tsels[tsels.Key(config_id, s)] = fill_tsel(tsels.Leaf(), sel.task)
             for j, arg in enumerate(sel.args):
                 a = leaf.args[j]
                 a.kind = int(arg.kind)
@@ -219,6 +226,7 @@ class Programs:
         sels = self._t["tpf_sels"]
         for s, sel in enumerate(cfg.selectors):
             _delete(sels, sels.Key(config_id, s))
+            _delete(self._t["tpf_tsels"], self._t["tpf_tsels"].Key(config_id, s))
             for path in sel.binaries:
                 _delete(self._t["tpf_strs"], self._str_key(config_id, s, layout.ARG_BINARY, path))
             for j, arg in enumerate(sel.args):
