@@ -242,3 +242,36 @@ def test_offsets_become_cflags() -> None:
     assert flags[0] == "-DTPF_WITH_TASK" and "-DTPF_TOFF_TASK_NSPROXY=16" in flags
     assert task_cflags(None) == []
     assert "TPF_TOFF_NSPROXY_CGROUP" not in task_offsets(TaskKernel(optional=False))
+
+
+def test_the_example_policy_is_valid_and_compiles() -> None:
+    import yaml
+    from test_crds import validate
+    from test_programs_compiler import EXAMPLES
+
+    from tpfilter.models import parse_policy
+
+    body = yaml.safe_load((EXAMPLES / "task-selectors-tracepoint.yaml").read_text())
+    assert validate(body) == []  # the CRD's schema accepts the fields
+    from test_programs_compiler import COMMON
+
+    from tpfilter.programs.tracefs import parse_format
+
+    unshare = (
+        "ID: 9\nformat:\n"
+        + COMMON
+        + (
+            "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
+            "\tfield:unsigned long unshare_flags;\toffset:16;\tsize:8;\tsigned:0;\n"
+        )
+    )
+    env = replace(
+        TENV,
+        tracepoint_format=lambda sub, ev: parse_format(unshare, sub, ev),
+        syscall_numbers={"unshare": 272},
+    )
+    plan = compile_spec(dict(parse_policy(body).spec.model_extra or {}), env)
+    assert plan.ok, plan.unsupported
+    kill, post = plan.configs[0].selectors
+    assert [f.first for f in kill.task] == [F_NSPID, F_NS + NAMESPACES.index("User"), F_CAPS]
+    assert kill.task[1].values == (HOST["User"],) and post.task == ()
