@@ -147,8 +147,10 @@ BPF_F_TABLE("hash", struct tpf_int_key, u8, tpf_ints, TPF_MAX_SET_ENTRIES, BPF_F
 BPF_F_TABLE("percpu_hash", u64, u64, tpf_stats, TPF_MAX_STAT_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
 BPF_PROG_ARRAY(tpf_stages, 3);
-/* A selector's task filters (tpf_task.h), when tpf_sel.task is set. */
+/* A selector's task filters (tpf_task.h), when tpf_sel.task is set; followForks' PIDs. */
 BPF_F_TABLE("hash", struct tpf_sel_key, struct tpf_tsel, tpf_tsels, TPF_MAX_SEL_ENTRIES,
+	    BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct tpf_follow_key, u64, tpf_follow, TPF_MAX_SET_ENTRIES,
 	    BPF_F_NO_PREALLOC);
 /* Override verdicts: pid_tgid -> argError, from a kprobe's selector to the BPF LSM program
  * the kernel calls inside the same security_* function (tpf_kprobe.c). */
@@ -575,6 +577,33 @@ static __always_inline void tpf_buf_read(struct tpf_str *str, void *p, u64 size,
 }
 
 /* The strings this hook's selectors compare, read (and reversed) once per event. */
+/* The followForks filters whose PIDs hold the task or one of its ancestors (tpf_task.h). */
+static __always_inline u64 tpf_follow_bits(struct tpf_task *t)
+{
+	struct tpf_follow_key key = {};
+	u64 bits = 0, *v;
+
+	tpf_task_walk(t);
+#pragma unroll
+	for (int i = 0; i < TPF_ANC; i++) {
+		if (!t->anc[i])
+			break;
+		key.kind = TPF_FOLLOW_HOST;
+		key.pid = t->anc[i];
+		v = tpf_follow.lookup(&key);
+		if (v)
+			bits |= *v;
+		if (!t->anc_ns[i])
+			continue;
+		key.kind = TPF_FOLLOW_NS;
+		key.pid = t->anc_ns[i];
+		v = tpf_follow.lookup(&key);
+		if (v)
+			bits |= *v;
+	}
+	return bits;
+}
+
 static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook *h)
 {
 	if (h->rev_mask & 1)
@@ -695,6 +724,8 @@ static __always_inline int tpf_strings_run(void)
 	tpf_load_strings(w, h);
 	if (h->str_mask & TPF_STR_TASK)
 		tpf_task_load(&w->task);
+	if (h->rev_mask & TPF_STR_TASK) /* followForks */
+		w->task.facts[TPF_F_FOLLOW] = tpf_follow_bits(&w->task);
 	return TPF_STAGE_SELECT;
 }
 

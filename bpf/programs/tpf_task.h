@@ -10,9 +10,9 @@
  * path of those loops. STRINGS runs once per event, and only for a hook whose entries
  * have task filters (tpf_hook.str_mask & TPF_STR_TASK).
  *
- * followForks is not built: it compares every ancestor of the task (Tetragon walks up to
- * ~10 in its process cache), and SELECT, whose verifier cost these filters already
- * double, has no budget left for that (bcc 0.26: no bpf_loop). The compiler refuses it.
+ * followForks compares every ancestor of the task; SELECT, whose verifier cost these
+ * filters already double, has no budget for that loop (bcc 0.26: no bpf_loop), so the
+ * ancestors are looked up in STRINGS (tpf_follow, below) into one fact, a bit per filter.
  *
  * Everything is read from the current task with bpf_probe_read_kernel at offsets from the
  * node's BTF (-D TPF_TOFF_*: tpfilter/programs/tasksel.py): bcc 0.26 has no CO-RE, and
@@ -29,8 +29,9 @@
 #endif
 #define TPF_TVALUES 4 /* values per filter: Tetragon's limit (MAX_SELECTOR_VALUES) */
 #define TPF_NR_NS 10
+#define TPF_ANC 8 /* followForks: the task and 7 ancestors (Tetragon: ~10 in its cache) */
 
-/* tpf_hook.str_mask bit 7 (strs[] use bits 0..6): the task facts are needed */
+/* bit 7 of tpf_hook.str_mask (strs[] use 0..6): the task facts; of rev_mask: followForks */
 #define TPF_STR_TASK 0x80
 
 /* Namespace indexes (Tetragon's order). */
@@ -54,6 +55,7 @@
 #define TPF_F_PID 10    /* the process's PID (tgid) in the node's PID namespace */
 #define TPF_F_NSPID 11  /* its PID in its own PID namespace */
 #define TPF_F_CAPS 12   /* + TPF_CAPS_*: capability sets */
+#define TPF_F_FOLLOW 15 /* followForks: bit k, the task or an ancestor is in filter k's set */
 #define TPF_NR_FACTS 16
 #define TPF_NO_FACT (~0ULL)
 
@@ -83,6 +85,24 @@ struct tpf_tsel {
 /* What the filters compare, read once per event from the current task. */
 struct tpf_task {
 	u64 facts[TPF_NR_FACTS];
+	u32 anc[TPF_ANC];    /* followForks: tgid of the task (0), its parent, ...; 0: none */
+	u32 anc_ns[TPF_ANC]; /* their PIDs in the task's PID namespace; 0: not seen from it */
+	u32 level;           /* of the task's PID namespace */
+	u32 pad;
+	u64 pidns;           /* the task's active struct pid_namespace */
+};
+
+/*
+ * followForks (tpf_follow{kind, pid} -> bits, written by the agent: bit k is the
+ * followForks filter with ID k, whose set holds that PID): the task and its ancestors are
+ * looked up once per event, in STRINGS, and the OR of their bits is the fact
+ * TPF_F_FOLLOW, which a filter tests for its own bit like a capability.
+ */
+#define TPF_FOLLOW_HOST 1 /* PIDs in the node's PID namespace */
+#define TPF_FOLLOW_NS 2   /* isNamespacePID: PIDs in the task's own PID namespace */
+struct tpf_follow_key {
+	u32 kind;
+	u32 pid;
 };
 
 #ifdef TPF_WITH_TASK
@@ -162,11 +182,48 @@ static __always_inline void tpf_task_load(struct tpf_task *t)
 		pidns ? tpf_rd_u32(pidns, TPF_TOFF_PIDNS_NS + TPF_TOFF_NS_INUM) : 0;
 	f[TPF_F_PID] = bpf_get_current_pid_tgid() >> 32;
 	f[TPF_F_NSPID] = pid ? tpf_rd_u32(tpf_upid(pid, level), TPF_TOFF_UPID_NR) : TPF_NO_FACT;
+	f[TPF_F_FOLLOW] = 0;
+	t->level = level;
+	t->pidns = pidns;
+	t->anc[0] = f[TPF_F_PID];
+	t->anc_ns[0] = pid ? (u32)f[TPF_F_NSPID] : 0;
+}
+
+/*
+ * followForks: the parents by real_parent (after tpf_task_load). In the task's own PID
+ * namespace an ancestor is seen if its struct pid has an entry at the task's level in
+ * that same namespace; the first that has not (the runtime that started the container,
+ * the runc of a `kubectl exec`) ends the namespace part of the walk.
+ */
+static __always_inline void tpf_task_walk(struct tpf_task *t)
+{
+	u64 cur = bpf_get_current_task(), pidns = t->pidns;
+	u32 level = t->level;
+	bool seen = t->anc_ns[0] != 0;
+
+#pragma unroll
+	for (int i = 1; i < TPF_ANC; i++) {
+		u64 parent = tpf_rd_ptr(tpf_rd_ptr(cur, TPF_TOFF_TASK_GROUP_LEADER),
+					TPF_TOFF_TASK_REAL_PARENT);
+		u64 ppid = tpf_rd_ptr(tpf_rd_ptr(parent, TPF_TOFF_TASK_GROUP_LEADER),
+				      TPF_TOFF_TASK_THREAD_PID);
+		u32 tgid = tpf_rd_u32(parent, TPF_TOFF_TASK_TGID);
+
+		t->anc[i] = tgid; /* 0: the idle task, past init: the walk ends */
+		seen = seen && tgid && ppid && tpf_rd_u32(ppid, TPF_TOFF_PID_LEVEL) >= level &&
+		       tpf_rd_ptr(tpf_upid(ppid, level), TPF_TOFF_UPID_NS) == pidns;
+		t->anc_ns[i] = seen ? tpf_rd_u32(tpf_upid(ppid, level), TPF_TOFF_UPID_NR) : 0;
+		cur = parent;
+	}
 }
 #else
 static __always_inline void tpf_task_load(struct tpf_task *t)
 {
 	/* No BTF offsets: the compiler refuses task filters on this node. */
+}
+
+static __always_inline void tpf_task_walk(struct tpf_task *t)
+{
 }
 #endif /* TPF_WITH_TASK */
 

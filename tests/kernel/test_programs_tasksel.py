@@ -61,10 +61,10 @@ def load(env: Env, name: str, **filters: Any) -> None:
     assert status.state == "loaded", status
 
 
-def lseek(cgroup: Path, wrapper: Sequence[str] = ()) -> int:
+def lseek(cgroup: Path, wrapper: Sequence[str] = (), pid_ns: str = "new") -> int:
     """lseek(whence 4444) from a process of the container, started through ``wrapper``;
     its exit status (-9: killed)."""
-    argv = contain.argv(cgroup, [*wrapper, PYTHON, "-S", "-c", LSEEK_4444])
+    argv = contain.argv(cgroup, [*wrapper, PYTHON, "-S", "-c", LSEEK_4444], pid_ns=pid_ns)
     return subprocess.run(argv, timeout=60).returncode
 
 
@@ -234,3 +234,66 @@ def test_namespace_capability_only_outside_the_node_user_namespace(loaded: Env, 
     assert lseek(cg, ["unshare", "--user", "--map-root-user"]) == -9
     load(loaded, "cap", matchCapabilities=[{**cap, "isNamespaceCapability": False}])
     assert lseek(cg) == -9
+
+
+# A child of the waiting process makes the call; the parent exits 9 if it was killed.
+WAIT_THEN_CHILD = (
+    "import os, sys\nprint(os.readlink('/proc/self'), flush=True)\nsys.stdin.readline()\n"
+    "pid = os.fork()\nif pid == 0:\n"
+    + "".join("    " + line + "\n" for line in LSEEK_4444.splitlines())
+    + "    os._exit(0)\n_, status = os.waitpid(pid, 0)\nsys.exit(os.WTERMSIG(status) "
+    "if os.WIFSIGNALED(status) else 0)\n"
+)
+
+
+def waiting_parent(cgroup: Path) -> tuple[subprocess.Popen[str], int]:
+    argv = contain.argv(cgroup, [PYTHON, "-S", "-c", WAIT_THEN_CHILD])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+@pytest.mark.parametrize(
+    ("operator", "follow", "child_of_a", "child_of_b"),
+    [
+        ("In", True, 9, 0),  # a descendant of A
+        ("In", False, 0, 0),  # without followForks, only A itself
+        ("NotIn", True, 0, 9),
+        ("NotIn", False, 9, 9),  # neither child is A
+    ],
+)
+def test_match_pids_follow_forks(
+    loaded: Env, cg: Path, operator: str, follow: bool, child_of_a: int, child_of_b: int
+) -> None:
+    (a, pid_a), (b, _) = waiting_parent(cg), waiting_parent(cg)
+    try:
+        pids = {"operator": operator, "values": [pid_a], "followForks": follow}
+        load(loaded, f"follow-{operator.lower()}-{follow}", matchPIDs=[pids])
+        assert (go(a), go(b)) == (child_of_a, child_of_b)
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+
+
+def test_follow_forks_in_the_namespace_is_the_tetragon_kubectl_exec_example(
+    loaded: Env, cg: Path
+) -> None:
+    """Tetragon's selectors page: ``NotIn [0, 1]``, isNamespacePID, followForks: true
+    catches a process that is not a descendant of the container's PID 1, e.g. one
+    started by `kubectl exec` (``join``: its parent, the runtime, is outside the
+    container's PID namespace, which ends the walk there)."""
+    holder = subprocess.Popen(contain.argv(cg, ["sleep", "120"]))
+    try:
+        contain.wait_started(cg)
+        nspid = {"values": [0, 1], "isNamespacePID": True, "followForks": True}
+        load(loaded, "exec-not-from-1", matchPIDs=[{**nspid, "operator": "NotIn"}])
+        assert lseek(cg, pid_ns="join") == -9  # `kubectl exec`
+        assert lseek(cg, FORKED) == 0  # a descendant of the container's PID 1
+        assert lseek(cg) == 0  # PID 1 itself
+        load(loaded, "from-1", matchPIDs=[{**nspid, "operator": "In"}])
+        assert lseek(cg, pid_ns="join") == 0
+        assert lseek(cg, FORKED) == KILLED_CHILD
+    finally:
+        holder.kill()
+        holder.wait()

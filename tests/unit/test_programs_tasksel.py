@@ -16,9 +16,12 @@ from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.tasksel import (
     CAP_NUMBERS,
     F_CAPS,
+    F_FOLLOW,
     F_NS,
     F_NSPID,
     F_PID,
+    FOLLOW_HOST,
+    FOLLOW_NS,
     MEMBERS,
     NAMESPACES,
     OPTIONAL,
@@ -26,6 +29,7 @@ from tpfilter.programs.tasksel import (
     TFF_MASK,
     TFF_NOTIN,
     TaskFilter,
+    fill_tsel,
     task_cflags,
     task_offsets,
 )
@@ -156,8 +160,8 @@ def test_no_task_filters_reads_no_task() -> None:
         ({"matchPIDs": [{"operator": "In", "values": [1, 2, 3, 4, 5]}]}, "at most 4 values"),
         ({"matchPIDs": [{"operator": "In", "values": []}]}, "matchPIDs[0].values: must be"),
         (
-            {"matchPIDs": [{"operator": "In", "values": [1], "followForks": True}]},
-            "matchPIDs[0].followForks: not supported: following forks",
+            {"matchPIDs": [{"operator": "In", "values": [1], "followForks": "yes"}]},
+            "matchPIDs[0].followForks: must be true or false",
         ),
         (
             {"matchNamespaces": [{"namespace": "Foo", "operator": "In", "values": ["1"]}]},
@@ -275,3 +279,50 @@ def test_the_example_policy_is_valid_and_compiles() -> None:
     kill, post = plan.configs[0].selectors
     assert [f.first for f in kill.task] == [F_NSPID, F_NS + NAMESPACES.index("User"), F_CAPS]
     assert kill.task[1].values == (HOST["User"],) and post.task == ()
+
+
+def test_follow_forks_filters_walk_the_ancestors() -> None:
+    plan = compile_spec(
+        exec_tp(
+            matchPIDs=[
+                {"operator": "In", "values": [7, 8], "followForks": True},
+                {"operator": "NotIn", "values": [1], "followForks": True, "isNamespacePID": True},
+            ]
+        ),
+        TENV,
+    )
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.rev_mask & TASK_BIT  # STRINGS walks the ancestors
+    assert cfg.selectors[0].task == (
+        TaskFilter(F_FOLLOW, TFF_MASK, (7, 8), FOLLOW_HOST),
+        TaskFilter(F_FOLLOW, TFF_MASK | TFF_NOTIN, (1,), FOLLOW_NS),
+    )
+    plain = compile_spec(exec_tp(matchPIDs=[{"operator": "In", "values": [7]}]), TENV)
+    assert not plain.configs[0].rev_mask & TASK_BIT  # no walk without followForks
+
+
+class Leaf:
+    class F:
+        def __init__(self) -> None:
+            self.first = self.flags = 0
+            self.vals = [0] * 4
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.f = [Leaf.F() for _ in range(8)]
+
+
+def test_fill_tsel_repeats_values_and_gives_follow_filters_their_bit() -> None:
+    filters = (
+        TaskFilter(F_PID, 0, (5, 6)),
+        TaskFilter(F_FOLLOW, TFF_MASK, (7,), FOLLOW_HOST),
+        TaskFilter(F_FOLLOW, TFF_MASK | TFF_NOTIN, (1,), FOLLOW_NS),
+    )
+    leaf = fill_tsel(Leaf(), filters, [3, 10])
+    assert leaf.n == 3
+    assert [(f.first, f.flags, f.vals) for f in leaf.f[:3]] == [
+        (F_PID, 0, [5, 6, 5, 5]),  # unused values repeat the first: In/NotIn unchanged
+        (F_FOLLOW, TFF_MASK, [1 << 3] * 4),
+        (F_FOLLOW, TFF_MASK | TFF_NOTIN, [1 << 10] * 4),
+    ]

@@ -187,6 +187,7 @@ class HookConfig:
             for arg in sel.args:
                 if arg.op.postfix_set:
                     mask |= 1 << (0 if arg.kind is Kind.PATH else arg.src)
+            mask |= TASK_BIT if any(f.follow for f in sel.task) else 0  # followForks' walk
         return mask
 
     @property

@@ -6,9 +6,12 @@ from the current task once per event in the STRINGS stage, at offsets from the n
 BTF, and compared in the selector stage). Tetragon's semantics (its selectors page):
 
 * ``matchPIDs``: ``In``/``NotIn`` the process's PID (its thread group ID) in the node's PID
-  namespace, or with ``isNamespacePID`` in its own. ``followForks: true`` (the process or
-  one of its ancestors) is refused: it compares every ancestor, and the selector stage
-  has no verifier budget left for that loop (bpf/programs/tpf_task.h);
+  namespace, or with ``isNamespacePID`` in its own; ``followForks``: the process or one of
+  its ancestors (by parent, :data:`ANCESTORS` processes in all; with ``isNamespacePID``
+  only those seen from the process's PID namespace: the walk stops at the first parent
+  outside it, e.g. the runtime). A followForks filter gets a node-wide ID when loaded
+  (programs/follow.py: at most 64), its PIDs go into tpf_follow, and the program tests
+  the ID's bit of the ancestors' lookups;
 * ``matchNamespaces``: ``In``/``NotIn`` the inode number of one of the task's namespaces,
   or ``host_ns``: the node's (as the agent, which runs with hostPID, finds it);
 * ``matchCapabilities``: ``In`` (any of) / ``NotIn`` (none of) the capabilities in the
@@ -23,7 +26,7 @@ exec on the node (Tetragon's execve_map); tpfilter's programs keep none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +35,9 @@ MAX_VALUES = 4  # per filter entry: Tetragon's limit (MAX_SELECTOR_VALUES), TPF_
 TASK_BIT = 0x80  # tpf_hook.str_mask bit: the task facts are needed (TPF_STR_TASK)
 
 # tpf_task.h: where each fact is (TPF_F_*), the filter flags (TPF_TFF_*)
-F_NS, F_PID, F_NSPID, F_CAPS = 0, 10, 11, 12
+F_NS, F_PID, F_NSPID, F_CAPS, F_FOLLOW = 0, 10, 11, 12, 15
+FOLLOW_HOST, FOLLOW_NS = 1, 2  # tpf_follow_key.kind
+ANCESTORS = 8  # TPF_ANC
 TFF_NOTIN, TFF_MASK = 1, 2
 NO_FACT = (1 << 64) - 1  # TPF_NO_FACT
 
@@ -167,6 +172,7 @@ class TaskFilter:
     first: int  # F_* + index
     flags: int = 0  # TFF_*
     values: tuple[int, ...] = ()  # PIDs, inode numbers; TFF_MASK: (capability bits,)
+    follow: int = 0  # followForks: FOLLOW_HOST/FOLLOW_NS, values are its PIDs (tpf_follow)
 
 
 def task_offsets(kernel: Any) -> dict[str, int] | str:
@@ -272,14 +278,10 @@ def _pids(raw: Any, where: str, errors: Any) -> list[TaskFilter] | None:
             if not isinstance(entry.get(key, False), bool):
                 errors.add(f"{at}.{key}", "must be true or false")
                 return None
-        if entry.get("followForks"):
-            errors.add(
-                f"{at}.followForks",
-                "not supported: following forks compares every ancestor of the task, and "
-                "the selector stage has no verifier budget left for that loop (bcc 0.26 has "
-                "no bpf_loop)",
-            )
-            return None
+        if entry.get("followForks"):  # its bit in TPF_F_FOLLOW, given when loaded
+            kind = FOLLOW_NS if entry.get("isNamespacePID") else FOLLOW_HOST
+            out.append(TaskFilter(F_FOLLOW, flag | TFF_MASK, tuple(pids), kind))
+            continue
         first = F_NSPID if entry.get("isNamespacePID") else F_PID
         out.append(TaskFilter(first, flag, tuple(pids)))
     return out
@@ -416,12 +418,15 @@ def compile_task_filters(
     return tuple(out)
 
 
-def fill_tsel(leaf: Any, filters: tuple[TaskFilter, ...]) -> Any:
-    """``leaf`` (bcc's ctypes struct tpf_tsel) set to ``filters``."""
+def fill_tsel(leaf: Any, filters: tuple[TaskFilter, ...], follow_ids: Sequence[int]) -> Any:
+    """``leaf`` (bcc's ctypes struct tpf_tsel) set to ``filters``; ``follow_ids``: the IDs
+    of its followForks filters, in order (programs/follow.py)."""
     leaf.n = len(filters)
+    ids = iter(follow_ids)
     for i, f in enumerate(filters):
         out = leaf.f[i]
         out.first, out.flags = f.first, f.flags
+        values = (1 << next(ids),) if f.follow else f.values  # the filter's bit
         for k in range(MAX_VALUES):  # unused values repeat the first: no count to check
-            out.vals[k] = f.values[k] if k < len(f.values) else f.values[0]
+            out.vals[k] = values[k] if k < len(values) else values[0]
     return leaf
