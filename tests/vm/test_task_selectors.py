@@ -67,8 +67,8 @@ def load(env: Env, name: str, **filters: Any) -> None:
     assert any("kprobe" in h for h in status.hooks), status.hooks
 
 
-def lseek(cgroup: Path, wrapper: Sequence[str] = ()) -> int:
-    argv = contain.argv(cgroup, [*wrapper, PYTHON, "-S", "-c", LSEEK_4444])
+def lseek(cgroup: Path, wrapper: Sequence[str] = (), pid_ns: str = "new") -> int:
+    argv = contain.argv(cgroup, [*wrapper, PYTHON, "-S", "-c", LSEEK_4444], pid_ns=pid_ns)
     return subprocess.run(argv, timeout=300).returncode
 
 
@@ -108,3 +108,20 @@ def test_kprobe_match_pids_in_its_own_pid_namespace(env: Env, cg: Path) -> None:
     load(env, "kp-nspid-not-1", matchPIDs=[{**nspid_1, "operator": "NotIn"}])
     assert lseek(cg) == 0
     assert lseek(cg, FORKED) == KILLED_CHILD
+
+
+def test_kprobe_follow_forks_in_the_namespace(env: Env, cg: Path) -> None:
+    """Tetragon's example: not a descendant of the container's PID 1 (`kubectl exec`)."""
+    holder = subprocess.Popen(contain.argv(cg, ["sleep", "600"]))
+    try:
+        contain.wait_started(cg, timeout=120)
+        nspid = {"values": [0, 1], "isNamespacePID": True, "followForks": True}
+        load(env, "kp-exec-not-from-1", matchPIDs=[{**nspid, "operator": "NotIn"}])
+        assert lseek(cg, pid_ns="join") == -9
+        assert lseek(cg, FORKED) == 0
+        load(env, "kp-from-1", matchPIDs=[{**nspid, "operator": "In"}])
+        assert lseek(cg, pid_ns="join") == 0
+        assert lseek(cg, FORKED) == KILLED_CHILD
+    finally:
+        holder.kill()
+        holder.wait()
