@@ -55,6 +55,7 @@
  */
 #include "policy_filter.h"
 #include "tpf_programs.h"
+#include "tpf_task.h"
 
 /* Offsets of sched_process_exec's fields, from the running kernel's format file. */
 #ifndef TPF_EXEC_FILENAME_OFF
@@ -127,6 +128,7 @@ struct tpf_work {
 	u8 buf_size[8]; /* kprobes: strs[k] is a char_buf of values[buf_size[k]] bytes; 0xff: a string */
 	u64 path_ptr;
 	char pbuf[3 * TPF_STR_MAX]; /* the path walk builds the name here, from its end */
+	struct tpf_task task; /* matchPIDs/matchNamespaces/matchCapabilities facts (tpf_task.h) */
 };
 
 BPF_ARRAY(tpf_hooks, struct tpf_hook, TPF_NR_HOOKS);
@@ -145,6 +147,11 @@ BPF_F_TABLE("hash", struct tpf_int_key, u8, tpf_ints, TPF_MAX_SET_ENTRIES, BPF_F
 BPF_F_TABLE("percpu_hash", u64, u64, tpf_stats, TPF_MAX_STAT_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
 BPF_PROG_ARRAY(tpf_stages, 3);
+/* A selector's task filters (tpf_task.h), when tpf_sel.task is set; followForks' PIDs. */
+BPF_F_TABLE("hash", struct tpf_sel_key, struct tpf_tsel, tpf_tsels, TPF_MAX_SEL_ENTRIES,
+	    BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct tpf_follow_key, u64, tpf_follow, TPF_MAX_SET_ENTRIES,
+	    BPF_F_NO_PREALLOC);
 /* Override verdicts: pid_tgid -> argError, from a kprobe's selector to the BPF LSM program
  * the kernel calls inside the same security_* function (tpf_kprobe.c). */
 BPF_F_TABLE("hash", u64, struct tpf_verdict, tpf_override, 16384, BPF_F_NO_PREALLOC);
@@ -439,6 +446,14 @@ static __always_inline bool tpf_int_match(u64 raw, struct tpf_arg *a, u32 config
 	return false;
 }
 
+static __always_inline bool tpf_task_sel(struct tpf_work *w, u32 config, u8 s)
+{
+	struct tpf_sel_key key = {.config = config, .sel = s};
+	struct tpf_tsel *ts = tpf_tsels.lookup(&key);
+
+	return ts && tpf_task_match(&w->task, ts); /* none: being rewritten, no decision */
+}
+
 static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, struct tpf_sel *sel)
 {
 	u8 nargs = sel->nargs;
@@ -468,7 +483,8 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 			return false;
 		}
 	}
-	return true;
+	/* last: a branch here splits no path of the checks above (verifier cost) */
+	return !sel->task || tpf_task_sel(w, config, s);
 }
 
 
@@ -561,6 +577,33 @@ static __always_inline void tpf_buf_read(struct tpf_str *str, void *p, u64 size,
 }
 
 /* The strings this hook's selectors compare, read (and reversed) once per event. */
+/* The followForks filters whose PIDs hold the task or one of its ancestors (tpf_task.h). */
+static __always_inline u64 tpf_follow_bits(struct tpf_task *t)
+{
+	struct tpf_follow_key key = {};
+	u64 bits = 0, *v;
+
+	tpf_task_walk(t);
+#pragma unroll
+	for (int i = 0; i < TPF_ANC; i++) {
+		if (!t->anc[i])
+			break;
+		key.kind = TPF_FOLLOW_HOST;
+		key.pid = t->anc[i];
+		v = tpf_follow.lookup(&key);
+		if (v)
+			bits |= *v;
+		if (!t->anc_ns[i])
+			continue;
+		key.kind = TPF_FOLLOW_NS;
+		key.pid = t->anc_ns[i];
+		v = tpf_follow.lookup(&key);
+		if (v)
+			bits |= *v;
+	}
+	return bits;
+}
+
 static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook *h)
 {
 	if (h->rev_mask & 1)
@@ -679,6 +722,10 @@ static __always_inline int tpf_strings_run(void)
 	if (!h)
 		return -1;
 	tpf_load_strings(w, h);
+	if (h->str_mask & TPF_STR_TASK)
+		tpf_task_load(&w->task);
+	if (h->rev_mask & TPF_STR_TASK) /* followForks */
+		w->task.facts[TPF_F_FOLLOW] = tpf_follow_bits(&w->task);
 	return TPF_STAGE_SELECT;
 }
 
@@ -726,6 +773,7 @@ static __always_inline int tpf_select_run(void)
 
 		if (i >= n || i >= TPF_MAX_KEPT)
 			break;
+		asm volatile("" : "+r"(i)); /* keeps the mask: clang dropped it after the bound */
 		slot = &w->slots[i & (TPF_MAX_KEPT - 1)];
 		config = slot->config;
 		nsel = slot->nsel;

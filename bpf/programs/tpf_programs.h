@@ -158,7 +158,7 @@ struct tpf_sel {
 	u8 nargs;   /* matchArgs entries used, <= TPF_MAX_ARGS */
 	u8 bin_op;  /* TPF_BIN_* */
 	u8 actions; /* TPF_ACT_* bits */
-	u8 pad;
+	u8 task;    /* 1: task filters in tpf_tsels{config, sel} (tpf_task.h) */
 	s32 error;  /* Override's argError (a negative errno) */
 	struct tpf_arg args[TPF_MAX_ARGS];
 };

@@ -25,6 +25,13 @@ from typing import Any
 
 from tpfilter.programs import layout
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
+from tpfilter.programs.tasksel import (
+    FILTER_KEYS,
+    REFUSED_KEYS,
+    TASK_BIT,
+    TaskFilter,
+    compile_task_filters,
+)
 from tpfilter.programs.tracefs import Field, TracepointFormat
 from tpfilter.programs.values import parse_int
 
@@ -41,6 +48,7 @@ __all__ = [
 ]
 
 EXEC_HOOK_NAME = "sched/sched_process_exec"
+TASK_KEYS = FILTER_KEYS | set(REFUSED_KEYS)  # tasksel.py compiles (or refuses) them
 SPEC_HANDLED_ELSEWHERE = frozenset({"podSelector", "containerSelector"})
 # Keys that only describe or label; they change no decision.
 _TP_INFO_KEYS = frozenset({"subsystem", "event", "args", "selectors", "message", "tags"})
@@ -48,7 +56,7 @@ _ARG_KEYS = frozenset({"index", "type", "label"})
 # What the API server fills in from the CRD's defaults: present with these values, a key
 # asks for nothing, so it is no unsupported feature.
 _ARG_DEFAULTS: Mapping[str, object] = {"maxData": False, "returnCopy": False, "resolve": ""}
-_SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"})
+_SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"}) | TASK_KEYS
 
 _INT_TYPES: Mapping[str, IntType] = {
     "int": IntType.S32,
@@ -95,6 +103,7 @@ class NodeEnv:
     kernel: Any = None  # programs.btf.KernelBtf of the node (kprobes: functions, offsets)
     kprobe_hook: Callable[[str], int | None] | None = None  # a kernel function's hook ID
     syscall_prefix: str = "__x64_"  # the arch's syscall wrapper prefix (syscall: true)
+    host_ns: Mapping[str, int | str] | None = None  # host_ns: the node's namespaces (hostns.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +126,7 @@ class Selector:
     args: tuple[ArgMatch, ...] = ()
     actions: Action = Action.POST
     error: int = 0  # Override's argError
+    task: tuple[TaskFilter, ...] = ()  # matchPIDs/matchNamespaces/matchCapabilities (tasksel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +177,7 @@ class HookConfig:
                     mask |= 1
                 elif arg.kind is Kind.USER_STR:
                     mask |= 1 << arg.src
+            mask |= TASK_BIT if sel.task else 0  # the task's facts (tpf_task.h)
         return mask
 
     @property
@@ -176,6 +187,7 @@ class HookConfig:
             for arg in sel.args:
                 if arg.op.postfix_set:
                     mask |= 1 << (0 if arg.kind is Kind.PATH else arg.src)
+            mask |= TASK_BIT if any(f.follow for f in sel.task) else 0  # followForks' walk
         return mask
 
     @property
@@ -552,10 +564,13 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
             can_override=False,
             hook_kind="tracepoint",
         )
-        if any(m is None for m in matches):
+        task = compile_task_filters(raw, at, env.kernel, env.host_ns, errors)
+        if any(m is None for m in matches) or task is None:
             continue
         selectors.append(
-            Selector(bin_op, binaries, tuple(m for m in matches if m is not None), actions)
+            Selector(
+                bin_op, binaries, tuple(m for m in matches if m is not None), actions, task=task
+            )
         )
     tags = tp.get("tags") or []
     return HookConfig(

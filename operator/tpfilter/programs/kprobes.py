@@ -30,6 +30,7 @@ from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
     _ARG_KEYS,
     _INT_TYPES,
+    TASK_KEYS,
     ArgMatch,
     ArgSpec,
     HookConfig,
@@ -45,6 +46,7 @@ from tpfilter.programs.compiler import (
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
 from tpfilter.programs.pathwalk import path_offsets
+from tpfilter.programs.tasksel import compile_task_filters
 
 # The arch's syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER), by os.uname().machine.
 SYSCALL_PREFIXES = {"x86_64": "__x64_", "aarch64": "__arm64_", "s390x": "__s390x_"}
@@ -54,7 +56,7 @@ _KPROBE_KEYS = frozenset(
 )
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
-_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"})
+_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"}) | TASK_KEYS
 _STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
 _PATH_TYPES = {
     "file": ("struct file *", layout.READ_FILE),
@@ -306,12 +308,20 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             actions |= Action.OVERRIDE
             mechanisms.add(mechanism)
             override_lsm = call.removeprefix("security_")
+        task = compile_task_filters(raw, at, env.kernel, env.host_ns, errors)
+        if task is None:
+            continue
         if len(matches) > layout.MAX_ARGS or any(m is None for m in matches):
             if len(matches) > layout.MAX_ARGS:
                 errors.add(f"{at}.matchArgs", f"more than {layout.MAX_ARGS} entries")
             continue
         selectors.append(
-            Selector(args=tuple(m for m in matches if m is not None), actions=actions, error=error)
+            Selector(
+                args=tuple(m for m in matches if m is not None),
+                actions=actions,
+                error=error,
+                task=task,
+            )
         )
     if len(selectors) > layout.MAX_SELECTORS:
         errors.add(f"{where}.selectors", f"more than {layout.MAX_SELECTORS} selectors")

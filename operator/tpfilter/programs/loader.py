@@ -22,10 +22,12 @@ from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
+from tpfilter.programs.follow import FollowIds, changes
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.pathwalk import path_cflags
+from tpfilter.programs.tasksel import fill_tsel, task_cflags
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class Programs:
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
                 *(["-DTPF_WITH_KPROBES", *paths] if kprobes else []),
+                *task_cflags(kernel),  # matchPIDs/matchNamespaces/matchCapabilities
             ),
         )
         t0 = time.monotonic()
@@ -144,6 +147,8 @@ class Programs:
         self.kretprobes: set[str] = set()  # functions whose return probe is attached
         t2 = time.monotonic()
         self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
+        self._follow_ids = FollowIds()  # followForks filters' bits (tpf_follow)
+        self._follow: dict[tuple[int, int], int] = {}
         self._attached: set[str] = set()
         self.event_type: Any = self.bpf.get_table(b"tpf_event_layout").Leaf
         self._t = {
@@ -153,6 +158,8 @@ class Programs:
                 "tpf_slots",
                 "tpf_pcfg",
                 "tpf_sels",
+                "tpf_tsels",
+                "tpf_follow",
                 "tpf_strs",
                 "tpf_prefix",
                 "tpf_postfix",
@@ -203,6 +210,12 @@ class Programs:
             leaf.bin_op = int(sel.bin_op)
             leaf.actions = int(sel.actions)
             leaf.error = sel.error
+            leaf.task = 1 if sel.task else 0
+            if sel.task:  # before the selector that points to them
+                ids = self._follow_ids.assign(config_id, sel.task)
+                self._sync_follow()
+                tsels = self._t["tpf_tsels"]
+                tsels[tsels.Key(config_id, s)] = fill_tsel(tsels.Leaf(), sel.task, ids)
             for j, arg in enumerate(sel.args):
                 a = leaf.args[j]
                 a.kind = int(arg.kind)
@@ -219,10 +232,24 @@ class Programs:
         sels = self._t["tpf_sels"]
         for s, sel in enumerate(cfg.selectors):
             _delete(sels, sels.Key(config_id, s))
+            _delete(self._t["tpf_tsels"], self._t["tpf_tsels"].Key(config_id, s))
             for path in sel.binaries:
                 _delete(self._t["tpf_strs"], self._str_key(config_id, s, layout.ARG_BINARY, path))
             for j, arg in enumerate(sel.args):
                 self._write_sets(config_id, s, j, arg, delete=True)
+        self._follow_ids.release(config_id)  # after the selectors that used them
+        self._sync_follow()
+
+    def _sync_follow(self) -> None:
+        """tpf_follow made what the followForks IDs say (programs/follow.py)."""
+        table = self._t["tpf_follow"]
+        new = self._follow_ids.content()
+        puts, deletes = changes(self._follow, new)
+        for (kind, pid), bits in puts.items():
+            table[table.Key(kind, pid)] = ct.c_uint64(bits)
+        for kind, pid in deletes:
+            _delete(table, table.Key(kind, pid))
+        self._follow = new
 
     def _write_sets(
         self, config: int, s: int, j: int, arg: ArgMatch, *, delete: bool = False

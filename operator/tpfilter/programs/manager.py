@@ -44,6 +44,7 @@ from tpfilter.programs.events import (
 )
 from tpfilter.programs.hooktable import Entry as _Entry
 from tpfilter.programs.hooktable import over_capacity, write_hook
+from tpfilter.programs.hostns import host_namespaces
 from tpfilter.programs.kprobes import SYSCALL_PREFIXES, KprobeHooks
 from tpfilter.programs.layout import Stat
 from tpfilter.programs.metrics import Metrics, filter_map_usage, index_metrics
@@ -119,6 +120,7 @@ class ProgramManager:
         self._unavailable: str | None = "not started"
         self.features: NodeFeatures | None = None
         self._kernel: KernelBtf | None = None  # the node's BTF (kprobes)
+        self._host_ns = host_namespaces()  # what host_ns means in matchNamespaces
         self._khooks = KprobeHooks()
         self._returns = ReturnJoiner()  # return: true events wait for their return value
         self._formats: dict[tuple[str, str], TracepointFormat | None] = {}
@@ -298,6 +300,7 @@ class ProgramManager:
             kernel=self._kernel,
             kprobe_hook=self._khooks,
             syscall_prefix=SYSCALL_PREFIXES.get(os.uname().machine, ""),
+            host_ns=self._host_ns,
         )
 
     def statuses(self) -> dict[str, ProgramStatus]:

@@ -1,0 +1,137 @@
+"""What the task selectors (matchPIDs, matchNamespaces, matchCapabilities) add to an event,
+against a selector of matchArgs only, measured in the same run.
+
+    sudo .venv/bin/python benchmarks/bench_task_selectors.py [--events 20000] [--rounds 3]
+
+One policy on syscalls/sys_enter_lseek selects the caller's cgroup (a Python loop of
+lseek(0, 0, SEEK_SET) as a container's process, bench_exec.run_loop); its one selector
+passes its first matchArgs (whence == 0) and fails on its last filter, so every event runs
+the whole selector and nothing is killed. Rows: the selector's last filter is a second
+matchArgs (offset == 12345: the baseline); matchNamespaces + matchCapabilities (the task's
+facts read once per event in STRINGS, compared in SELECT); matchPIDs followForks (also the
+walk of 8 ancestors and their tpf_follow lookups). BPF run time per event from the
+kernel's statistics (kernel.bpf_stats_enabled, restored afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench_exec import STATS_SYSCTL, prog_stats, run_loop
+from tpfilter.bpfmaps import PinnedFilterMaps
+from tpfilter.cgroups import find_cgroup2_mount
+from tpfilter.indexmap import PinnedCandidateIndex
+from tpfilter.indexsync import IndexKeeper
+from tpfilter.models import Policy, parse_policy
+from tpfilter.programs import ProgramManager
+from tpfilter_dev.cgroupfs import rmdir_cgroup
+
+WHENCE_0 = {"index": 7, "operator": "Equal", "values": ["0"]}
+ROWS: dict[str, dict[str, Any]] = {
+    "matchArgs x2 (baseline)": {
+        "matchArgs": [WHENCE_0, {"index": 6, "operator": "Equal", "values": ["12345"]}]
+    },
+    "matchArgs + matchNamespaces x2 + matchCapabilities": {
+        "matchArgs": [WHENCE_0],
+        "matchNamespaces": [
+            {"namespace": "Uts", "operator": "In", "values": ["host_ns"]},
+            {"namespace": "Net", "operator": "In", "values": ["host_ns"]},
+        ],
+        "matchCapabilities": [{"operator": "NotIn", "values": ["CAP_SYS_ADMIN"]}],
+    },
+    "matchArgs + matchPIDs followForks": {
+        "matchArgs": [WHENCE_0],
+        "matchPIDs": [
+            {"operator": "NotIn", "values": [1], "isNamespacePID": True, "followForks": True}
+        ],
+    },
+}
+
+
+def policy(name: str, selector: dict[str, Any]) -> Policy:
+    tp = {
+        "subsystem": "syscalls",
+        "event": "sys_enter_lseek",
+        "args": [{"index": 6, "type": "int64"}, {"index": 7, "type": "int32"}],
+        "selectors": [{**selector, "matchActions": [{"action": "Sigkill"}]}],
+    }
+    return parse_policy(
+        {
+            "kind": "TracingPolicy",
+            "metadata": {"name": name, "uid": name},
+            "spec": {"podSelector": {"matchLabels": {"bench": "1"}}, "tracepoints": [tp]},
+        }
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_task_selectors: needs root", file=sys.stderr)
+        return 2
+    tag = uuid.uuid4().hex[:8]
+    pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{tag}"
+    inside = find_cgroup2_mount() / f"tpf-bench-in-{tag}"
+    inside.mkdir()
+    maps = PinnedFilterMaps(pin_dir=pin_dir)
+    index = PinnedCandidateIndex(pin_dir=pin_dir)
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    manager = ProgramManager(
+        pin_dir=pin_dir, node_name="bench", resolve=lambda c: None, events_out=devnull
+    )
+    stats_before = STATS_SYSCTL.read_text().strip() if STATS_SYSCTL.exists() else None
+    kernel: dict[str, list[float]] = {}
+    try:
+        manager.start(events_thread=False)
+        STATS_SYSCTL.write_text("1")
+        fd = manager._programs._sys_fn.fd
+        desired = {1: frozenset({os.stat(inside).st_ino})}
+        keeper = IndexKeeper(index)
+        keeper.before(desired)
+        maps.install_many([(1, ids, 8) for ids in desired.values()])
+        keeper.after(inner_maps_ok=True)
+        for _ in range(args.rounds):
+            for label, selector in ROWS.items():
+                (status,) = manager.sync([(policy(f"bench-{len(label)}", selector), 1)]).values()
+                if status.state != "loaded":
+                    raise SystemExit(f"{label}: {status}")
+                run_loop("lseek", Path("/"), 200, inside)  # warm up
+                t0, c0 = prog_stats(fd)
+                run_loop("lseek", Path("/"), args.events, inside)
+                t1, c1 = prog_stats(fd)
+                kernel.setdefault(label, []).append((t1 - t0) / max(c1 - c0, 1))
+        manager.sync([])
+    finally:
+        if stats_before is not None:
+            STATS_SYSCTL.write_text(stats_before)
+        manager.close()
+        maps.close()
+        index.close()
+        index.remove_pins()
+        maps.remove_pins()
+        devnull.close()
+        rmdir_cgroup(inside)
+    base = statistics.median(kernel["matchArgs x2 (baseline)"])
+    print(
+        f"syscalls/sys_enter_lseek, one selected caller, {args.events} events x {args.rounds}"
+        f" rounds (median), kernel {os.uname().release} (one machine's measurement)"
+    )
+    width = max(len(label) for label in ROWS)
+    print(f"{'selector':<{width}}  BPF us/event  vs baseline")
+    for label in ROWS:
+        us = statistics.median(kernel[label])
+        print(f"{label:<{width}}  {us / 1e3:12.2f}  {us / base:10.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
