@@ -439,6 +439,11 @@ static __always_inline bool tpf_int_match(u64 raw, struct tpf_arg *a, u32 config
 	return false;
 }
 
+#ifdef TPF_WITH_NET /* defined in tpf_net.c, appended to this text */
+static __always_inline bool tpf_net_match(struct tpf_work *w, struct tpf_arg *a, u32 config,
+					  u8 sel, u8 arg);
+#endif
+
 static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, struct tpf_sel *sel)
 {
 	u8 nargs = sel->nargs;
@@ -464,6 +469,11 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 		} else if (a->kind == TPF_KIND_USER_STR) {
 			if (!tpf_str_match(tpf_strs_at(w, a->src), a->op, config, s, j))
 				return false;
+#ifdef TPF_WITH_NET
+		} else if (a->kind == TPF_KIND_NET) {
+			if (!tpf_net_match(w, a, config, s, j))
+				return false;
+#endif
 		} else {
 			return false;
 		}
