@@ -276,3 +276,21 @@ def test_events_decode_the_tuple_as_tetragon_names_its_fields() -> None:
     unix = tuple_of(SOCK, 1, b"", b"", state=7)
     assert decode_tuple(unix)["family"] == "AF_UNIX"
     assert decode_tuple(unix)["saddr"] is None
+
+
+def test_the_example_policy_is_valid_and_compiles() -> None:
+    from pathlib import Path
+
+    import yaml
+    from test_crds import validate
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "kprobe-network.yaml"
+    body = yaml.safe_load(path.read_text())
+    assert validate(body) == []
+    env = replace(ENV, kernel=NetKernel(), kprobe_hook=KprobeHooks())
+    plan = compile_spec(body["spec"], env)
+    assert plan.ok, plan.unsupported
+    connect, output = plan.configs
+    assert [a.op for a in connect.selectors[1].args] == [Op.DADDR, Op.DPORT]
+    assert connect.selectors[1].args[0].imm == 1  # NotDAddr
+    assert output.net_readers == ((1, 2, SKB),)
