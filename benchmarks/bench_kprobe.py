@@ -1,10 +1,13 @@
-"""Per-event cost of the generic kprobe program on a hot path (file open), in one run.
+"""Per-event cost of the generic kprobe program on a hot path, in one run: file open (an
+``int`` argument), or with ``--workload sock`` / ``skb`` a TCP send (``sock``) or a UDP
+packet's ``ip_output`` (``skb``): the network readers (benchmarks/kprobe_workloads.py).
 
 This machine's kernel has no kprobes: run it in the VM (Debian's stock kernel in QEMU,
 ``scripts/build-vm.sh`` builds it), from the repository root:
 
     sudo PYTHONPATH=operator .venv/bin/python -m tpfilter_dev.vm --timeout 1200 \\
-        python benchmarks/bench_kprobe.py [--events 10000] [--rounds 30] [--counts 1,100]
+        python benchmarks/bench_kprobe.py [--events 10000] [--rounds 30] [--counts 1,100] \
+        [--workload open|sock|skb]
 
 (on a node whose kernel has kprobes, ``sudo .venv/bin/python benchmarks/bench_kprobe.py``
 runs it directly).
@@ -43,6 +46,7 @@ import time
 import uuid
 from pathlib import Path
 
+from kprobe_workloads import WORKLOADS, Workload
 from tpfilter.bpfmaps import PinnedFilterMaps
 from tpfilter.cgroups import find_cgroup2_mount
 from tpfilter.indexmap import PinnedCandidateIndex
@@ -56,54 +60,21 @@ from tpfilter_dev.cgroupfs import rmdir_cgroup
 from tpfilter_dev.vm import IN_VM_ENV
 
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-FUNCTION = "do_sys_openat2"
-NEVER = 4444  # the dfd every selector asks for
 OTHER_CGROUPS = 50
 VM_COMMAND = (
     "sudo PYTHONPATH=operator .venv/bin/python -m tpfilter_dev.vm --timeout 1200 "
     "python benchmarks/bench_kprobe.py"
 )
 
-# The caller: warms up, says "ready", then for each line "N" on stdin opens and closes
-# /dev/null N times and prints the loop's seconds; it ends at end of input. Between a line
-# in and its answer out it opens nothing else, so the kprobe's run count over that window
-# is the loop's (and the parent reads the statistics without opening anything).
-LOOP = """\
-import os, sys, time
-for _ in range(100):
-    os.close(os.open("/dev/null", os.O_RDONLY))
-print("ready", flush=True)
-for line in sys.stdin:
-    n = int(line)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        os.close(os.open("/dev/null", os.O_RDONLY))
-    print(time.perf_counter() - t0, flush=True)
-"""
 
-
-def policy(i: int) -> Policy:
+def policy(i: int, workload: Workload) -> Policy:
     return parse_policy(
         {
             "kind": "TracingPolicy",
             "metadata": {"name": f"bench-kprobe-{i}", "uid": f"bench-kprobe-{i}"},
             "spec": {
                 "podSelector": {"matchLabels": {"bench": str(i)}},
-                "kprobes": [
-                    {
-                        "call": FUNCTION,
-                        "syscall": False,
-                        "args": [{"index": 0, "type": "int", "label": "dfd"}],
-                        "selectors": [
-                            {
-                                "matchArgs": [
-                                    {"index": 0, "operator": "Equal", "values": [str(NEVER)]}
-                                ],
-                                "matchActions": [{"action": "Sigkill"}],
-                            }
-                        ],
-                    }
-                ],
+                "kprobes": [workload.kprobe()],
             },
         }
     )
@@ -130,8 +101,8 @@ class Caller:
     """The loop, started once as a container's process in ``cgroup`` (its own PID
     namespace: ``tpfilter_dev.contain``), kept for the whole run."""
 
-    def __init__(self, cgroup: Path) -> None:
-        command = contain.argv(cgroup, [sys.executable, "-c", LOOP], pid_ns="new")
+    def __init__(self, cgroup: Path, loop: str) -> None:
+        command = contain.argv(cgroup, [sys.executable, "-c", loop], pid_ns="new")
         self._proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -200,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10000, help="opens per measurement")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--counts", default="1,100", help="numbers of policies loaded")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="open")
     args = parser.parse_args(argv)
+    workload = WORKLOADS[args.workload]
+    function = workload.function
     if os.geteuid() != 0:
         print("bench_kprobe: needs root", file=sys.stderr)
         return 2
@@ -265,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             raise SystemExit(f"bench_kprobe: filter map install failed: {list(failed)[:3]}")
         keeper.after(inner_maps_ok=True)
-        policies = [policy(i) for i in range(1, top + 1)]
-        callers.append(Caller(outside))
-        callers.append(Caller(inside))
+        policies = [policy(i, workload) for i in range(1, top + 1)]
+        callers.append(Caller(outside, workload.loop()))
+        callers.append(Caller(inside, workload.loop()))
         out_caller, in_caller = callers
 
         def measure(label: str, caller: Caller, attached: bool) -> None:
@@ -287,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             # Every round visits every configuration, so drift spreads evenly.
             manager.sync([])  # detaches the kprobe
-            if f"kprobe/{FUNCTION}" in programs.attached:
+            if f"kprobe/{function}" in programs.attached:
                 raise SystemExit("bench_kprobe: the kprobe stayed attached without policies")
             warm_up()
             measure("no program", out_caller, attached=False)
@@ -324,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median
     in_vm = bool(os.environ.get(IN_VM_ENV))
     print(
-        f"kprobe/{FUNCTION}: os.open+close of /dev/null by a container's process,"
-        f" {args.events:,} opens x {args.rounds} rounds (median), {os.cpu_count()} CPUs,"
+        f"kprobe/{function} ({workload.arg['type']} argument, {workload.match['operator']}):"
+        f" `{workload.op}` in a loop by a container's process,"
+        f" {args.events:,} calls x {args.rounds} rounds (median), {os.cpu_count()} CPUs,"
         f" kernel {os.uname().release}{' in QEMU (TCG)' if in_vm else ''};"
-        f" kprobe runs per measurement {min(runs):,}-{max(runs):,} (opens: {args.events:,})."
+        f" kprobe runs per measurement {min(runs):,}-{max(runs):,} (calls: {args.events:,})."
     )
     print(
         f"bcc compile {compile_seconds:.0f} s (once); sync to N policies "
@@ -336,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     base = med(wall["no program"])
     table: list[tuple[str, ...]] = [
-        ("configuration", "BPF ns/event", "rounds' range", "wall µs/open", "wall vs no program")
+        ("configuration", "BPF ns/event", "rounds' range", "wall µs/call", "wall vs no program")
     ]
     for label in labels:
         k = bpf_ns.get(label)
@@ -353,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(table)
     print(
         "BPF ns/event: run time of the kprobe program and its tail-called stages per event"
-        " (kernel.bpf_stats_enabled); wall: the loop's own time per open (with the kprobe's"
+        " (kernel.bpf_stats_enabled); wall: the loop's own time per call (with the kprobe's"
         " entry cost, which BPF run time does not include)."
     )
     if in_vm:

@@ -41,7 +41,8 @@
 #include <linux/ptrace.h> /* struct pt_regs: the kernel's own (its headers) */
 
 #define TPF_STAGE_PATH 3 /* kprobes only: strs[0] is a file's or path's name (below) */
-BPF_PROG_ARRAY(tpf_kstages, 4);
+#define TPF_STAGE_NET 4  /* kprobes only: the network arguments' tuples (tpf_net.c) */
+BPF_PROG_ARRAY(tpf_kstages, 5);
 BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -> hook */
 
 #define TPF_KH_SYSCALL 1 /* the arch's syscall wrapper: arguments from the user's pt_regs */
@@ -58,6 +59,8 @@ struct tpf_khook {
 	u8 reader;  /* TPF_READ_*: what str_arg points to */
 	u32 str_off; /* offset of the char * member in that struct */
 	u8 buf_size[8]; /* bit-for-bit tpf_work.buf_size: char_buf k's size is values[buf_size[k]] */
+	u8 net_arg[TPF_NR_NET];  /* ev.net[k] is read from argument net_arg[k] ... */
+	u8 net_kind[TPF_NR_NET]; /* ... as a TPF_NET_* (0: not read) */
 };
 BPF_ARRAY(tpf_khooks, struct tpf_khook, TPF_NR_HOOKS);
 
@@ -71,6 +74,15 @@ int tpf_kstage_filter(struct pt_regs *ctx)
 		w = tpf_work.lookup(&zero);
 		if (w && w->path_kind)
 			next = TPF_STAGE_PATH;
+#ifdef TPF_WITH_NET
+		if (w) { /* network arguments first (then the path): for kept entries only */
+			u32 hook = w->hook;
+			struct tpf_khook *kh = tpf_khooks.lookup(&hook);
+
+			if (kh && (kh->net_kind[0] || kh->net_kind[1]))
+				next = TPF_STAGE_NET;
+		}
+#endif
 	}
 	if (next >= 0)
 		tpf_kstages.call(ctx, next);

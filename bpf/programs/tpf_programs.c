@@ -454,6 +454,11 @@ static __always_inline bool tpf_task_sel(struct tpf_work *w, u32 config, u8 s)
 	return ts && tpf_task_match(&w->task, ts); /* none: being rewritten, no decision */
 }
 
+#ifdef TPF_WITH_NET /* defined in tpf_net.c, appended to this text */
+static __always_inline bool tpf_net_match(struct tpf_work *w, struct tpf_arg *a, u32 config,
+					  u8 sel, u8 arg);
+#endif
+
 static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, struct tpf_sel *sel)
 {
 	u8 nargs = sel->nargs;
@@ -479,6 +484,11 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 		} else if (a->kind == TPF_KIND_USER_STR) {
 			if (!tpf_str_match(tpf_strs_at(w, a->src), a->op, config, s, j))
 				return false;
+#ifdef TPF_WITH_NET
+		} else if (a->kind == TPF_KIND_NET) {
+			if (!tpf_net_match(w, a, config, s, j))
+				return false;
+#endif
 		} else {
 			return false;
 		}
@@ -486,7 +496,6 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 	/* last: a branch here splits no path of the checks above (verifier cost) */
 	return !sel->task || tpf_task_sel(w, config, s);
 }
-
 
 static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u8 sel, u8 actions,
 				    s32 error)

@@ -29,6 +29,8 @@
 #ifndef TPF_PROGRAMS_H
 #define TPF_PROGRAMS_H
 
+#include "tpf_net.h" /* the network arguments of kprobes */
+
 #ifndef TPF_NR_HOOKS
 #define TPF_NR_HOOKS 1024
 #endif
@@ -67,6 +69,7 @@
 #define TPF_KIND_INT 1      /* values[src], normalised by .type */
 #define TPF_KIND_PATH 2     /* the binary / exec filename (kernel string) */
 #define TPF_KIND_USER_STR 3 /* a user-space string at the pointer values[src] */
+#define TPF_KIND_NET 5      /* a network argument's tuple ev.net[src] (tpf_net.c) */
 
 /* tpf_arg.type (integers) */
 #define TPF_T_S64 1
@@ -211,6 +214,7 @@ struct tpf_event {
 	char comm[16];
 	char path[TPF_STR_MAX]; /* the exec filename (sched_process_exec) */
 	char str[TPF_STR_MAX];  /* the captured user string argument, if any */
+	struct tpf_net_tuple net[TPF_NR_NET]; /* kprobes: the network arguments (tpf_net.c) */
 };
 
 #define TPF_EV_PATH_LONG 1 /* path was longer than TPF_STR_MAX - 1 bytes: truncated */

@@ -117,6 +117,7 @@ class ArgMatch:
     imm: int = 0  # GT/LT bound, Mask bits (already normalised, as u64)
     ints: tuple[int, ...] = ()  # Equal/NotEqual sets (normalised u64)
     strings: tuple[bytes, ...] = ()  # Equal/NotEqual/Prefix sets, Postfix: as written
+    net: tuple[tuple[int, int, bytes], ...] = ()  # Kind.NET: LPM entries (netargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class HookConfig:
     returns: bool = False  # kprobe with return: true (a kretprobe sends the return value)
     kern_strs: int = 0  # kprobes: bit k, strs[k] is read from kernel memory
     override_lsm: str = ""  # the BPF LSM hook whose program returns this entry's Override
+    net_readers: tuple[tuple[int, int, int], ...] = ()  # kprobes: (tuple, arg, netargs kind)
 
     @property
     def attach(self) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgSpec, HookConfig
 from tpfilter.programs.layout import Action, IntType, Kind
+from tpfilter.programs.netargs import decode_tuple
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class RawEvent:
     comm: str
     path: str
     string: str
+    net: tuple[dict[str, Any] | None, ...] = ()  # the network arguments' tuples (netargs)
 
     @classmethod
     def from_ctypes(cls, ev: Any) -> RawEvent:
@@ -67,6 +69,7 @@ class RawEvent:
             comm=bytes(ev.comm).split(b"\0", 1)[0].decode(errors="replace"),
             path=bytes(ev.path).split(b"\0", 1)[0].decode(errors="replace"),
             string=bytes(ev.str).split(b"\0", 1)[0].decode(errors="replace"),
+            net=tuple(decode_tuple(t) for t in ev.net),
         )
 
 
@@ -93,6 +96,8 @@ def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
         return ev.path
     if spec.kind is Kind.NOP:
         return None
+    if spec.kind is Kind.NET:
+        return ev.net[spec.src] if spec.src < len(ev.net) else None
     if spec.kind is Kind.USER_STR:
         if spec.src == capture and ev.flags & layout.EV_STR_SET:
             return ev.string

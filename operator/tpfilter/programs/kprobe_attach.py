@@ -51,6 +51,8 @@ def kprobe_attach(programs: Any, function: str, cfg: HookConfig, *, attached: bo
     for k, size_src in cfg.buf_sizes:
         leaf.buf_size[k] = size_src
     leaf.kern_strs |= cfg.kern_strs
+    for slot, arg, kind in cfg.net_readers:  # the function's parameters: entries agree
+        leaf.net_arg[slot], leaf.net_kind[slot] = arg, kind
     leaf.flags |= (_KH_SYSCALL if cfg.syscall else 0) | (_KH_RETURN if cfg.returns else 0)
     khooks[key] = leaf
     if cfg.returns and function not in programs.kretprobes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tpfilter.programs import layout
+from tpfilter.programs import layout, netargs
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
     _ARG_KEYS,
@@ -37,7 +37,6 @@ from tpfilter.programs.compiler import (
     NodeEnv,
     Selector,
     _compile_actions,
-    _compile_match_arg,
     _Errors,
     _Source,
     parse_int,
@@ -175,6 +174,9 @@ def _arg_source(
         return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, 0, reader)
     if user_type == "nop":
         return _Source(Kind.NOP, index + 1, IntType.U64), None
+    if user_type is not None and user_type in netargs.NET_TYPES:
+        net = netargs.net_source(user_type, params, index, env.kernel)
+        return net if isinstance(net, str) else (net, None)
     if user_type in ("string", "char_buf"):
         if params is not None and params[index] not in _BUFFER_PARAMS[user_type]:
             return f"parameter {index} is {params[index]}, not a char * (type {user_type})"
@@ -192,7 +194,8 @@ def _arg_source(
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
-            "(integers, string, char_buf, file, path, linux_binprm, nop)"
+            "(integers, string, char_buf, file, path, linux_binprm, sock, socket, sockaddr, "
+            "skb, nop)"
         )
     return _Source(Kind.INT, index + 1, int_type), None
 
@@ -285,7 +288,9 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         if not selector_keys_ok(raw, at, errors, _SELECTOR_KEYS, "not supported on kprobes"):
             continue
         matches: list[ArgMatch | None] = [
-            _compile_match_arg(m, f"{at}.matchArgs[{j}]", sources, errors)
+            netargs.compile_match(
+                m, f"{at}.matchArgs[{j}]", sources, None if syscall else params, errors
+            )
             for j, m in enumerate(raw.get("matchArgs") or [])
         ]
         raw_actions = raw.get("matchActions")
@@ -343,4 +348,5 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         returns=bool(kp.get("return")),
         kern_strs=0 if syscall else sum(1 << k for k in strings),
         override_lsm=override_lsm,
+        net_readers=netargs.readers(sources, None if syscall else params),
     )

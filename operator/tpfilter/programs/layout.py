@@ -46,6 +46,7 @@ class Kind(IntEnum):
     PATH = 2
     USER_STR = 3  # a string at the pointer values[src] (user memory, or kernel: kern_strs)
     NOP = 4  # declared, never read (type nop): reported as null, never compared
+    NET = 5  # a network argument's tuple ev.net[src] (tpfilter.programs.netargs)
 
 
 class IntType(IntEnum):
@@ -69,6 +70,14 @@ class Op(IntEnum):
     MASK = 7
     NOTPREFIX = 8
     NOTPOSTFIX = 9
+    # network arguments (bpf/programs/tpf_net.h TPF_OP_*; imm bit 0: Not…)
+    SADDR = 10
+    DADDR = 11
+    SPORT = 12
+    DPORT = 13
+    PROTOCOL = 14
+    FAMILY = 15
+    STATE = 16
 
     @property
     def prefix_set(self) -> bool:

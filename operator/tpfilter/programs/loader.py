@@ -26,6 +26,7 @@ from tpfilter.programs.follow import FollowIds, changes
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
+from tpfilter.programs.netargs import net_cflags, write_sets
 from tpfilter.programs.pathwalk import path_cflags
 from tpfilter.programs.tasksel import fill_tsel, task_cflags
 from tpfilter.programs.tracefs import TracepointFormat
@@ -36,6 +37,7 @@ ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
 _KSTAGE_PATH = 3  # tpf_kprobe.c TPF_STAGE_PATH: kprobes only, when the path walk is compiled
+_KSTAGE_NET = 4  # tpf_kprobe.c TPF_STAGE_NET: kprobes only, when the network readers are
 
 
 def program_source() -> Path:
@@ -109,13 +111,14 @@ class Programs:
             node_pidns.dev,
         )
         paths = path_cflags(kernel) if kprobes else []  # the path walk of file/path args
+        nets = net_cflags(kernel) if kprobes else []  # sock/socket/sockaddr/skb args
         src = bcc_source(
             program_source(),
             pin_dir=pin_dir,
             node_pidns=node_pidns,
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
-                *(["-DTPF_WITH_KPROBES", *paths] if kprobes else []),
+                *(["-DTPF_WITH_KPROBES", *paths, *nets] if kprobes else []),
                 *task_cflags(kernel),  # matchPIDs/matchNamespaces/matchCapabilities
             ),
         )
@@ -123,6 +126,8 @@ class Programs:
         text = src.text
         if kprobes:  # bcc makes programs only of functions in its main text
             text += (program_source().parent / "tpf_kprobe.c").read_text()
+            if nets:
+                text += (program_source().parent / "tpf_net.c").read_text()
         self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
         t1 = time.monotonic()
         stages = self.bpf.get_table(b"tpf_stages")
@@ -140,6 +145,9 @@ class Programs:
             if paths:
                 fn = self.bpf.load_func(b"tpf_kstage_path", BPF.KPROBE)
                 kstages[ct.c_int(_KSTAGE_PATH)] = ct.c_int(fn.fd)
+            if nets:
+                fn = self.bpf.load_func(b"tpf_kstage_net", BPF.KPROBE)
+                kstages[ct.c_int(_KSTAGE_NET)] = ct.c_int(fn.fd)
             self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
             self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
@@ -254,6 +262,9 @@ class Programs:
     def _write_sets(
         self, config: int, s: int, j: int, arg: ArgMatch, *, delete: bool = False
     ) -> None:
+        if arg.kind is Kind.NET:
+            write_sets(self.bpf.get_table(b"tpf_netsets"), config, s, j, arg, delete=delete)
+            return
         if arg.kind is Kind.INT:
             ints = self._t["tpf_ints"]
             for value in arg.ints:
