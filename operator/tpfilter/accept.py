@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tpfilter.programs.compiler import STRING_TYPES, NodeEnv, compile_spec
+from tpfilter.programs.netargs import NET_TYPES
+from tpfilter.programs.tasksel import NAMESPACES
 from tpfilter.programs.tracefs import Field, TracepointFormat
 
 # The selectors are the filter's (tpfilter.models), not the programs'.
@@ -98,6 +100,7 @@ def _env(spec: Mapping[str, Any]) -> NodeEnv:
         tracepoints=None,
         kernel=_AnyKernel(spec),
         kprobe_hook=lambda _function: 0,
+        host_ns=dict.fromkeys(NAMESPACES, 1),  # host_ns: every node knows its own
     )
 
 
@@ -107,6 +110,7 @@ _PARAM_OF_TYPE = {
     "linux_binprm": "struct linux_binprm *",
     "file": "struct file *",
     "path": "struct path *",
+    **{name: ctype for name, (ctype, _) in NET_TYPES.items()},  # sock, socket, sockaddr, skb
 }
 
 
@@ -143,6 +147,9 @@ class _AnyKernel:
 
     def member_offset(self, struct_name: str, member: str) -> int:
         return 0
+
+    def struct_size(self, struct_name: str) -> int:
+        return 8
 
 
 def _entries(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:

@@ -46,8 +46,9 @@ class TaskKernel(FakeKernel):
         if optional:
             for extra in OPTIONAL.values():
                 self.members.update(extra)
-        self.structs = {"upid": 1}
-        self.types = [(0, "void", 0, ()), (4, "upid", 16, ())]
+
+    def struct_size(self, struct: str) -> int | None:
+        return 16 if struct == "upid" else None
 
     def member_offset(self, struct: str, member: str) -> int | None:
         if (struct, member) in self.members.values():

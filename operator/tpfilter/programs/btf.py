@@ -106,6 +106,11 @@ class KernelBtf:
         proto = self.funcs.get(func)
         return None if proto is None else self.type_name(self.types[proto][2])
 
+    def struct_size(self, struct_name: str) -> int | None:
+        """``sizeof(struct <struct_name>)``, None if BTF has no such struct."""
+        tid = self.structs.get(struct_name)
+        return None if tid is None else self.types[tid][2]
+
     def member_offset(self, struct_name: str, member: str) -> int | None:
         """Byte offset of a (non-bitfield) member, also one inside an anonymous struct or
         union member (newer kernels wrap e.g. ``file.f_path`` in one)."""

@@ -186,10 +186,10 @@ def task_offsets(kernel: Any) -> dict[str, int] | str:
         if offset is None:
             return f"struct {struct_name} has no member {member} in this kernel's BTF"
         out[define] = offset
-    upid = kernel.structs.get("upid")
-    if upid is None:
+    upid_size = kernel.struct_size("upid")
+    if upid_size is None:
         return "no struct upid in this kernel's BTF"
-    out["TPF_TSIZE_UPID"] = kernel.types[upid][2]
+    out["TPF_TSIZE_UPID"] = upid_size
     for members in OPTIONAL.values():
         found = {d: kernel.member_offset(s, m) for d, (s, m) in members.items()}
         if all(v is not None for v in found.values()):
