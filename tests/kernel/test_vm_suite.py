@@ -13,7 +13,7 @@ from tpfilter_dev import vm
 
 pytestmark = pytest.mark.kernel
 
-GUEST_TIMEOUT = 1500.0
+GUEST_TIMEOUT = 2400.0  # 23.6 min seen on a shared 2-CPU machine (README)
 
 
 @pytest.mark.timeout(GUEST_TIMEOUT + 60)
