@@ -13,6 +13,7 @@ from test_programs_kprobes import ENV as KP_ENV
 from test_programs_kprobes import FakeKernel
 
 from tpfilter.programs.compiler import compile_spec
+from tpfilter.programs.taskbtf import MEMBERS, OPTIONAL, task_cflags, task_offsets
 from tpfilter.programs.tasksel import (
     CAP_NUMBERS,
     F_CAPS,
@@ -22,16 +23,12 @@ from tpfilter.programs.tasksel import (
     F_PID,
     FOLLOW_HOST,
     FOLLOW_NS,
-    MEMBERS,
     NAMESPACES,
-    OPTIONAL,
     TASK_BIT,
     TFF_MASK,
     TFF_NOTIN,
     TaskFilter,
     fill_tsel,
-    task_cflags,
-    task_offsets,
 )
 
 HOST = {name: 4026531000 + i for i, name in enumerate(NAMESPACES)}

@@ -28,7 +28,8 @@ from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.netargs import net_cflags, write_sets
 from tpfilter.programs.pathwalk import path_cflags
-from tpfilter.programs.tasksel import fill_tsel, task_cflags
+from tpfilter.programs.taskbtf import task_cflags
+from tpfilter.programs.tasksel import fill_tsel
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
