@@ -103,7 +103,7 @@ class ReportSource:
         while not stop.is_set():
             try:
                 if rv is None:
-                    rv = self.list_all()
+                    rv = self.list_all(stop)
                 rv = self.watch_once(rv, stop)
                 delay = 0.5
             except Gone:
@@ -115,14 +115,19 @@ class ReportSource:
                 stop.wait(delay)
                 delay = min(2 * delay, self._retry_max)
 
-    def list_all(self) -> str:
+    def list_all(self, stop: threading.Event | None = None) -> str:
         """Every report, a page at a time; then DELETED for the names no longer there.
-        The resourceVersion to watch from."""
+        The resourceVersion to watch from.
+
+        A page that fails (a timeout, a dropped connection) is asked again with the same
+        continue token, not the whole list: on a loaded API server a large list may never
+        get through in one go. Only an expired token (Gone) starts the list over.
+        """
         listed: set[str] = set()
         token: str | None = None
         pages = 0
         while True:
-            items, token, rv = self._api.list_page(self._page_size, token)
+            items, token, rv = self._page(token, stop)
             pages += 1
             self.counters.pages += 1
             for body in items:
@@ -140,6 +145,22 @@ class ReportSource:
             self.synced.set()
             self._on_synced()
         return rv
+
+    def _page(
+        self, token: str | None, stop: threading.Event | None
+    ) -> tuple[list[Mapping[str, Any]], str | None, str]:
+        delay = 0.5
+        while True:
+            try:
+                return self._api.list_page(self._page_size, token)
+            except Gone:
+                raise
+            except Exception as exc:
+                if token is None or stop is None or stop.is_set():
+                    raise  # the first page: the caller retries the list
+                log.warning("report list page failed (again in %.1fs): %s", delay, exc)
+                stop.wait(delay)
+                delay = min(2 * delay, self._retry_max)
 
     def watch_once(self, rv: str, stop: threading.Event) -> str:
         """One watch from ``rv``; the last resourceVersion seen when it ends."""

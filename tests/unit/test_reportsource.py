@@ -26,11 +26,15 @@ class FakeWatchApi:
         self.watched_from: list[str] = []
         self.pages_read: list[str | None] = []
         self.expire_token_once = False
+        self.fail_token_once = False
 
     def list_page(
         self, limit: int, token: str | None
     ) -> tuple[list[Mapping[str, Any]], str | None, str]:
         self.pages_read.append(token)
+        if token is not None and self.fail_token_once:
+            self.fail_token_once = False
+            raise TimeoutError("504: request did not complete within the allotted timeout")
         if token is not None and self.expire_token_once:
             self.expire_token_once = False
             raise Gone("continue token expired")
@@ -110,6 +114,16 @@ def test_an_expired_continue_token_starts_the_list_again() -> None:
     assert api.pages_read == [None, "2", None, "2"]
     assert source.counters.relists == 1
     assert [n for t, n in got if t is None] == ["a", "b", "a", "b", "c"]
+
+
+def test_a_failed_page_is_asked_again_not_the_whole_list() -> None:
+    api = FakeWatchApi({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}, rv=10)
+    api.fail_token_once = True
+    api.scripts = [[("MODIFIED", obj("a", 11))]]
+    source, got = run(api, page_size=2, deliveries=6)
+    assert api.pages_read == [None, "2", "2", "4"]  # the second page again, same token
+    assert source.counters.relists == 0 and source.counters.lists == 1
+    assert got == [(None, n) for n in "abcde"] + [("MODIFIED", "a")]
 
 
 def test_page_size_must_be_positive() -> None:
