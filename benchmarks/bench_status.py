@@ -1,8 +1,8 @@
 """Policy status at scale: 1,000 simulated nodes x 100 policies on a real API server.
 
 Run as ``.venv/bin/python benchmarks/bench_status.py`` (the binaries of
-scripts/build-k8s-bins.sh on PATH; no root; ~8 min at the defaults, ``--quick`` for a
-small run). Prints what it measured; asserts nothing.
+scripts/build-k8s-bins.sh on PATH; no root; 16 min at the defaults on a loaded 2-core
+machine; ``--quick``, 200 x 20, 2.5 min). Prints what it measured; asserts nothing.
 
 A simulated node (``simnodes``) is a Node object plus the agent's own report writer
 (``tpfilter.reporter.Reporter``, with its coalescing at the agent's default rates) and its
