@@ -155,6 +155,18 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     controller.add_argument("--lease-name", default="tpfilter-controller")
     controller.add_argument("--lease-seconds", type=float, default=15.0)
+    controller.add_argument(
+        "--report-page-size",
+        type=int,
+        default=50,
+        help="reports per page of the controller's list of node reports",
+    )
+    controller.add_argument(
+        "--report-watch-seconds",
+        type=int,
+        default=300,
+        help="how long one watch of the node reports lasts before it is renewed",
+    )
     controller.add_argument("-v", "--verbose", action="store_true")
     controller.set_defaults(func=_controller)
 
@@ -241,6 +253,8 @@ def _controller(args: argparse.Namespace) -> int:
         lease_namespace=args.lease_namespace,
         lease_name=args.lease_name,
         lease_seconds=args.lease_seconds,
+        report_page_size=args.report_page_size,
+        report_watch_timeout=args.report_watch_seconds,
     )
     asyncio.run(run_controller(options))
     return 0

@@ -10,10 +10,12 @@ whose status differs from what the policy object holds, so:
 * a node that falls silent is noticed by the loop's own timer (no event comes from a
   stopped agent): when the set of stale nodes changes, every policy is recomputed.
 
-Before its first recomputation the controller lists policies and reports itself: kopf's
-watches cannot say when they have delivered everything, and a status computed from half
-the reports would be wrong (and written). Cached objects carry their resourceVersion, so
-an older event arriving after a newer list loses.
+Before its first recomputation the controller has every policy and every report: it lists
+the policies itself (kopf's watches cannot say when they have delivered everything), and
+the reports come from its own paginated list-then-watch (``tpfilter.reportsource``), which
+says when its first list is in (``reports_synced``). A status computed from half the
+reports would be wrong (and written). Cached objects carry their resourceVersion, so an
+older event arriving after a newer list loses.
 
 A node's report may be split in shards (``tpfilter.reportshards``); the report cache
 (``tpfilter.reportcache``) merges a node's report from one complete set of its shards.
@@ -123,6 +125,7 @@ class Controller:
         self._leases: dict[str, float] = {}  # node -> its Lease's renewTime (epoch)
         self._leases_polled = float("-inf")
         self._wake = asyncio.Event()
+        self.reports_synced = asyncio.Event()  # set once every report has been folded in
         self.counters = Counters()
         self.leading: Callable[[], bool] = lambda: True
 
@@ -190,12 +193,9 @@ class Controller:
                 await sweep
 
     async def _initial_list(self) -> None:
-        """Every report, then every policy, a page at a time: each page is folded into the
-        caches (``Seen``) and dropped before the next is fetched, so the JSON of all
-        reports (hundreds of MB at 1,000 x 1,000) is never held at once."""
+        """Every policy, a page at a time; then wait for the report source's first list."""
         delay = 0.5
         for what, fold in (
-            ("reports", self.report_event),
             (PolicyKind.CLUSTER.value, self.policy_event),
             (PolicyKind.NAMESPACED.value, self.policy_event),
         ):
@@ -211,9 +211,9 @@ class Controller:
                     continue
                 for body in items:
                     fold(None, body)
-                del items
                 if not token:
                     break
+        await self.reports_synced.wait()
 
     async def _poll_leases(self, now: float) -> None:
         every = self.config.lease_poll or self.config.stale_after / 4

@@ -1,7 +1,9 @@
 """Kopf handlers of ``tpfilter controller``: a few lines each, feeding the controller's caches.
 
 Like the agent's, only event handlers: the controller never adds finalizers or annotations
-to the policies; its one write to them is their status (``tpfilter.controller``).
+to the policies; its one write to them is their status (``tpfilter.controller``). The
+reports are not watched through kopf (its first list is not paginated: hundreds of MB at
+scale) but by the controller's own source, ``tpfilter.reportsource``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ import kopf
 
 from tpfilter.controller import Controller
 from tpfilter.models import GROUP, VERSION, PolicyKind
-from tpfilter.reporter import GROUP as REPORT_GROUP
-from tpfilter.reporter import PLURAL as REPORT_PLURAL
-from tpfilter.reporter import VERSION as REPORT_VERSION
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
@@ -34,10 +33,6 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PolicyKind.NAMESPACED.plural, registry=registry)
     def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller.policy_event(type, body)
-
-    @kopf.on.event(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, registry=registry)
-    def report_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        controller.report_event(type, body)
 
     @kopf.on.event("v1", "nodes", registry=registry)
     def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:

@@ -1,4 +1,5 @@
-"""Wiring of ``tpfilter controller``: the API client, kopf, the controller loop, the Lease."""
+"""Wiring of ``tpfilter controller``: the API client, kopf, the report source, the controller
+loop, the Lease."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 
 import kopf
@@ -15,7 +17,8 @@ from tpfilter.controller import Controller, ControllerConfig
 from tpfilter.controller_handlers import build_registry
 from tpfilter.kube import load_api_client
 from tpfilter.leader import LeaseElector
-from tpfilter.statusapi import KubeStatusApi
+from tpfilter.reportsource import PAGE_SIZE, ReportSource, on_loop
+from tpfilter.statusapi import KubeReportWatch, KubeStatusApi
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ class ControllerOptions:
     lease_name: str = "tpfilter-controller"
     lease_seconds: float = 15.0
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    report_page_size: int = PAGE_SIZE
+    report_watch_timeout: int = 300
 
 
 async def run_controller(options: ControllerOptions, *, stop: asyncio.Event | None = None) -> None:
@@ -36,6 +41,18 @@ async def run_controller(options: ControllerOptions, *, stop: asyncio.Event | No
     api = KubeStatusApi(api_client, lease_namespace=options.lease_namespace)
     controller = Controller(api=api, config=options.config)
     tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    source = ReportSource(
+        KubeReportWatch(api_client),
+        on_loop(loop, controller.report_event),
+        page_size=options.report_page_size,
+        watch_timeout=options.report_watch_timeout,
+        on_synced=lambda: loop.call_soon_threadsafe(controller.reports_synced.set),
+    )
+    source_stop = threading.Event()
+    threading.Thread(
+        target=source.run, args=(source_stop,), name="report-source", daemon=True
+    ).start()
     if options.leader_elect:
         elector = LeaseElector(
             api_client=api_client,
@@ -67,6 +84,7 @@ async def run_controller(options: ControllerOptions, *, stop: asyncio.Event | No
             task.result()
     finally:
         stop_flag.set()
+        source_stop.set()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from tpfilter.reporter import GROUP as REPORT_GROUP
 from tpfilter.reporter import PLURAL as REPORT_PLURAL
 from tpfilter.reporter import VERSION as REPORT_VERSION
 from tpfilter.reporter import from_rfc3339
+from tpfilter.reportsource import Gone
 
 COMPONENT = "tpfilter-controller"
 
@@ -49,19 +50,19 @@ class KubeStatusApi:
         return renewed
 
     def list_page(self, what: str, token: str | None) -> tuple[list[Mapping[str, Any]], str | None]:
-        """One page of reports (``what="reports"``) or of one policy kind (its kind name)."""
-        if what == "reports":
-            group, version, plural, limit = REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, 50
-        else:
-            group, version, plural, limit = GROUP, VERSION, PolicyKind(what).plural, 500
+        """One page of one policy kind (its kind name)."""
         response = self._custom.list_cluster_custom_object(
-            group, version, plural, limit=limit, _continue=token, _preload_content=False
+            GROUP,
+            VERSION,
+            PolicyKind(what).plural,
+            limit=500,
+            _continue=token,
+            _preload_content=False,
         )
         page = json.loads(response.data)
         items: list[dict[str, Any]] = page.get("items") or []
-        if what != "reports":
-            for item in items:  # list items may omit kind; the controller needs it
-                item.setdefault("kind", what)
+        for item in items:  # list items may omit kind; the controller needs it
+            item.setdefault("kind", what)
         return list(items), page["metadata"].get("continue") or None
 
     def patch_status(self, ref: PolicyRef, status: Mapping[str, Any]) -> None:
@@ -104,3 +105,52 @@ class KubeStatusApi:
 
     def delete_report(self, name: str) -> None:
         self._custom.delete_cluster_custom_object(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, name)
+
+
+class KubeReportWatch:
+    """The report source's list pages and watches (``tpfilter.reportsource``), blocking."""
+
+    def __init__(self, api_client: Any) -> None:
+        import kubernetes
+
+        self._kubernetes = kubernetes
+        self._custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+
+    def list_page(
+        self, limit: int, token: str | None
+    ) -> tuple[list[Mapping[str, Any]], str | None, str]:
+        try:
+            response = self._custom.list_cluster_custom_object(
+                REPORT_GROUP,
+                REPORT_VERSION,
+                REPORT_PLURAL,
+                limit=limit,
+                _continue=token,
+                _preload_content=False,
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) == 410:  # the continue token expired
+                raise Gone(str(exc)) from exc
+            raise
+        page = json.loads(response.data)
+        meta = page["metadata"]
+        return list(page.get("items") or []), meta.get("continue") or None, meta["resourceVersion"]
+
+    def watch(self, resource_version: str, timeout: int) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        stream = self._kubernetes.watch.Watch().stream(
+            self._custom.list_cluster_custom_object,
+            REPORT_GROUP,
+            REPORT_VERSION,
+            REPORT_PLURAL,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=timeout + 30,
+        )
+        try:
+            for event in stream:
+                yield str(event["type"]), event["object"]
+        except Exception as exc:
+            if getattr(exc, "status", None) == 410:
+                raise Gone(str(exc)) from exc
+            raise

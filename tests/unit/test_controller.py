@@ -160,18 +160,25 @@ def test_deleted_node_report_is_deleted_and_standby_writes_nothing() -> None:
     assert len(api.patches) == 1
 
 
-def test_initial_list_folds_every_page_before_the_first_status() -> None:
+def test_first_status_waits_for_every_policy_page_and_the_reports_first_list() -> None:
     controller, api = make()
-    api.pages["reports"] = [[report("a", 5)], [report("b", 6)]]
-    api.pages["TracingPolicy"] = [[policy()]]
+    api.pages["TracingPolicy"] = [[policy("p")], [policy("q")]]
 
     async def start() -> None:
-        await controller._initial_list()
+        listing = asyncio.create_task(controller._initial_list())
+        await asyncio.sleep(0.05)
+        assert not listing.done()  # the reports are not in yet (tpfilter.reportsource)
+        controller.report_event(None, report("a", 5))
+        controller.report_event(None, report("b", 6))
+        controller.reports_synced.set()
+        await listing
         await controller.step()
 
     asyncio.run(start())
-    [(_, status)] = api.patches
-    assert (status["readyNodes"], status["totalNodes"]) == (2, 2)
+    statuses = dict(api.patches)
+    assert sorted(statuses) == ["p", "q"]
+    assert (statuses["p"]["readyNodes"], statuses["p"]["totalNodes"]) == (2, 2)
+    assert (statuses["q"]["readyNodes"], statuses["q"]["totalNodes"]) == (0, 2)  # NotReported
 
 
 def test_lease_rule() -> None:
