@@ -246,3 +246,33 @@ def test_skb_of_ip_output_and_ip6_output(loaded: Env, cgroups: Cgroups) -> None:
     assert run_py(cg, udp_send("::1", PORT)) == KILLED
     assert run_py(cg, udp_send("::1", PORT + 1)) == 0
     assert run_py(None, udp_send("::1", PORT)) == 0  # the host
+
+
+def test_override_on_security_socket_connect_denies_before_the_syn(
+    loaded: Env, cgroups: Cgroups
+) -> None:
+    (cg, cg_id), (other, _) = cgroups(), cgroups()
+    loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
+    deny = [{"action": "Override", "argError": -errno.EACCES}]
+    p = policy(
+        "socket-connect-override",
+        lsmhooks=[
+            {
+                "hook": "socket_connect",
+                "args": [{"index": 1, "type": "sockaddr"}],
+                "selectors": [
+                    {
+                        "matchArgs": [arg(1, "SAddr", "127.0.0.1", "::1"), arg(1, "SPort", PORT)],
+                        "matchActions": deny,
+                    },
+                ],
+            }
+        ],
+    )
+    load(loaded, p)
+    assert run_py(cg, tcp("127.0.0.1", PORT)) == errno.EACCES
+    assert run_py(cg, tcp("::1", PORT)) == errno.EACCES
+    assert run_py(cg, udp_connect("127.0.0.1", PORT)) == errno.EACCES
+    assert run_py(cg, tcp("127.0.0.1", PORT + 1)) == errno.ECONNREFUSED
+    assert run_py(cg, tcp("127.0.0.2", PORT)) == errno.ECONNREFUSED
+    assert run_py(other, tcp("127.0.0.1", PORT)) == errno.ECONNREFUSED
