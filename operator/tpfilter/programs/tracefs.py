@@ -9,6 +9,7 @@ headers, so offsets are right whatever headers bcc compiles with.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "parse_syscall_table",
     "read_format",
     "syscall_numbers",
+    "unistd_candidates",
 ]
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -31,6 +33,17 @@ UNISTD_CANDIDATES = (
     Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
     Path("/usr/include/asm/unistd_64.h"),
 )
+# The same table in kernel headers (the agent image and the chart's /lib/modules mount have
+# these, not linux-libc-dev): generated uapi of the build tree.
+_KERNEL_UNISTD = "arch/x86/include/generated/uapi/asm/unistd_64.h"
+
+
+def unistd_candidates(release: str, usr_src: Path = Path("/usr/src")) -> list[Path]:
+    """Where the syscall table may be, best first: the running kernel's own headers, the
+    libc's uapi copy, then any kernel headers installed (newest first). Syscall numbers are
+    ABI, never changed: an older table only lacks the newer syscalls."""
+    installed = sorted(usr_src.glob(f"linux-headers-*/{_KERNEL_UNISTD}"), reverse=True)
+    return [Path(f"/lib/modules/{release}/build") / _KERNEL_UNISTD, *UNISTD_CANDIDATES, *installed]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +149,11 @@ def syscall_numbers() -> Mapping[str, int]:
     """Syscall name -> number for this architecture (x86-64), from the uapi header.
 
     The sys_enter tracepoints report the number, not the name, and tracefs does not list
-    the mapping; the uapi header (Debian's linux-libc-dev, a dependency of clang) does.
-    Empty if no header is found: sys_enter hooks are then reported unsupported.
+    the mapping; the uapi header does (Debian's linux-libc-dev, or the generated copy in
+    kernel headers: :func:`unistd_candidates`). Empty if no header is found: sys_enter
+    hooks are then reported unsupported.
     """
-    for candidate in UNISTD_CANDIDATES:
+    for candidate in unistd_candidates(os.uname().release):
         try:
             return parse_syscall_table(candidate.read_text())
         except OSError:
