@@ -1,7 +1,7 @@
 """Every policy under examples/ is one a user can take as it is: it parses into the
 filter's model and the controller accepts it (tpfilter.accept: the program compiler against
 a node offering every kernel feature). That each one also loads on a real kernel with
-kprobes and BPF LSM is tests/vm/test_examples.py; that the API server takes it is
+kprobes and BPF LSM is tests/vm/test_examples_load.py; that the API server takes it is
 tests/integration/test_kubectl_apply.py."""
 
 from __future__ import annotations

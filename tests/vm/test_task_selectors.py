@@ -1,6 +1,6 @@
 """matchPIDs, matchNamespaces and matchCapabilities on a kprobe, on Debian's stock kernel:
 the selector code is the tracepoints' (bpf/programs/tpf_task.h, run by the kprobe-typed
-stage programs), so what tests/kernel/test_programs_tasksel.py proves on a tracepoint is
+stage programs), so what tests/kernel/test_tasksel_on_kernel.py proves on a tracepoint is
 proved here on a syscall kprobe (``lseek``, whence 4444: no normal program uses it).
 
 Each filter is seen to kill the process it names and to spare the one it does not, so an
