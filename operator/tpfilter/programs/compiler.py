@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tpfilter.programs import layout
+from tpfilter.programs.fileargs import fd_action_refusal
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tasksel import (
     FILTER_KEYS,
@@ -410,7 +411,10 @@ def _compile_actions(
             elif set(rest) - {"argError"}:
                 errors.add(at, f"Override with {', '.join(sorted(set(rest) - {'argError'}))}")
         else:
-            errors.add(at, f"action {name!r} is not supported (Post, NoPost, Sigkill, Override)")
+            why = fd_action_refusal(name)  # FollowFD & co: not needed for fd arguments
+            errors.add(
+                at, why or f"action {name!r} is not supported (Post, NoPost, Sigkill, Override)"
+            )
     return (Action.POST if post else Action(0)) | (Action.SIGKILL if kill else Action(0))
 
 
