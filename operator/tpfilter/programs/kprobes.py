@@ -158,7 +158,7 @@ def _arg_source(
         if offset is None:
             return f"struct {struct_name} has no member {member} in this kernel's BTF"
         return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset, layout.READ_MEMBER)
-    if user_type in fileargs.PATH_TYPES:
+    if user_type is not None and user_type in fileargs.PATH_TYPES:
         reader = fileargs.path_reader(user_type, params, index, env.kernel)
         if isinstance(reader, str):
             return reader
