@@ -115,6 +115,7 @@ static __always_inline void *tpf_kptr(void *base, u32 off)
  * at the namespace's root mount (its own parent). A walk that does not reach it within
  * TPF_PATH_DEPTH steps, or a name longer than the buffer, leaves the string unreadable
  * (it then matches no operator): an end without its beginning would answer Prefix wrong.
+ * A dentry cut from any tree (a pipe's, a socket's, a memfd's) has no path: unreadable.
  * An fd is first looked up in the task's file table (tpf_fd.h; not open: unreadable). A
  * dentry comes without its mount, so its walk stops at the root of its own file system.
  */
@@ -153,9 +154,11 @@ static __always_inline void tpf_path_walk(struct tpf_work *w)
 			break;
 		}
 		if (dentry == root || dentry == parent) {
+			if (dentry != root)
+				break; /* cut from its tree (a pipe, a socket, a memfd): no path */
 			mparent = tpf_kptr(mnt, TPF_OFF_MOUNT_PARENT);
-			if (dentry != root || mparent == mnt) {
-				n = 0; /* the namespace's root (or a dentry cut from its tree) */
+			if (mparent == mnt) {
+				n = 0; /* the namespace's root */
 				break;
 			}
 			dentry = tpf_kptr(mnt, TPF_OFF_MOUNT_MOUNTPOINT);
