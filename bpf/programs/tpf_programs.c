@@ -425,6 +425,20 @@ static __always_inline bool tpf_int_match(u64 raw, struct tpf_arg *a, u32 config
 	case TPF_T_S64:
 		is_signed = true;
 		break;
+	case TPF_T_S16:
+		v = (u64)(s64)(s16)raw;
+		is_signed = true;
+		break;
+	case TPF_T_U16:
+		v = (u16)raw;
+		break;
+	case TPF_T_S8:
+		v = (u64)(s64)(s8)raw;
+		is_signed = true;
+		break;
+	case TPF_T_U8:
+		v = (u8)raw;
+		break;
 	}
 	switch (a->op) {
 	case TPF_OP_EQ:

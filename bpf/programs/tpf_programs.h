@@ -76,6 +76,10 @@
 #define TPF_T_U64 2
 #define TPF_T_S32 3
 #define TPF_T_U32 4
+#define TPF_T_S8 5
+#define TPF_T_U8 6
+#define TPF_T_S16 7
+#define TPF_T_U16 8
 
 /* tpf_arg.op */
 #define TPF_OP_EQ 1

@@ -124,6 +124,56 @@ def test_post_on_integer_operators(
     assert all(e["hook"] == "syscalls/sys_enter_lseek" for e in events)
 
 
+@pytest.mark.parametrize(
+    ("int_type", "operator", "value", "offsets", "hits"),
+    [
+        # the program compares the low 8/16 bits as the type: 0x1ff is an int8 -1
+        ("int8", "Equal", "-1", [0x1FF, 0xFF, 0x7F], [-1, -1]),
+        ("uint8", "Equal", "0xff", [0x1FF, 0xFF, 0x7F], [255, 255]),
+        ("int16", "LT", "0", [0x18000, 0x7FFF, 0xFFFF], [-32768, -1]),
+        ("uint16", "GT", "0x8000", [0x18001, 0x7FFF, 0x10000], [0x8001]),
+    ],
+)
+def test_small_integer_types_compare_and_report_their_low_bits(
+    loaded: Env,
+    cgroups: Cgroups,
+    int_type: str,
+    operator: str,
+    value: str,
+    offsets: list[int],
+    hits: list[int],
+) -> None:
+    env = loaded
+    cg, cg_id = cgroups()
+    env.pods[cg_id] = ("ns", "pod-small", "c")
+    env.maps.install(43, {cg_id}, max_entries=8)
+    policy = tp_policy(
+        "lseek-small",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [
+                {"index": 6, "type": int_type, "label": "offset"},
+                {"index": 7, "type": "int32", "label": "whence"},
+            ],
+            "selectors": [
+                {
+                    "matchArgs": [
+                        {"index": 7, "operator": "Equal", "values": ["4444"]},
+                        {"index": 6, "operator": operator, "values": [value]},
+                    ]
+                }
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 43)])["lseek-small"].state == "loaded"
+    code = "import os\n" + "".join(
+        f"try:\n    os.lseek(0, {o}, 4444)\nexcept OSError:\n    pass\n" for o in offsets
+    )
+    assert py(code, cg) == 0
+    assert [e["args"][0] for e in env.lines()] == hits
+
+
 def test_string_argument_prefix_postfix_equal(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     cg, cg_id = cgroups()

@@ -59,6 +59,12 @@ _ARG_DEFAULTS: Mapping[str, object] = {"maxData": False, "returnCopy": False, "r
 _SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"}) | TASK_KEYS
 
 _INT_TYPES: Mapping[str, IntType] = {
+    "int8": IntType.S8,
+    "sint8": IntType.S8,
+    "uint8": IntType.U8,
+    "int16": IntType.S16,
+    "sint16": IntType.S16,
+    "uint16": IntType.U16,
     "int": IntType.S32,
     "int32": IntType.S32,
     "sint32": IntType.S32,
@@ -69,6 +75,12 @@ _INT_TYPES: Mapping[str, IntType] = {
     "uint64": IntType.U64,
     "size_t": IntType.U64,
     "ulong": IntType.U64,
+}
+# a tracepoint field's size and sign -> its type where the policy names none (or auto)
+_FIELD_INT_TYPES = {
+    (size, signed): next(t for t in IntType if t.bits == 8 * size and t.signed == signed)
+    for size in (1, 2, 4, 8)
+    for signed in (False, True)
 }
 _STRING_TYPES = frozenset({"string", "data_loc"})
 STRING_TYPES = _STRING_TYPES  # argument types read as strings (tpfilter.accept needs them)
@@ -217,16 +229,7 @@ class _Errors:
 
 def _normalise(value: int, int_type: IntType) -> int:
     """The u64 the program compares: the value as the type sees it, sign-extended."""
-    if int_type in (IntType.S32, IntType.U32):
-        if not -(1 << 31) <= value < (1 << 32):
-            raise ValueError(f"{value} does not fit in 32 bits")
-        low = value & 0xFFFF_FFFF
-        if int_type is IntType.S32 and low >= 1 << 31:
-            low -= 1 << 32
-        return low & 0xFFFF_FFFF_FFFF_FFFF
-    if not -(1 << 63) <= value < (1 << 64):
-        raise ValueError(f"{value} does not fit in 64 bits")
-    return value & 0xFFFF_FFFF_FFFF_FFFF
+    return int_type.u64(value)
 
 
 def _as_signed(u: int) -> int:
@@ -286,9 +289,8 @@ def _syscall_source(index: int, f: Field, user_type: str | None) -> _Source | st
     if user_type in (None, "auto"):
         if f.is_char_pointer:
             return f"field {f.name} is a char pointer: give it type string to compare it"
-        if f.size == 4:
-            return _Source(Kind.INT, src, IntType.S32 if f.signed else IntType.U32)
-        return _Source(Kind.INT, src, IntType.S64 if f.signed else IntType.U64)
+        wide = IntType.S64 if f.signed else IntType.U64
+        return _Source(Kind.INT, src, _FIELD_INT_TYPES.get((f.size, f.signed), wide))
     chosen = _INT_TYPES.get(user_type)
     if chosen is None:
         return f"argument type {user_type!r} is not supported (int and string types are)"
