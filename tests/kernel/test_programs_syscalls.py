@@ -72,6 +72,49 @@ def test_sigkill_on_an_integer_argument(loaded: Env, cgroups: Cgroups) -> None:
     assert py(LSEEK_4444, cg) == 0
 
 
+# The process blocks SIGUSR1 and SIGUSR2, and after the lseek exits with the number of the
+# one pending for it (0: none): which signal the policy's argSig names, delivered, not a kill.
+# (Caught, not left to its default action: the process is its PID namespace's init, which
+# the kernel shields from signals it has no handler for, as in a container.)
+WAIT_USR = (
+    "import os, signal\n"
+    "mine = [signal.SIGUSR1, signal.SIGUSR2]\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, mine)\n"
+    + LSEEK_4444
+    + "got = signal.sigtimedwait(mine, 3)\n"
+    "os._exit(got.si_signo if got else 0)\n"
+)
+
+
+@pytest.mark.parametrize("sig", [10, 12])  # SIGUSR1, SIGUSR2
+def test_signal_sends_argsig_to_the_process(loaded: Env, cgroups: Cgroups, sig: int) -> None:
+    env = loaded
+    (cg, cg_id), (other, _) = cgroups(), cgroups()
+    env.pods[cg_id] = ("ns", "pod-signal", "c")
+    env.maps.install(44, {cg_id}, max_entries=8)
+    policy = tp_policy(
+        "lseek-signal",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [{"index": 7, "type": "int32", "label": "whence"}],
+            "selectors": [
+                {
+                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
+                    "matchActions": [{"action": "Signal", "argSig": sig}],
+                }
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 44)])["lseek-signal"].state == "loaded"
+    assert py(WAIT_USR, cg) == sig
+    assert py(WAIT_USR, other) == 0
+    (event,) = env.lines()
+    assert event["action"] == "signal" and event["pod"] == "pod-signal"
+    totals = env.manager.action_totals()
+    assert totals[("TracingPolicy/lseek-signal", "syscalls/sys_enter_lseek", "signal")] >= 1
+
+
 @pytest.mark.parametrize(
     ("operator", "values", "hits"),
     [

@@ -212,6 +212,15 @@ def test_a_value_the_small_type_cannot_hold_is_refused_naming_the_field() -> Non
     ), plan.unsupported
 
 
+def test_signal_sends_its_argsig_and_combines_with_the_other_actions() -> None:
+    sel = only_selector(
+        exec_tp(matchActions=[{"action": "Signal", "argSig": "0xa"}, {"action": "NoPost"}])
+    )
+    assert (sel.actions, sel.signal) == (Action.SIGNAL, 10)
+    sel = only_selector(exec_tp(matchActions=[{"action": "Signal", "argSig": 19}]))
+    assert (sel.actions, sel.signal) == (Action.POST | Action.SIGNAL, 19)
+
+
 def test_parse_int() -> None:
     assert [parse_int(v) for v in ("0", "10", "0x1f", "017", "-5", "+3", 7)] == [
         0,
@@ -276,7 +285,19 @@ def test_syscall_args_string_and_int() -> None:
             exec_tp(matchActions=[{"action": "Override", "argError": -1}]),
             "Override cannot change the result of a tracepoint",
         ),
-        (exec_tp(matchActions=[{"action": "Signal", "argSig": 9}]), "action 'Signal'"),
+        (
+            exec_tp(matchActions=[{"action": "GetUrl", "argUrl": "http://x"}]),
+            "action GetUrl: out of scope",
+        ),
+        (
+            exec_tp(matchActions=[{"action": "Signal", "argSig": 65}]),
+            "argSig: 65 is not a signal number",
+        ),
+        (exec_tp(matchActions=[{"action": "Signal"}]), "argSig: 0 is not a signal number"),
+        (
+            exec_tp(matchActions=[{"action": "FollowFD", "argFd": 0}]),
+            "keep no table of followed file",
+        ),
         (exec_tp(matchArgs=[{"index": 6, "operator": "Equal", "values": ["1"]}]), "not one of"),
         (exec_tp(matchArgs=[{"index": 4, "operator": "GT", "values": ["1"]}]), "on strings"),
         (exec_tp(matchArgs=[{"index": 5, "operator": "Prefix", "values": ["1"]}]), "on integers"),

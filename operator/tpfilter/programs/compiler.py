@@ -10,7 +10,8 @@ Semantics (Tetragon's, for the subset implemented; docs/policies.md has the tabl
 * the values of one entry are ORed (Equal, In, Prefix, Postfix, Mask, GT, LT), except
   NotEqual and NotIn, which mean "none of the values";
 * a hook entry without selectors posts every call; a selector without matchActions posts;
-  NoPost suppresses the event, Sigkill kills the task (bpf_send_signal(SIGKILL)).
+  NoPost suppresses the event, Sigkill kills the task (bpf_send_signal(SIGKILL)), Signal
+  sends it ``argSig`` (tpfilter.programs.actions).
 
 Anything outside the subset makes the whole policy *unsupported* (with every reason): a
 policy is never loaded with a part of it dropped, since a dropped filter could widen an
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tpfilter.programs import layout
+from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tasksel import (
     FILTER_KEYS,
@@ -139,6 +141,7 @@ class Selector:
     args: tuple[ArgMatch, ...] = ()
     actions: Action = Action.POST
     error: int = 0  # Override's argError
+    signal: int = 0  # Signal's argSig
     task: tuple[TaskFilter, ...] = ()  # matchPIDs/matchNamespaces/matchCapabilities (tasksel)
 
 
@@ -373,49 +376,6 @@ def _compile_match_arg(
     return ArgMatch(source.kind, source.src, op, strings=strings)
 
 
-def _compile_actions(
-    actions: Any, where: str, errors: _Errors, *, can_override: bool, hook_kind: str
-) -> Action:
-    if actions is None:
-        return Action.POST
-    if not isinstance(actions, list):
-        errors.add(where, "must be a list")
-        return Action.POST
-    post, kill = True, False
-    for i, act in enumerate(actions):
-        at = f"{where}[{i}]"
-        if not isinstance(act, Mapping):
-            errors.add(at, "not a mapping")
-            continue
-        name = str(act.get("action", ""))
-        rest = {k: v for k, v in act.items() if k != "action"}
-        lname = name.lower()
-        if lname == "post":
-            used = sorted(k for k, v in rest.items() if v not in (None, False, "", 0))
-            if used:
-                errors.add(at, f"Post with {', '.join(used)} is not supported")
-        elif lname == "nopost":
-            post = False
-            if rest:
-                errors.add(at, f"NoPost with {', '.join(sorted(rest))} is not supported")
-        elif lname == "sigkill":
-            kill = True
-            if rest:
-                errors.add(at, f"Sigkill with {', '.join(sorted(rest))} is not supported")
-        elif lname == "override":
-            if not can_override:
-                errors.add(
-                    at,
-                    f"Override cannot change the result of a {hook_kind}: it needs a "
-                    "kprobe with override support or a BPF LSM program",
-                )
-            elif set(rest) - {"argError"}:
-                errors.add(at, f"Override with {', '.join(sorted(set(rest) - {'argError'}))}")
-        else:
-            errors.add(at, f"action {name!r} is not supported (Post, NoPost, Sigkill, Override)")
-    return (Action.POST if post else Action(0)) | (Action.SIGKILL if kill else Action(0))
-
-
 def _compile_binaries(
     entries: Any, where: str, errors: _Errors
 ) -> tuple[BinOp, tuple[bytes, ...]] | None:
@@ -561,7 +521,7 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
             _compile_match_arg(m, f"{at}.matchArgs[{j}]", sources, errors)
             for j, m in enumerate(raw_args_m)
         ]
-        actions = _compile_actions(
+        actions = compile_actions(
             raw.get("matchActions"),
             f"{at}.matchActions",
             errors,
@@ -573,7 +533,12 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
             continue
         selectors.append(
             Selector(
-                bin_op, binaries, tuple(m for m in matches if m is not None), actions, task=task
+                bin_op,
+                binaries,
+                tuple(m for m in matches if m is not None),
+                actions.flags,
+                signal=actions.signal,
+                task=task,
             )
         )
     tags = tp.get("tags") or []

@@ -99,7 +99,9 @@ def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
 
 
 def action_name(actions: int) -> str:
-    return "sigkill" if actions & Action.SIGKILL else "post"
+    if actions & Action.SIGKILL:
+        return "sigkill"
+    return "signal" if actions & Action.SIGNAL else "post"
 
 
 def event_record(

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tpfilter.programs import layout, netargs
+from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
     _ARG_KEYS,
@@ -36,7 +37,6 @@ from tpfilter.programs.compiler import (
     HookConfig,
     NodeEnv,
     Selector,
-    _compile_actions,
     _Errors,
     _Source,
     parse_int,
@@ -294,9 +294,10 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             for j, m in enumerate(raw.get("matchArgs") or [])
         ]
         raw_actions = raw.get("matchActions")
-        actions = _compile_actions(
+        compiled = compile_actions(
             raw_actions, f"{at}.matchActions", errors, can_override=True, hook_kind="kprobe"
         )
+        actions = compiled.flags
         error = 0
         for act in raw_actions if isinstance(raw_actions, list) else []:
             if not isinstance(act, Mapping) or str(act.get("action", "")).lower() != "override":
@@ -325,6 +326,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
                 args=tuple(m for m in matches if m is not None),
                 actions=actions,
                 error=error,
+                signal=compiled.signal,
                 task=task,
             )
         )

@@ -129,6 +129,7 @@ class Action(IntFlag):
     POST = 1
     SIGKILL = 2
     OVERRIDE = 4  # kprobes on security_* functions: the BPF LSM hook returns argError
+    SIGNAL = 8  # bpf_send_signal(tpf_sel.sig)
 
 
 class Stat(IntEnum):
@@ -137,6 +138,7 @@ class Stat(IntEnum):
     SIGKILL = 2
     DROP = 3
     ERROR = 4
+    SIGNAL = 5
 
 
 EV_PATH_LONG = 1
