@@ -56,7 +56,11 @@ _KPROBE_KEYS = frozenset(
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
 _SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"}) | TASK_KEYS
-_STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
+# type -> (struct, member): a struct whose char * member is the string compared and reported
+_STRUCT_STRINGS = {
+    "linux_binprm": ("linux_binprm", "filename"),
+    "filename": ("filename", "name"),  # getname()'s kernel copy of a user path
+}
 _PATH_TYPES = {
     "file": ("struct file *", layout.READ_FILE),
     "path": ("struct path *", layout.READ_PATH),
@@ -194,8 +198,8 @@ def _arg_source(
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
-            "(integers, string, char_buf, file, path, linux_binprm, sock, socket, sockaddr, "
-            "skb, nop)"
+            "(integers, string, char_buf, file, path, linux_binprm, filename, sock, socket, "
+            "sockaddr, skb, nop)"
         )
     return _Source(Kind.INT, index + 1, int_type), None
 
@@ -266,7 +270,9 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         source, string = got
         if string is not None:
             if reader is not None:
-                errors.add(at, "one linux_binprm, file or path argument per kprobe is supported")
+                errors.add(
+                    at, "one linux_binprm, filename, file or path argument per kprobe is supported"
+                )
                 continue
             reader = string
         if source.kind is Kind.USER_STR and capture == layout.NO_CAPTURE:
