@@ -175,6 +175,8 @@ def test_post_on_integer_operators(
         ("uint8", "Equal", "0xff", [0x1FF, 0xFF, 0x7F], [255, 255]),
         ("int16", "LT", "0", [0x18000, 0x7FFF, 0xFFFF], [-32768, -1]),
         ("uint16", "GT", "0x8000", [0x18001, 0x7FFF, 0x10000], [0x8001]),
+        # auto: the format's type (off_t offset: 8 bytes, signed), all 64 bits compared
+        ("auto", "Equal", "0x1ff", [0x1FF, 0xFF, 0x101FF], [0x1FF]),
     ],
 )
 def test_small_integer_types_compare_and_report_their_low_bits(
