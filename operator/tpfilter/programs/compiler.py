@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tpfilter.programs import layout
+from tpfilter.programs import layout, unbuilt
 from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tasksel import (
@@ -307,11 +307,17 @@ def selector_keys_ok(
     if not isinstance(raw, Mapping):
         errors.add(at, "not a mapping")
         return False
-    extra = {k for k, v in raw.items() if k not in allowed and v not in (None, [], {})}
-    if extra:
-        errors.add(at, f"{', '.join(sorted(extra))} {refusal}")
-        return False
-    return True
+    extra = sorted(k for k, v in raw.items() if k not in allowed and v not in (None, [], {}))
+    for key in extra:
+        why = unbuilt.SELECTOR_FIELDS.get(key)
+        errors.add(at, f"{key} {refusal}" + (f": {why}" if why else ""))
+    return not extra
+
+
+def _op_refusal(entry: Mapping[str, Any], on: str) -> str:
+    name = str(entry.get("operator"))
+    why = unbuilt.reason(unbuilt.OPERATORS, name, "")
+    return f"operator {name!r} is not supported on {on}" + (f": {why}" if why else "")
 
 
 def _compile_match_arg(
@@ -344,7 +350,7 @@ def _compile_match_arg(
     if source.kind is Kind.INT:
         op = _INT_OPS.get(op_name)
         if op is None:
-            errors.add(where, f"operator {entry.get('operator')!r} is not supported on integers")
+            errors.add(where, _op_refusal(entry, "integers"))
             return None
         try:
             nums = [_normalise(parse_int(v), source.int_type) for v in values]
@@ -366,7 +372,7 @@ def _compile_match_arg(
         return ArgMatch(Kind.INT, source.src, op, source.int_type, imm=bound)
     op = _STRING_OPS.get(op_name)
     if op is None:
-        errors.add(where, f"operator {entry.get('operator')!r} is not supported on strings")
+        errors.add(where, _op_refusal(entry, "strings"))
         return None
     try:
         strings = tuple(sorted({_string_value(v, op) for v in values}))
@@ -585,7 +591,10 @@ def compile_spec(spec: Mapping[str, Any], env: NodeEnv) -> PolicyPlan:
 
             configs += compile_lsmhooks(value, env, errors)
         else:
-            errors.add(f"spec.{key}", "not supported by tpfilter's programs")
+            why = unbuilt.SPEC_FIELDS.get(key)
+            errors.add(
+                f"spec.{key}", "not supported by tpfilter's programs" + (f": {why}" if why else "")
+            )
     if errors.reasons:
         return PolicyPlan(configs=(), unsupported=tuple(errors.reasons))
     return PolicyPlan(configs=tuple(configs))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tpfilter.programs import layout, netargs
+from tpfilter.programs import layout, netargs, unbuilt
 from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
@@ -195,6 +195,8 @@ def _arg_source(
                 )
         return _Source(Kind.USER_STR, index + 1, IntType.U64), None
     int_type = _INT_TYPES.get(user_type or "")
+    if user_type is not None and user_type in unbuilt.ARG_TYPES:
+        return f"argument type {user_type!r} is not supported: {unbuilt.ARG_TYPES[user_type]}"
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
@@ -223,9 +225,11 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
     if not isinstance(kp, Mapping):
         errors.add(where, "not a mapping")
         return None
-    extra = {k for k, v in kp.items() if k not in _KPROBE_KEYS and v not in (None, [], {})}
+    extra = sorted(k for k, v in kp.items() if k not in _KPROBE_KEYS and v not in (None, [], {}))
+    for key in extra:
+        why = unbuilt.KPROBE_FIELDS.get(key)
+        errors.add(f"{where}.{key}", "not supported on kprobes" + (f": {why}" if why else ""))
     if extra:
-        errors.add(where, f"{', '.join(sorted(extra))} not supported (yet) on kprobes")
         return None
     if env.kernel is None:
         errors.add(where, "the node's BTF (/sys/kernel/btf/vmlinux) could not be read")
