@@ -108,8 +108,10 @@ _PARAM_OF_TYPE = {
     "string": "char *",
     "char_buf": "char *",
     "linux_binprm": "struct linux_binprm *",
+    "filename": "struct filename *",
     "file": "struct file *",
     "path": "struct path *",
+    "dentry": "struct dentry *",  # fd: an integer parameter, the default
     **{name: ctype for name, (ctype, _) in NET_TYPES.items()},  # sock, socket, sockaddr, skb
 }
 

@@ -119,7 +119,7 @@ def test_fd_of_a_kernel_function_and_a_dentry() -> None:
          "spec.kprobes[0].args[0]: parameter 0 is a syscall argument, not struct dentry *"),
         (kprobe("security_inode_unlink",
                 [{"index": 1, "type": "dentry"}, {"index": 1, "type": "dentry"}], []),
-         "spec.kprobes[0].args[1]: one linux_binprm, file, path, fd or dentry argument"),
+         "spec.kprobes[0].args[1]: one linux_binprm, filename, file, path, fd or dentry argument"),
         (kprobe("ksys_write", [{"index": 0, "type": "fd"}],
                 [{"matchArgs": [match("GT", "3")]}]),
          "spec.kprobes[0].selectors[0].matchArgs[0]: operator 'GT' is not supported on strings"),
@@ -164,8 +164,8 @@ def test_fd_tracking_actions_are_refused_as_not_needed(action: str) -> None:
     plan = compile_spec(spec, env)
     assert not plan.ok and not plan.configs
     assert plan.unsupported == (
-        f"spec.kprobes[0].selectors[0].matchActions[0]: action {action} is not needed and not "
-        "supported: tpfilter resolves an fd argument (type fd) to its file's path at the call, "
-        "from the task's file table, so there is no fd map to follow, unfollow or copy; "
-        "remove the action",
+        f"spec.kprobes[0].selectors[0].matchActions[0]: action {action}: not needed: an fd "
+        "argument (type fd) is resolved to its file's path from the calling task's own file "
+        "table when the hook runs, so tpfilter's programs keep no table of followed file "
+        "descriptors (Tetragon's fdinstall map) to follow, unfollow or copy; remove the action",
     )

@@ -11,7 +11,7 @@ All four end in the kprobe program's path walk (bpf/programs/tpf_kprobe.c,
   range, is unreadable and matches no operator (``Not…`` included). Tetragon instead
   remembers fd -> name in a map filled by ``FollowFD`` at ``fd_install`` and kept by
   ``UnfollowFD``/``CopyFD``; resolving at the call needs no such map, so those actions
-  are refused as unneeded (:func:`fd_action_refusal`), not silently ignored;
+  are refused as unneeded (tpfilter.programs.actions), not silently ignored;
 * ``dentry``: a ``struct dentry *`` has no mount, so its name is walked only up to the
   root of its own file system (Tetragon: "the related path within one mountpoint"); a
   file under a mount at /mnt/x reads as /file, not /mnt/x/file.
@@ -47,8 +47,6 @@ PATH_TYPES: Mapping[str, tuple[frozenset[str], int]] = {
     "dentry": (frozenset({"struct dentry *"}), layout.READ_DENTRY),
 }
 
-FD_ACTIONS = frozenset({"followfd", "unfollowfd", "copyfd"})
-
 
 def fd_offsets(kernel: Any) -> dict[str, int] | str:
     """The fd table's offsets by -D name, or why an fd cannot be resolved on this kernel."""
@@ -79,14 +77,3 @@ def path_reader(
         if isinstance(table, str):
             return f"type fd: the task's file table cannot be read on this node: {table}"
     return reader
-
-
-def fd_action_refusal(name: str) -> str | None:
-    """Why FollowFD, UnfollowFD and CopyFD are refused (None for another action)."""
-    if name.lower() not in FD_ACTIONS:
-        return None
-    return (
-        f"action {name} is not needed and not supported: tpfilter resolves an fd argument "
-        "(type fd) to its file's path at the call, from the task's file table, so there is "
-        "no fd map to follow, unfollow or copy; remove the action"
-    )
