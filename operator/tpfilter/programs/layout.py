@@ -34,6 +34,7 @@ NO_READER = 0xFF  # a kprobe hook that reads no string
 READ_MEMBER = 0  # tpf_kprobe.c TPF_READ_*: strs[0] is a char * member of the struct ...
 READ_FILE = 1  # ... the path name of a struct file *
 READ_PATH = 2  # ... the path name of a struct path *
+READ_KIOCB = 3  # ... the path name of the struct file * at str_off of a struct kiocb *
 
 # Value slots of the exec hook (values[]), and where user strings live (strs[k]).
 EXEC_PID = 0
@@ -47,6 +48,7 @@ class Kind(IntEnum):
     USER_STR = 3  # a string at the pointer values[src] (user memory, or kernel: kern_strs)
     NOP = 4  # declared, never read (type nop): reported as null, never compared
     NET = 5  # a network argument's tuple ev.net[src] (tpfilter.programs.netargs)
+    OBJ = 6  # a kernel object, reported only: ev.obj[src] or values[src] (programs.objargs)
 
 
 class IntType(IntEnum):
