@@ -15,7 +15,7 @@
 #define TPF_OBJ_H
 
 #define TPF_NR_OBJ 2      /* object arguments read per hook (the function's first two) */
-#define TPF_OBJ_FIELDS 8  /* field copies per object argument (adjacent fields merged) */
+#define TPF_OBJ_FIELDS 16 /* field copies per object argument (adjacent ones are merged) */
 #define TPF_OBJ_BYTES 192 /* an object's copy: dst < 128 and size < 64 always fit */
 #define TPF_OBJ_DST_MASK 0x7f
 #define TPF_OBJ_SIZE_MASK 0x3f

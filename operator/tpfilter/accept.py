@@ -24,6 +24,7 @@ from typing import Any
 
 from tpfilter.programs.compiler import STRING_TYPES, NodeEnv, compile_spec
 from tpfilter.programs.netargs import NET_TYPES
+from tpfilter.programs.objargs import OBJ_TYPES
 from tpfilter.programs.tasksel import NAMESPACES
 from tpfilter.programs.tracefs import Field, TracepointFormat
 
@@ -108,9 +109,12 @@ _PARAM_OF_TYPE = {
     "string": "char *",
     "char_buf": "char *",
     "linux_binprm": "struct linux_binprm *",
+    "filename": "struct filename *",
     "file": "struct file *",
     "path": "struct path *",
     **{name: ctype for name, (ctype, _) in NET_TYPES.items()},  # sock, socket, sockaddr, skb
+    **{name: t.ctype for name, t in OBJ_TYPES.items()},  # cred, module, net_device, ...
+    "kiocb": "struct kiocb *",
 }
 
 

@@ -124,7 +124,7 @@ def test_every_type_fits_the_reader() -> None:
             continue
         reads = field_reads(name, KERNEL)
         assert not isinstance(reads, str), (name, reads)
-        assert len(reads) <= 8 and all(dst < 128 and size < 64 for _, _, size, dst, _ in reads)
+        assert len(reads) <= 16 and all(dst < 128 and size < 64 for _, _, size, dst, _ in reads)
     perf = field_reads("perf_event", KERNEL)
     assert not isinstance(perf, str)
     assert perf[-1] == (200 + 56, NO_HOP, 63, 20, STRPTR)  # attr.kprobe_func: a char *

@@ -25,12 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tpfilter.programs.btf import offsets
 from tpfilter.programs.compiler import ArgMatch, _compile_match_arg, _Errors, _Source
 from tpfilter.programs.layout import IntType, Kind
 from tpfilter.programs.tasksel import CAP_NUMBERS, CAPABILITIES
 
 NR_OBJ = 2  # tpf_obj.h TPF_NR_OBJ: object arguments read per hook
-OBJ_FIELDS = 8  # TPF_OBJ_FIELDS: field copies per object
+OBJ_FIELDS = 16  # TPF_OBJ_FIELDS: field copies per object (a cred unmerged: 16)
 OBJ_BYTES = 192  # TPF_OBJ_BYTES
 _DST_MAX = 0x7F  # TPF_OBJ_DST_MASK: a copy starts below 128 ...
 _SIZE_MAX = 0x3F  # TPF_OBJ_SIZE_MASK: ... and is shorter than 64 bytes
@@ -145,20 +146,13 @@ def layout(obj_type: ObjType) -> list[tuple[Field, int]]:
 
 
 def _offset(kernel: Any, path: Path) -> int | str:
-    total = 0
-    for struct_name, member in path:
-        offset = kernel.member_offset(struct_name, member)
-        if offset is None:
-            return f"{struct_name} has no member {member} in this kernel's BTF"
-        total += offset
-    return total
+    found = offsets(kernel, {"field": path})  # the one place BPF readers get offsets
+    return found if isinstance(found, str) else found["field"]
 
 
 def field_reads(type_name: str, kernel: Any) -> tuple[Read, ...] | str:
     """The copies the program makes for a type on this kernel (adjacent fields merged into
     one copy), or why the type cannot be read here."""
-    if kernel is None:
-        return "the node's BTF could not be read"
     reads: list[Read] = []
     for f, dst in layout(OBJ_TYPES[type_name]):
         off = _offset(kernel, f.members)
