@@ -42,7 +42,8 @@
 
 #define TPF_STAGE_PATH 3 /* kprobes only: strs[0] is a file's or path's name (below) */
 #define TPF_STAGE_NET 4  /* kprobes only: the network arguments' tuples (tpf_net.c) */
-BPF_PROG_ARRAY(tpf_kstages, 5);
+#define TPF_STAGE_OBJ 5  /* kprobes only: the kernel-object arguments' fields (tpf_obj.c) */
+BPF_PROG_ARRAY(tpf_kstages, 6);
 BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -> hook */
 
 #define TPF_KH_SYSCALL 1 /* the arch's syscall wrapper: arguments from the user's pt_regs */
@@ -53,6 +54,7 @@ BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -
 #define TPF_READ_PATH 2   /* strs[0]: the path name of a struct path * */
 #define TPF_READ_FD 3     /* strs[0]: the path name of the file an fd is open on (tpf_fd.h) */
 #define TPF_READ_DENTRY 4 /* strs[0]: a struct dentry *'s name up to its file system's root */
+#define TPF_READ_KIOCB 5  /* strs[0]: the path name of the struct file * at str_off (kiocb) */
 
 struct tpf_khook {
 	u8 str_arg; /* argument holding the struct pointer; 0xff: no string */
@@ -63,6 +65,8 @@ struct tpf_khook {
 	u8 buf_size[8]; /* bit-for-bit tpf_work.buf_size: char_buf k's size is values[buf_size[k]] */
 	u8 net_arg[TPF_NR_NET];  /* ev.net[k] is read from argument net_arg[k] ... */
 	u8 net_kind[TPF_NR_NET]; /* ... as a TPF_NET_* (0: not read) */
+	u16 str_add[8]; /* bit-for-bit tpf_work.str_add: strs[k] at values[k] + str_add[k] */
+	struct tpf_obj_spec obj[TPF_NR_OBJ]; /* the kernel-object arguments (tpf_obj.c) */
 };
 BPF_ARRAY(tpf_khooks, struct tpf_khook, TPF_NR_HOOKS);
 
@@ -76,15 +80,17 @@ int tpf_kstage_filter(struct pt_regs *ctx)
 		w = tpf_work.lookup(&zero);
 		if (w && w->path_kind)
 			next = TPF_STAGE_PATH;
-#ifdef TPF_WITH_NET
-		if (w) { /* network arguments first (then the path): for kept entries only */
+		if (w) { /* objects, network arguments first (then the path): kept entries only */
 			u32 hook = w->hook;
 			struct tpf_khook *kh = tpf_khooks.lookup(&hook);
 
+#ifdef TPF_WITH_NET
 			if (kh && (kh->net_kind[0] || kh->net_kind[1]))
 				next = TPF_STAGE_NET;
-		}
 #endif
+			if (kh && (kh->obj[0].nfields || kh->obj[1].nfields))
+				next = TPF_STAGE_OBJ;
+		}
 	}
 	if (next >= 0)
 		tpf_kstages.call(ctx, next);
@@ -273,10 +279,18 @@ int tpf_kprobe(struct pt_regs *ctx)
 	}
 	w->kern_strs = kh->kern_strs;
 	__builtin_memcpy(w->buf_size, kh->buf_size, sizeof(w->buf_size));
+	__builtin_memcpy(w->str_add, kh->str_add, sizeof(w->str_add));
 	w->ret_wait = kh->flags & TPF_KH_RETURN ? 1 : 0;
 	tpf_str_reset(&w->sc.path);
 	w->sc.ev.path[0] = 0;
-	if (kh->str_arg < 6 && kh->reader != TPF_READ_MEMBER) {
+	if (kh->str_arg < 6 && kh->reader == TPF_READ_KIOCB) {
+		void *file = 0; /* the kiocb's file (ki_filp), walked as a file */
+
+		bpf_probe_read_kernel(&file, sizeof(file),
+				      (void *)(values[(kh->str_arg + 1) & 7] + kh->str_off));
+		w->path_kind = TPF_READ_FILE;
+		w->path_ptr = (u64)file;
+	} else if (kh->str_arg < 6 && kh->reader != TPF_READ_MEMBER) {
 		w->path_kind = kh->reader; /* walked after FILTER, for kept entries only */
 		w->path_ptr = values[(kh->str_arg + 1) & 7];
 	} else if (kh->str_arg < 6) {

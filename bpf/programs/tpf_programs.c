@@ -126,6 +126,7 @@ struct tpf_work {
 	u8 ret_wait;  /* a kprobe with return: true: posted events wait for the return */
 	u8 path_kind; /* kprobes: strs[0] is the path of the file / path at path_ptr (1 / 2) */
 	u8 buf_size[8]; /* kprobes: strs[k] is a char_buf of values[buf_size[k]] bytes; 0xff: a string */
+	u16 str_add[8]; /* kprobes: strs[k] is at values[k] + str_add[k] (a net_device's name) */
 	u64 path_ptr;
 	char pbuf[3 * TPF_STR_MAX]; /* the path walk builds the name here, from its end */
 	struct tpf_task task; /* matchPIDs/matchNamespaces/matchCapabilities facts (tpf_task.h) */
@@ -651,7 +652,8 @@ static __always_inline void tpf_load_strings(struct tpf_work *w, struct tpf_hook
 				     w->sc.ev.values[w->buf_size[k] & (TPF_NR_VALUES - 1)],
 				     w->kern_strs & (1 << k));
 		else
-			tpf_str_read(str, (void *)w->sc.ev.values[k], w->kern_strs & (1 << k));
+			tpf_str_read(str, (void *)(w->sc.ev.values[k] + w->str_add[k]),
+				     w->kern_strs & (1 << k));
 		if (h->rev_mask & (1 << k))
 			tpf_str_reverse(str);
 	}
@@ -870,6 +872,7 @@ static __always_inline bool tpf_begin(struct tpf_work *w, u32 hook, struct tpf_h
 	w->ret_wait = 0;
 	w->path_kind = 0;
 	__builtin_memset(w->buf_size, 0xff, sizeof(w->buf_size));
+	__builtin_memset(w->str_add, 0, sizeof(w->str_add));
 	w->ncand = h->npol ? tpf_gather(w) : 0;
 	return nany || w->ncand;
 }

@@ -30,6 +30,7 @@
 #define TPF_PROGRAMS_H
 
 #include "tpf_net.h" /* the network arguments of kprobes */
+#include "tpf_obj.h" /* the kernel-object arguments of kprobes */
 
 #ifndef TPF_NR_HOOKS
 #define TPF_NR_HOOKS 1024
@@ -223,6 +224,7 @@ struct tpf_event {
 	char path[TPF_STR_MAX]; /* the exec filename (sched_process_exec) */
 	char str[TPF_STR_MAX];  /* the captured user string argument, if any */
 	struct tpf_net_tuple net[TPF_NR_NET]; /* kprobes: the network arguments (tpf_net.c) */
+	struct tpf_obj_copy obj[TPF_NR_OBJ];  /* kprobes: the kernel-object arguments (tpf_obj.c) */
 };
 
 #define TPF_EV_PATH_LONG 1 /* path was longer than TPF_STR_MAX - 1 bytes: truncated */

@@ -24,6 +24,7 @@ from typing import Any
 
 from tpfilter.programs.compiler import STRING_TYPES, NodeEnv, compile_spec
 from tpfilter.programs.netargs import NET_TYPES
+from tpfilter.programs.objargs import OBJ_TYPES
 from tpfilter.programs.tasksel import NAMESPACES
 from tpfilter.programs.tracefs import Field, TracepointFormat
 
@@ -113,6 +114,8 @@ _PARAM_OF_TYPE = {
     "path": "struct path *",
     "dentry": "struct dentry *",  # fd: an integer parameter, the default
     **{name: ctype for name, (ctype, _) in NET_TYPES.items()},  # sock, socket, sockaddr, skb
+    **{name: t.ctype for name, t in OBJ_TYPES.items()},  # cred, module, net_device, ...
+    "kiocb": "struct kiocb *",
 }
 
 

@@ -34,7 +34,7 @@ class KernelBtf:
     # type ID -> (kind, name, size_or_type, members/params as (name, type, offset_bits))
     types: list[tuple[int, str, int, tuple[tuple[str, int, int], ...]]]
     funcs: dict[str, int] = field(default_factory=dict)  # name -> FUNC_PROTO type ID
-    structs: dict[str, int] = field(default_factory=dict)
+    structs: dict[str, int] = field(default_factory=dict)  # unions too (union bpf_attr)
 
     @classmethod
     def parse(cls, data: bytes) -> KernelBtf:
@@ -74,7 +74,7 @@ class KernelBtf:
         for tid, (kind, tname, ref, _) in enumerate(types):
             if kind == _FUNC and tname:
                 btf.funcs[tname] = ref
-            elif kind == _STRUCT and tname and tname not in btf.structs:
+            elif kind in (_STRUCT, _UNION) and tname and tname not in btf.structs:
                 btf.structs[tname] = tid
         return btf
 

@@ -154,6 +154,7 @@ class ArgSpec:
     kind: Kind
     src: int
     int_type: IntType = IntType.U64
+    obj: str = ""  # Kind.OBJ: the kernel-object type (programs.objargs decodes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,8 @@ class HookConfig:
     kern_strs: int = 0  # kprobes: bit k, strs[k] is read from kernel memory
     override_lsm: str = ""  # the BPF LSM hook whose program returns this entry's Override
     net_readers: tuple[tuple[int, int, int], ...] = ()  # kprobes: (tuple, arg, netargs kind)
+    obj_readers: tuple[tuple[int, int, tuple[tuple[int, ...], ...]], ...] = ()  # objargs
+    str_add: tuple[tuple[int, int], ...] = ()  # kprobes: strs[k] at values[k] + offset
 
     @property
     def attach(self) -> str | None:

@@ -16,6 +16,7 @@ from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgSpec, HookConfig
 from tpfilter.programs.layout import Action, IntType, Kind
 from tpfilter.programs.netargs import decode_tuple
+from tpfilter.programs.objargs import capability, decode_copy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class RawEvent:
     path: str
     string: str
     net: tuple[dict[str, Any] | None, ...] = ()  # the network arguments' tuples (netargs)
+    obj: tuple[Any, ...] = ()  # the object arguments' copies (struct tpf_obj_copy, objargs)
 
     @classmethod
     def from_ctypes(cls, ev: Any) -> RawEvent:
@@ -70,6 +72,7 @@ class RawEvent:
             path=bytes(ev.path).split(b"\0", 1)[0].decode(errors="replace"),
             string=bytes(ev.str).split(b"\0", 1)[0].decode(errors="replace"),
             net=tuple(decode_tuple(t) for t in ev.net),
+            obj=tuple(ev.obj),
         )
 
 
@@ -91,6 +94,10 @@ def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
         return None
     if spec.kind is Kind.NET:
         return ev.net[spec.src] if spec.src < len(ev.net) else None
+    if spec.kind is Kind.OBJ and spec.obj == "capability":
+        return capability(ev.values[spec.src])
+    if spec.kind is Kind.OBJ:
+        return decode_copy(spec.obj, ev.obj[spec.src]) if spec.src < len(ev.obj) else None
     if spec.kind is Kind.USER_STR:
         if spec.src == capture and ev.flags & layout.EV_STR_SET:
             return ev.string

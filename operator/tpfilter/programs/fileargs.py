@@ -1,4 +1,5 @@
-"""Kprobe arguments compared as a path name: ``file``, ``path``, ``fd`` and ``dentry``. Pure.
+"""Kprobe arguments compared as a path name: ``file``, ``path``, ``fd``, ``dentry`` and
+``kiocb`` (its file, ``ki_filp``, as Tetragon reports it). Pure.
 
 All four end in the kprobe program's path walk (bpf/programs/tpf_kprobe.c,
 ``tpf_kstage_path``), which runs after the filter check, for selected tasks only:
@@ -45,6 +46,7 @@ PATH_TYPES: Mapping[str, tuple[frozenset[str], int]] = {
     "path": (frozenset({"struct path *"}), layout.READ_PATH),
     "fd": (_INT_PARAMS, layout.READ_FD),
     "dentry": (frozenset({"struct dentry *"}), layout.READ_DENTRY),
+    "kiocb": (frozenset({"struct kiocb *"}), layout.READ_KIOCB),  # its ki_filp, as Tetragon
 }
 
 

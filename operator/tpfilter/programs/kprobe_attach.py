@@ -53,6 +53,14 @@ def kprobe_attach(programs: Any, function: str, cfg: HookConfig, *, attached: bo
     leaf.kern_strs |= cfg.kern_strs
     for slot, arg, kind in cfg.net_readers:  # the function's parameters: entries agree
         leaf.net_arg[slot], leaf.net_kind[slot] = arg, kind
+    for slot, arg, reads in cfg.obj_readers:  # so are the object arguments (objargs)
+        spec = leaf.obj[slot]
+        spec.arg, spec.nfields = arg, len(reads)
+        for i, (off, hop, size, dst, flags) in enumerate(reads):
+            f = spec.f[i]
+            f.off, f.hop, f.size, f.dst, f.flags = off, hop, size, dst, flags
+    for k, offset in cfg.str_add:
+        leaf.str_add[k] = offset
     leaf.flags |= (_KH_SYSCALL if cfg.syscall else 0) | (_KH_RETURN if cfg.returns else 0)
     khooks[key] = leaf
     if cfg.returns and function not in programs.kretprobes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tpfilter.programs import fileargs, layout, netargs, unbuilt
+from tpfilter.programs import fileargs, layout, netargs, objargs, unbuilt
 from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
@@ -170,9 +170,15 @@ def _arg_source(
         reader = fileargs.path_reader(user_type, params, index, env.kernel)
         if isinstance(reader, str):
             return reader
-        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, 0, reader)
+        filp = env.kernel.member_offset("kiocb", "ki_filp") if user_type == "kiocb" else 0
+        if filp is None:
+            return "type kiocb: struct kiocb has no member ki_filp in this kernel's BTF"
+        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, filp, reader)
     if user_type == "nop":
         return _Source(Kind.NOP, index + 1, IntType.U64), None
+    if user_type is not None and user_type in objargs.OBJ_TYPES:
+        obj = objargs.obj_source(user_type, params, index, env.kernel)
+        return obj if isinstance(obj, str) else (obj, None)
     if user_type is not None and user_type in netargs.NET_TYPES:
         net = netargs.net_source(user_type, params, index, env.kernel)
         return net if isinstance(net, str) else (net, None)
@@ -195,8 +201,8 @@ def _arg_source(
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
-            "(integers, string, char_buf, file, path, fd, dentry, linux_binprm, filename, "
-            "sock, socket, sockaddr, skb, nop)"
+            "(integers, string, char_buf, file, path, fd, dentry, kiocb, linux_binprm, "
+            f"filename, sock, socket, sockaddr, skb, {', '.join(objargs.OBJ_TYPES)}, nop)"
         )
     return _Source(Kind.INT, index + 1, int_type), None
 
@@ -271,8 +277,8 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             if reader is not None:
                 errors.add(
                     at,
-                    "one linux_binprm, filename, file, path, fd or dentry argument per kprobe "
-                    "is supported",
+                    "one linux_binprm, filename, file, path, fd, dentry or kiocb argument "
+                    "per kprobe is supported",
                 )
                 continue
             reader = string
@@ -282,7 +288,10 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             buffers.append((source.src, int(arg["sizeArgIndex"])))  # values[1 + i] = arg i
         sources[int(arg["index"])] = source
         label = str(arg.get("label") or f"arg{arg['index']}")
-        specs.append(ArgSpec(int(arg["index"]), label, source.kind, source.src, source.int_type))
+        obj = objargs.type_of(params, int(arg["index"])) if source.kind is Kind.OBJ else ""
+        specs.append(
+            ArgSpec(int(arg["index"]), label, source.kind, source.src, source.int_type, obj)
+        )
     ret = _return_arg(kp, where, errors)
     if ret is not None:
         specs.append(ret)
@@ -295,8 +304,13 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         if not selector_keys_ok(raw, at, errors, _SELECTOR_KEYS, "not supported on kprobes"):
             continue
         matches: list[ArgMatch | None] = [
-            netargs.compile_match(
-                m, f"{at}.matchArgs[{j}]", sources, None if syscall else params, errors
+            objargs.compile_match(
+                m,
+                f"{at}.matchArgs[{j}]",
+                sources,
+                None if syscall else params,
+                errors,
+                netargs.compile_match,
             )
             for j, m in enumerate(raw.get("matchArgs") or [])
         ]
@@ -341,6 +355,8 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         errors.add(f"{where}.selectors", f"more than {layout.MAX_SELECTORS} selectors")
     tags = kp.get("tags") or []
     strings = {a.src for a in sources.values() if a.kind is Kind.USER_STR}
+    str_add = objargs.string_adds(sources, None if syscall else params, env.kernel)
+    strings |= {k for k, _ in str_add}  # a net_device's name: a kernel string
     return HookConfig(
         hook=hook,
         name=f"kprobe/{call}",
@@ -358,4 +374,6 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         kern_strs=0 if syscall else sum(1 << k for k in strings),
         override_lsm=override_lsm,
         net_readers=netargs.readers(sources, None if syscall else params),
+        obj_readers=objargs.readers(sources, None if syscall else params, env.kernel),
+        str_add=str_add,
     )

@@ -36,6 +36,7 @@ READ_FILE = 1  # ... the path name of a struct file *
 READ_PATH = 2  # ... the path name of a struct path *
 READ_FD = 3  # ... the path name of the file an fd is open on in the calling task
 READ_DENTRY = 4  # ... the name of a struct dentry * up to its file system's root
+READ_KIOCB = 5  # ... the path name of the struct file * at str_off of a struct kiocb *
 
 # Value slots of the exec hook (values[]), and where user strings live (strs[k]).
 EXEC_PID = 0
@@ -49,6 +50,7 @@ class Kind(IntEnum):
     USER_STR = 3  # a string at the pointer values[src] (user memory, or kernel: kern_strs)
     NOP = 4  # declared, never read (type nop): reported as null, never compared
     NET = 5  # a network argument's tuple ev.net[src] (tpfilter.programs.netargs)
+    OBJ = 6  # a kernel object, reported only: ev.obj[src] or values[src] (programs.objargs)
 
 
 class IntType(IntEnum):

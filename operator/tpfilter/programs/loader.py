@@ -40,6 +40,7 @@ ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
 _KSTAGE_PATH = 3  # tpf_kprobe.c TPF_STAGE_PATH: kprobes only, when the path walk is compiled
 _KSTAGE_NET = 4  # tpf_kprobe.c TPF_STAGE_NET: kprobes only, when the network readers are
+_KSTAGE_OBJ = 5  # tpf_kprobe.c TPF_STAGE_OBJ: kprobes only, the kernel-object reader
 
 
 def program_source() -> Path:
@@ -129,6 +130,7 @@ class Programs:
         text = src.text
         if kprobes:  # bcc makes programs only of functions in its main text
             text += (program_source().parent / "tpf_kprobe.c").read_text()
+            text += (program_source().parent / "tpf_obj.c").read_text()
             if nets:
                 text += (program_source().parent / "tpf_net.c").read_text()
         self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
@@ -151,6 +153,8 @@ class Programs:
             if nets:
                 fn = self.bpf.load_func(b"tpf_kstage_net", BPF.KPROBE)
                 kstages[ct.c_int(_KSTAGE_NET)] = ct.c_int(fn.fd)
+            fn = self.bpf.load_func(b"tpf_kstage_obj", BPF.KPROBE)
+            kstages[ct.c_int(_KSTAGE_OBJ)] = ct.c_int(fn.fd)
             self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
             self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
