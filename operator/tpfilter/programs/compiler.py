@@ -128,6 +128,7 @@ class Selector:
     actions: Action = Action.POST
     error: int = 0  # Override's argError
     task: tuple[TaskFilter, ...] = ()  # matchPIDs/matchNamespaces/matchCapabilities (tasksel)
+    ret_args: tuple[ArgMatch, ...] = ()  # matchReturnArgs, on values[0] (retsel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tpf_retsel.c - matchReturnArgs: a selector's filter on the return value of a kprobe with
+ * `return: true`. Part of tpf_programs.c (appended to its text before tpf_kprobe.c when the
+ * node has kprobes; bcc rewrites map calls only in its main text).
+ *
+ * Tetragon evaluates matchReturnArgs in its return probe: a call whose return value does
+ * not match posts no event. The selector decides at the entry (where Sigkill and Override
+ * act; the compiler refuses them, and NoPost, beside matchReturnArgs: they could not depend
+ * on a value that is not known yet), but its event is not posted there: it is held here,
+ * keyed by the task, the hook and its number in the call, and the return probe
+ * (tpf_kretprobe) compares the return value with the selector's filter (tpf_rsels, written
+ * by the agent at policy load: tpfilter/programs/retsel.py) and posts it, complete with the
+ * value, only if it matches. Nothing reaches user space for a return that does not match.
+ *
+ * The return value is compared as the returnArg's type, with the matchArgs integer
+ * operators (tpf_int_match): Equal/NotEqual sets are in tpf_ints under argument
+ * TPF_ARG_RET + j.
+ */
+
+/* The held events: (task, hook, n) -> the event as the entry would have posted it. */
+BPF_F_TABLE("hash", struct tpf_ret_key, struct tpf_event, tpf_retpend, 4096, BPF_F_NO_PREALLOC);
+/* The selectors' matchReturnArgs, by (config, selector): present iff the selector has one. */
+BPF_F_TABLE("hash", struct tpf_sel_key, struct tpf_rsel, tpf_rsels, TPF_MAX_SEL_ENTRIES,
+	    BPF_F_NO_PREALLOC);
+
+/* Called by tpf_act for a selector with TPF_ACT_RET_FILTER: hold its event. A call that
+ * holds more than TPF_MAX_RETPEND, or a full map, loses the event: counted as dropped. */
+static __always_inline void tpf_ret_hold(struct tpf_work *w, u32 config)
+{
+	struct tpf_ret_key key = {};
+	u32 held = (w->retwait >> TPF_RW_HELD_SHIFT) & 0xff, value;
+	u64 id = bpf_get_current_pid_tgid();
+
+	if (held >= TPF_MAX_RETPEND) {
+		tpf_count(config, TPF_STAT_DROP);
+		return;
+	}
+	key.id = id;
+	key.hook = w->hook;
+	key.n = held;
+	if (tpf_retpend.update(&key, &w->sc.ev) != 0) {
+		tpf_count(config, TPF_STAT_DROP);
+		return;
+	}
+	w->retwait += 1 << TPF_RW_HELD_SHIFT;
+	value = w->hook | w->retwait;
+	if (tpf_retwait.update(&id, &value) != 0)
+		tpf_count(config, TPF_STAT_DROP); /* the return probe will not find it */
+}
+
+/* Does the return value match selector s of config's matchReturnArgs (all its entries)? */
+static __always_inline bool tpf_ret_match(u32 config, u8 s, u64 ret)
+{
+	struct tpf_sel_key skey = {.config = config, .sel = s};
+	struct tpf_rsel *rs = tpf_rsels.lookup(&skey);
+
+	if (!rs)
+		return false; /* the policy went away or is being rewritten: no decision */
+#pragma unroll
+	for (int j = 0; j < TPF_MAX_ARGS; j++) {
+		if (j >= rs->nargs)
+			break;
+		if (!tpf_int_match(ret, &rs->args[j], config, s, TPF_ARG_RET + j))
+			return false;
+	}
+	return true;
+}
+
+/* At the return: post the call's held events whose selector's filter the value matches,
+ * with the value; forget them all. */
+static __always_inline void tpf_ret_release(u64 id, u32 hook, u32 held, u64 ret)
+{
+	struct tpf_ret_key key = {};
+	struct tpf_event *ev;
+
+	key.id = id;
+	key.hook = hook;
+#pragma clang loop unroll(disable)
+	for (u32 i = 0; i < TPF_MAX_RETPEND; i++) {
+		if (i >= held)
+			break;
+		key.n = i;
+		ev = tpf_retpend.lookup(&key);
+		if (!ev)
+			continue;
+		if (tpf_ret_match(ev->config, ev->sel, ret)) {
+			ev->values[0] = ret;
+			ev->flags = (ev->flags & ~TPF_EV_RET_WAIT) | TPF_EV_RETURN | TPF_EV_RET_DONE;
+			if (tpf_events.ringbuf_output(ev, sizeof(*ev), 0) == 0)
+				tpf_count(ev->config, TPF_STAT_POST);
+			else
+				tpf_count(ev->config, TPF_STAT_DROP);
+		}
+		tpf_retpend.delete(&key);
+	}
+}
