@@ -237,8 +237,8 @@ struct tpf_event {
 #define TPF_RW_HOOK_MASK 0xffff
 #define TPF_RW_HELD_SHIFT 16 /* 8 bits: held events, <= TPF_MAX_RETPEND */
 #define TPF_RW_RECORD (1u << 24)
-#ifndef TPF_MAX_RETPEND /* events held for matchReturnArgs per call */
-#define TPF_MAX_RETPEND 8
+#ifndef TPF_MAX_RETPEND /* events held for matchReturnArgs per call (the return probe's */
+#define TPF_MAX_RETPEND 4 /* loop: verifier cost grows with it) */
 #endif
 
 struct tpf_ret_key {
@@ -250,8 +250,11 @@ struct tpf_ret_key {
 /* A selector's matchReturnArgs (tpf_retsel.c): compared with the return value. */
 struct tpf_rsel {
 	u8 nargs; /* entries used, <= TPF_MAX_ARGS; ANDed */
-	u8 pad[7];
-	struct tpf_arg args[TPF_MAX_ARGS]; /* kind TPF_KIND_INT, src 0 */
+	u8 shift; /* the returnArg's type, as which the value is compared: 32 for 32-bit */
+	u8 sign;  /* types, 0 for 64-bit; 1: signed (sign-extended, signed order) */
+	u8 pad[5];
+	struct tpf_arg args[TPF_MAX_ARGS]; /* op and imm; GT/LT on a signed type: imm with its
+					      sign bit flipped (one unsigned comparison) */
 };
 
 /* An Override verdict waiting for the BPF LSM program of the hook it was made for. */

@@ -14,7 +14,7 @@
  * value, only if it matches. Nothing reaches user space for a return that does not match.
  *
  * The return value is compared as the returnArg's type, with the matchArgs integer
- * operators (tpf_int_match): Equal/NotEqual sets are in tpf_ints under argument
+ * operators (tpf_ret_match): Equal/NotEqual sets are in tpf_ints under argument
  * TPF_ARG_RET + j.
  */
 
@@ -49,19 +49,60 @@ static __always_inline void tpf_ret_hold(struct tpf_work *w, u32 config)
 		tpf_count(config, TPF_STAT_DROP); /* the return probe will not find it */
 }
 
-/* Does the return value match selector s of config's matchReturnArgs (all its entries)? */
+/*
+ * Does the return value match selector s of config's matchReturnArgs (all its entries)?
+ * Few branches on purpose: the return probe runs this for up to TPF_MAX_RETPEND held events
+ * and Debian 6.1's verifier gave up on the general integer comparison (tpf_int_match, a
+ * branch per type and sign in each entry) inlined there ("sequence of 8193 jumps is too
+ * complex"). The value is normalised as the returnArg's type by arithmetic, not a branch
+ * per type (a 32-bit type: the low half, sign-extended if signed); a signed order is an
+ * unsigned one with the sign bits flipped (the agent stores GT/LT bounds so).
+ */
 static __always_inline bool tpf_ret_match(u32 config, u8 s, u64 ret)
 {
 	struct tpf_sel_key skey = {.config = config, .sel = s};
 	struct tpf_rsel *rs = tpf_rsels.lookup(&skey);
+	struct tpf_int_key ikey = {};
+	u64 v, m, flip;
+	u32 n, sh;
 
 	if (!rs)
 		return false; /* the policy went away or is being rewritten: no decision */
-#pragma unroll
-	for (int j = 0; j < TPF_MAX_ARGS; j++) {
-		if (j >= rs->nargs)
+	sh = rs->shift & 63;
+	m = -(u64)(rs->sign & 1); /* all ones for a signed type */
+	v = ((u64)((s64)(ret << sh) >> sh) & m) | (((ret << sh) >> sh) & ~m);
+	flip = m & (1ULL << 63);
+	n = rs->nargs;
+	ikey.config = config;
+	ikey.sel = s;
+	ikey.value = v;
+#pragma clang loop unroll(disable)
+	for (u32 j = 0; j < TPF_MAX_ARGS; j++) {
+		struct tpf_arg *a;
+		bool ok;
+
+		if (j >= n)
 			break;
-		if (!tpf_int_match(ret, &rs->args[j], config, s, TPF_ARG_RET + j))
+		a = &rs->args[j];
+		ikey.arg = TPF_ARG_RET + j; /* on every path: states that differ in it do not merge */
+		switch (a->op) {
+		case TPF_OP_EQ:
+		case TPF_OP_NE:
+			ok = (tpf_ints.lookup(&ikey) != NULL) == (a->op == TPF_OP_EQ);
+			break;
+		case TPF_OP_GT:
+			ok = (v ^ flip) > a->imm;
+			break;
+		case TPF_OP_LT:
+			ok = (v ^ flip) < a->imm;
+			break;
+		case TPF_OP_MASK:
+			ok = (v & a->imm) != 0;
+			break;
+		default:
+			ok = false;
+		}
+		if (!ok)
 			return false;
 	}
 	return true;
@@ -78,9 +119,13 @@ static __always_inline void tpf_ret_release(u64 id, u32 hook, u32 held, u64 ret)
 	key.hook = hook;
 #pragma clang loop unroll(disable)
 	for (u32 i = 0; i < TPF_MAX_RETPEND; i++) {
-		if (i >= held)
+		u32 k = i;
+
+		asm volatile("" : "+r"(k)); /* clang merged the two bounds into one the verifier
+					       could not follow */
+		if (k >= held)
 			break;
-		key.n = i;
+		key.n = k;
 		ev = tpf_retpend.lookup(&key);
 		if (!ev)
 			continue;

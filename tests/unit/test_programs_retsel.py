@@ -15,7 +15,7 @@ from tpfilter.programs.compiler import ArgMatch, compile_spec
 from tpfilter.programs.events import RawEvent
 from tpfilter.programs.layout import Action, IntType, Kind, Op
 from tpfilter.programs.retjoin import ReturnJoiner
-from tpfilter.programs.retsel import write_return_filter
+from tpfilter.programs.retsel import unsigned_order, write_return_filter
 
 RETURN_INT = {"index": 0, "type": "int"}
 
@@ -204,7 +204,7 @@ class FakeTable:
             kind = src = type = op = imm = 0
 
         def __init__(self) -> None:
-            self.nargs = 0
+            self.nargs = self.shift = self.sign = 0
             self.args = [self.Arg() for _ in range(layout.MAX_ARGS)]
 
     def __init__(self) -> None:
@@ -234,7 +234,8 @@ def test_write_return_filter_keys_the_value_sets_apart_from_match_args() -> None
     eq = ArgMatch(Kind.INT, 0, Op.EQ, IntType.S32, ints=(2**64 - 2,))
     write_return_filter(Bpf(), 7, 1, (lt, eq), write_sets)
     leaf = table.items[(7, 1)]
-    assert leaf.nargs == 2
+    assert (leaf.nargs, leaf.shift, leaf.sign) == (2, 32, 1)  # int: 32-bit, signed
+    assert leaf.args[0].imm == 1 << 63  # LT 0, signed: compared unsigned with sign flipped
     assert [(a.kind, a.src, a.type, a.op) for a in leaf.args[:2]] == [
         (Kind.INT, 0, IntType.S32, Op.LT),
         (Kind.INT, 0, IntType.S32, Op.EQ),
@@ -271,3 +272,20 @@ def test_an_event_posted_at_the_return_goes_out_as_it_is() -> None:
     assert joiner.feed(waiting) == []
     assert joiner.feed(done) == [done]  # not taken for the return record of the call
     assert joiner.waiting == 1
+
+
+@pytest.mark.parametrize("int_type", [IntType.S32, IntType.S64])
+@pytest.mark.parametrize("op", [Op.GT, Op.LT])
+def test_signed_bounds_keep_their_order_when_compared_unsigned(int_type: IntType, op: Op) -> None:
+    """What the return probe does (tpf_retsel.c): v ^ flip against the stored bound."""
+    values = [-(2**31), -13, -1, 0, 1, 2, 3, 2**31 - 1]
+    for bound in values:
+        arg = ArgMatch(Kind.INT, 0, op, int_type, imm=bound % 2**64)
+        for value in values:
+            got = (value % 2**64) ^ (1 << 63)
+            stored = unsigned_order(arg)
+            assert (got > stored if op is Op.GT else got < stored) == (
+                value > bound if op is Op.GT else value < bound
+            )
+    unsigned = ArgMatch(Kind.INT, 0, Op.GT, IntType.U64, imm=5)
+    assert unsigned_order(unsigned) == 5

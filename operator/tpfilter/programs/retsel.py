@@ -32,9 +32,10 @@ from typing import Any
 
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, ArgSpec, _compile_match_arg, _Errors, _Source
-from tpfilter.programs.layout import Action, Kind
+from tpfilter.programs.layout import Action, IntType, Kind, Op
 
 _SOCKET_TRACKING = frozenset({"tracksock", "untracksock"})
+_SIGN_BIT = 1 << 63
 
 
 def compile_return_arg_action(kp: Mapping[str, Any], where: str, errors: _Errors) -> None:
@@ -151,8 +152,19 @@ def write_return_filter(
         return
     leaf = table.Leaf()
     leaf.nargs = len(ret_args)
+    int_type = ret_args[0].int_type  # the returnArg's: every entry's
+    leaf.shift = 32 if int_type in (IntType.S32, IntType.U32) else 0
+    leaf.sign = 1 if int_type.signed else 0
     for j, arg in enumerate(ret_args):
         a = leaf.args[j]
         a.kind, a.src, a.type, a.op = int(arg.kind), arg.src, int(arg.int_type), int(arg.op)
-        a.imm = arg.imm
+        a.imm = unsigned_order(arg)
     table[key] = leaf
+
+
+def unsigned_order(arg: ArgMatch) -> int:
+    """The bound the return probe compares unsigned: a signed GT/LT bound with its sign bit
+    flipped (x < y signed iff x ^ 2**63 < y ^ 2**63 unsigned, both 64-bit)."""
+    if arg.op in (Op.GT, Op.LT) and arg.int_type.signed:
+        return arg.imm ^ _SIGN_BIT
+    return arg.imm
