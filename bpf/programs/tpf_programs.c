@@ -127,7 +127,7 @@ struct tpf_work {
 	u8 path_kind; /* kprobes: strs[0] is the path of the file / path at path_ptr (1 / 2) */
 	u8 buf_size[8]; /* kprobes: strs[k] is a char_buf of values[buf_size[k]] bytes; 0xff: a string */
 	u64 path_ptr;
-	u32 retwait; /* tpf_retwait's value for this call, but the hook (TPF_RW_*) */
+	u32 retwait; /* tpf_retwait's value for this call (TPF_RW_*) */
 	char pbuf[3 * TPF_STR_MAX]; /* the path walk builds the name here, from its end */
 	struct tpf_task task; /* matchPIDs/matchNamespaces/matchCapabilities facts (tpf_task.h) */
 };
@@ -158,8 +158,9 @@ BPF_F_TABLE("hash", struct tpf_follow_key, u64, tpf_follow, TPF_MAX_SET_ENTRIES,
 BPF_F_TABLE("hash", u64, struct tpf_verdict, tpf_override, 16384, BPF_F_NO_PREALLOC);
 /* Shared with the per-hook Override programs (tpf_lsm_override.c, modules of their own). */
 __attribute__((section("maps/export"))) struct tpf_override_table_t __tpf_override;
-/* Tasks with kprobe events waiting for their function's return: task -> hook, TPF_RW_*. */
-BPF_F_TABLE("hash", u64, u32, tpf_retwait, 16384, BPF_F_NO_PREALLOC);
+/* Calls with kprobe events waiting for their function's return: (task, hook) -> TPF_RW_*
+ * (keyed by the hook too: a call of one hooked function may be inside another's). */
+BPF_F_TABLE("hash", struct tpf_ret_key, u32, tpf_retwait, 16384, BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(tpf_events, TPF_RINGBUF_PAGES);
 /* Never written: declared so that bcc hands the agent the event's ctypes layout. */
 BPF_ARRAY(tpf_event_layout, struct tpf_event, 1);
@@ -546,8 +547,7 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 		}
 	}
 	if (w->ret_wait) {
-		u64 id = bpf_get_current_pid_tgid();
-		u32 hook = w->hook;
+		struct tpf_ret_key call = {.id = bpf_get_current_pid_tgid(), .hook = w->hook};
 
 #ifdef TPF_WITH_KPROBES
 		if (actions & TPF_ACT_RET_FILTER) { /* posted at the return, if it matches */
@@ -557,8 +557,7 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 #endif
 		ev->flags |= TPF_EV_RET_WAIT;
 		w->retwait |= TPF_RW_RECORD;
-		hook |= w->retwait;
-		tpf_retwait.update(&id, &hook);
+		tpf_retwait.update(&call, &w->retwait);
 	}
 	if (tpf_events.ringbuf_output(ev, sizeof(*ev), 0) == 0)
 		tpf_count(config, TPF_STAT_POST);

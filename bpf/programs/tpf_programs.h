@@ -230,11 +230,10 @@ struct tpf_event {
 			      with its return value in values[0]: complete, nothing to join */
 
 /*
- * tpf_retwait's value (task -> its return probe's call): the hook, how many events of the
- * call are held for matchReturnArgs (tpf_retpend, tpf_retsel.c), and whether events were
- * posted that wait for the return record (retjoin).
+ * tpf_retwait's value ((task, hook) -> its call's waits): how many events of the call are
+ * held for matchReturnArgs (tpf_retpend, tpf_retsel.c), and whether events were posted
+ * that wait for the return record (retjoin).
  */
-#define TPF_RW_HOOK_MASK 0xffff
 #define TPF_RW_HELD_SHIFT 16 /* 8 bits: held events, <= TPF_MAX_RETPEND */
 #define TPF_RW_RECORD (1u << 24)
 #ifndef TPF_MAX_RETPEND /* events held for matchReturnArgs per call (the return probe's */
@@ -244,7 +243,7 @@ struct tpf_event {
 struct tpf_ret_key {
 	u64 id; /* pid_tgid */
 	u32 hook;
-	u32 n; /* the held event's number in its call */
+	u32 n; /* tpf_retpend: the held event's number in its call; tpf_retwait: 0 */
 };
 
 /* A selector's matchReturnArgs (tpf_retsel.c): compared with the return value. */

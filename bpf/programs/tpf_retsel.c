@@ -44,8 +44,9 @@ static __always_inline void tpf_ret_hold(struct tpf_work *w, u32 config)
 		return;
 	}
 	w->retwait += 1 << TPF_RW_HELD_SHIFT;
-	value = w->hook | w->retwait;
-	if (tpf_retwait.update(&id, &value) != 0)
+	value = w->retwait;
+	key.n = 0;
+	if (tpf_retwait.update(&key, &value) != 0)
 		tpf_count(config, TPF_STAT_DROP); /* the return probe will not find it */
 }
 
@@ -79,12 +80,14 @@ static __always_inline bool tpf_ret_match(u32 config, u8 s, u64 ret)
 #pragma clang loop unroll(disable)
 	for (u32 j = 0; j < TPF_MAX_ARGS; j++) {
 		struct tpf_arg *a;
+		u32 k = j;
 		bool ok;
 
-		if (j >= n)
+		asm volatile("" : "+r"(k)); /* else clang merges the two bounds (as below) */
+		if (k >= n)
 			break;
-		a = &rs->args[j];
-		ikey.arg = TPF_ARG_RET + j; /* on every path: states that differ in it do not merge */
+		a = &rs->args[k];
+		ikey.arg = TPF_ARG_RET + k; /* on every path: states that differ in it do not merge */
 		switch (a->op) {
 		case TPF_OP_EQ:
 		case TPF_OP_NE:
@@ -121,8 +124,8 @@ static __always_inline void tpf_ret_release(u64 id, u32 hook, u32 held, u64 ret)
 	for (u32 i = 0; i < TPF_MAX_RETPEND; i++) {
 		u32 k = i;
 
-		asm volatile("" : "+r"(k)); /* clang merged the two bounds into one the verifier
-					       could not follow */
+		asm volatile("" : "+r"(k)); /* clang merged the two bounds into one that 6.1's
+					       verifier could not follow */
 		if (k >= held)
 			break;
 		key.n = k;
