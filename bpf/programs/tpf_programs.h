@@ -76,6 +76,10 @@
 #define TPF_T_U64 2
 #define TPF_T_S32 3
 #define TPF_T_U32 4
+#define TPF_T_S8 5
+#define TPF_T_U8 6
+#define TPF_T_S16 7
+#define TPF_T_U16 8
 
 /* tpf_arg.op */
 #define TPF_OP_EQ 1
@@ -97,8 +101,9 @@
 #define TPF_ACT_POST 1
 #define TPF_ACT_SIGKILL 2
 #define TPF_ACT_OVERRIDE 4 /* kprobes on security_*: the LSM hook returns tpf_sel.error */
-#define TPF_ACT_RET_FILTER 8 /* return probes: the event is held until the return value
-				 matches the selector's matchReturnArgs (tpf_retsel.c) */
+#define TPF_ACT_SIGNAL 8   /* bpf_send_signal(tpf_sel.sig) */
+#define TPF_ACT_RET_FILTER 16 /* return probes: the event is held until the return value
+				  matches the selector's matchReturnArgs (tpf_retsel.c) */
 
 /* tpf_stats key: (config << 8) | counter */
 #define TPF_STAT_MATCH 0   /* a selector matched (whatever the actions) */
@@ -106,6 +111,7 @@
 #define TPF_STAT_SIGKILL 2 /* bpf_send_signal(SIGKILL) succeeded */
 #define TPF_STAT_DROP 3    /* the ring buffer was full: event lost */
 #define TPF_STAT_ERROR 4   /* an action failed (e.g. bpf_send_signal) */
+#define TPF_STAT_SIGNAL 5  /* bpf_send_signal(tpf_sel.sig) succeeded */
 
 /* The argument index a string set entry uses for matchBinaries. */
 #define TPF_ARG_BINARY 0xff
@@ -166,7 +172,9 @@ struct tpf_sel {
 	u8 bin_op;  /* TPF_BIN_* */
 	u8 actions; /* TPF_ACT_* bits */
 	u8 task;    /* 1: task filters in tpf_tsels{config, sel} (tpf_task.h) */
-	s32 error;  /* Override's argError (a negative errno) */
+	s16 error;  /* Override's argError (a negative errno, -4095 .. -1) */
+	u8 sig;     /* Signal's argSig (1 .. 64) */
+	u8 pad;
 	struct tpf_arg args[TPF_MAX_ARGS];
 };
 
@@ -249,8 +257,8 @@ struct tpf_ret_key {
 /* A selector's matchReturnArgs (tpf_retsel.c): compared with the return value. */
 struct tpf_rsel {
 	u8 nargs; /* entries used, <= TPF_MAX_ARGS; ANDed */
-	u8 shift; /* the returnArg's type, as which the value is compared: 32 for 32-bit */
-	u8 sign;  /* types, 0 for 64-bit; 1: signed (sign-extended, signed order) */
+	u8 shift; /* the returnArg's type, as which the value is compared: 64 - its bits */
+	u8 sign;  /* 1: signed (sign-extended, signed order) */
 	u8 pad[5];
 	struct tpf_arg args[TPF_MAX_ARGS]; /* op and imm; GT/LT on a signed type: imm with its
 					      sign bit flipped (one unsigned comparison) */

@@ -56,7 +56,7 @@ static __always_inline void tpf_ret_hold(struct tpf_work *w, u32 config)
  * and Debian 6.1's verifier gave up on the general integer comparison (tpf_int_match, a
  * branch per type and sign in each entry) inlined there ("sequence of 8193 jumps is too
  * complex"). The value is normalised as the returnArg's type by arithmetic, not a branch
- * per type (a 32-bit type: the low half, sign-extended if signed); a signed order is an
+ * per type (a narrower type: its low bits, sign-extended if signed); a signed order is an
  * unsigned one with the sign bits flipped (the agent stores GT/LT bounds so).
  */
 static __always_inline bool tpf_ret_match(u32 config, u8 s, u64 ret)

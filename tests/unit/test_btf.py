@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from tpfilter.programs.btf import VMLINUX, KernelBtf
+from tpfilter.programs.btf import NO_BTF, VMLINUX, KernelBtf, feature_cflags, offsets
 
 
 def _blob() -> bytes:
@@ -48,6 +48,23 @@ def test_functions_params_offsets_and_lsm_hooks() -> None:
     assert btf.member_offset("linux_binprm", "inner") == 36  # inside the anonymous union
     assert btf.func_return("bpf_lsm_x") == "int" and btf.func_return("nope") is None
     assert btf.lsm_hook_params("x") == ("struct linux_binprm *",)
+
+
+def test_offsets_add_up_member_paths_and_name_what_is_missing() -> None:
+    btf = KernelBtf.parse(_blob())
+    found = offsets(
+        btf,
+        {
+            "A": ("linux_binprm", "filename"),
+            "B": (("linux_binprm", "filename"), ("linux_binprm", "inner")),  # 96 + 36
+        },
+    )
+    assert found == {"A": 96, "B": 132}
+    assert feature_cflags("TPF_WITH_X", found) == ["-DTPF_WITH_X", "-DA=96", "-DB=132"]
+    missing = offsets(btf, {"A": ("linux_binprm", "filename"), "C": ("linux_binprm", "gone")})
+    assert missing == "struct linux_binprm has no member gone in this kernel's BTF"
+    assert feature_cflags("TPF_WITH_X", missing) == []
+    assert offsets(None, {"A": ("linux_binprm", "filename")}) == NO_BTF
 
 
 def test_not_btf_is_refused() -> None:

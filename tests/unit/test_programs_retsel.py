@@ -106,6 +106,17 @@ def test_a_selector_without_match_return_args_posts_at_the_entry_as_before() -> 
                 [
                     {
                         "matchReturnArgs": [{"operator": "LT", "values": [0]}],
+                        "matchActions": [{"action": "Signal", "argSig": 10}],
+                    }
+                ]
+            ),
+            "matchActions: Signal acts at the function's entry",
+        ),
+        (
+            openat(
+                [
+                    {
+                        "matchReturnArgs": [{"operator": "LT", "values": [0]}],
                         "matchActions": [{"action": "NoPost"}],
                     }
                 ]

@@ -8,10 +8,18 @@ headers of another kernel.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
+NO_BTF = "the node's BTF (/sys/kernel/btf/vmlinux) could not be read"
+
+# A struct member, or a path of them whose offsets add up (``sock.__sk_common`` then
+# ``sock_common.skc_family``), as the BPF readers take them: one -D flag per path.
+Member = tuple[str, str]
+MemberPath = Member | tuple[Member, ...]
 
 # kinds
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
@@ -139,3 +147,35 @@ class KernelBtf:
     def lsm_hook_params(self, hook: str) -> tuple[str, ...] | None:
         """The parameter types of a BPF LSM hook (its ``bpf_lsm_<hook>`` function)."""
         return self.func_params(f"bpf_lsm_{hook}")
+
+
+def offsets(kernel: Any, members: Mapping[str, MemberPath]) -> dict[str, int] | str:
+    """Each -D name's offset in ``kernel`` (a :class:`KernelBtf`; None where the node's BTF
+    could not be read), or why one cannot be had. Every BPF reader of kernel structs (the
+    path walk, the network tuple, the task's facts) gets its offsets here, so a kernel that
+    moved or dropped a member refuses that reader naming the member, never reads garbage."""
+    if kernel is None:
+        return NO_BTF
+    out = {}
+    for define, path in members.items():
+        total = 0
+        for struct_name, member in _steps(path):
+            offset = kernel.member_offset(struct_name, member)
+            if offset is None:
+                return f"struct {struct_name} has no member {member} in this kernel's BTF"
+            total += offset
+        out[define] = total
+    return out
+
+
+def _steps(path: MemberPath) -> tuple[Member, ...]:
+    return (path,) if isinstance(path[0], str) else path
+
+
+def feature_cflags(feature: str, found: Mapping[str, int] | str) -> list[str]:
+    """The -D flags that compile a reader in (``-D<feature>`` and its offsets), none where
+    its offsets could not be had: the reader is then left out, and the types that need it
+    are refused with the reason by the compiler."""
+    if isinstance(found, str):
+        return []
+    return [f"-D{feature}", *(f"-D{name}={value}" for name, value in found.items())]

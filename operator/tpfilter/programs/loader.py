@@ -221,6 +221,7 @@ class Programs:
             leaf.bin_op = int(sel.bin_op)
             leaf.actions = int(sel.actions)
             leaf.error = sel.error
+            leaf.sig = sel.signal
             leaf.task = 1 if sel.task else 0
             if sel.task:  # before the selector that points to them
                 ids = self._follow_ids.assign(config_id, sel.task)

@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tpfilter.programs import btf
 from tpfilter.programs.compiler import ArgMatch, _compile_match_arg, _Errors, _Source
 from tpfilter.programs.layout import IntType, Kind, Op
 from tpfilter.programs.values import parse_int
@@ -41,7 +42,7 @@ _KIND_OF_CTYPE = {ctype: kind for ctype, kind in NET_TYPES.values()}
 _TYPE_OF_KIND = {kind: name for name, (_, kind) in NET_TYPES.items()}
 
 # -D name -> (struct, member) or ((struct, member), (struct, member)) added up
-MEMBERS: Mapping[str, tuple[tuple[str, str], ...]] = {
+MEMBERS: Mapping[str, btf.MemberPath] = {
     "TPF_OFF_SOCKET_SK": (("socket", "sk"),),
     "TPF_OFF_SKC_FAMILY": (("sock", "__sk_common"), ("sock_common", "skc_family")),
     "TPF_OFF_SKC_STATE": (("sock", "__sk_common"), ("sock_common", "skc_state")),
@@ -102,26 +103,12 @@ _LIMITS = {Op.PROTOCOL: 0xFFFF, Op.FAMILY: 0xFFFF, Op.STATE: 0xFF}
 
 def net_offsets(kernel: Any) -> dict[str, int] | str:
     """The offsets by -D name, or why the network readers cannot be compiled here."""
-    if kernel is None:
-        return "the node's BTF could not be read"
-    out = {}
-    for define, path in MEMBERS.items():
-        total = 0
-        for struct_name, member in path:
-            offset = kernel.member_offset(struct_name, member)
-            if offset is None:
-                return f"struct {struct_name} has no member {member} in this kernel's BTF"
-            total += offset
-        out[define] = total
-    return out
+    return btf.offsets(kernel, MEMBERS)
 
 
 def net_cflags(kernel: Any) -> list[str]:
     """-D flags that compile the network readers in (tpf_net.c), none where they cannot be."""
-    offsets = net_offsets(kernel)
-    if isinstance(offsets, str):
-        return []
-    return ["-DTPF_WITH_NET", *(f"-D{name}={value}" for name, value in offsets.items())]
+    return btf.feature_cflags("TPF_WITH_NET", net_offsets(kernel))
 
 
 def net_slot(params: Sequence[str], index: int) -> int | None:

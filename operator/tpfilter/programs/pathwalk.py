@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tpfilter.programs import btf
+
 # -D name -> (struct, member)
 MEMBERS = {
     "TPF_OFF_FILE_PATH": ("file", "f_path"),
@@ -30,20 +32,9 @@ MEMBERS = {
 
 def path_offsets(kernel: Any) -> dict[str, int] | str:
     """The offsets by -D name, or why the walk cannot be compiled for this kernel."""
-    if kernel is None:
-        return "the node's BTF could not be read"
-    out = {}
-    for define, (struct_name, member) in MEMBERS.items():
-        offset = kernel.member_offset(struct_name, member)
-        if offset is None:
-            return f"struct {struct_name} has no member {member} in this kernel's BTF"
-        out[define] = offset
-    return out
+    return btf.offsets(kernel, MEMBERS)
 
 
 def path_cflags(kernel: Any) -> list[str]:
     """-D flags that compile the path walk in, none where it cannot be."""
-    offsets = path_offsets(kernel)
-    if isinstance(offsets, str):
-        return []
-    return ["-DTPF_WITH_PATHS", *(f"-D{name}={value}" for name, value in offsets.items())]
+    return btf.feature_cflags("TPF_WITH_PATHS", path_offsets(kernel))

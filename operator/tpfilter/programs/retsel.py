@@ -12,10 +12,10 @@ still pay for every event and would observe what the policy says to drop.
 
 The value is compared as the ``returnArg``'s type, with the integer operators of
 ``matchArgs`` (Equal, NotEqual, GT, LT, Mask): the compiler takes only integer return
-types. What cannot depend on the return value is refused beside it: ``Sigkill`` and
-``Override`` act at the entry, before the value exists (a policy that reads "kill when the
-open fails" would kill on every open), and with ``NoPost`` there is nothing for the filter
-to decide.
+types. What cannot depend on the return value is refused beside it: ``Sigkill``,
+``Signal`` and ``Override`` act at the entry, before the value exists (a policy that
+reads "kill when the open fails" would kill on every open), and with ``NoPost`` there is
+nothing for the filter to decide.
 
 ``returnArgAction``: ``Post`` is what every return probe does (the event carries the value),
 so it is accepted and changes nothing (Tetragon 1.x accepted it likewise; its later
@@ -32,7 +32,7 @@ from typing import Any
 
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, ArgSpec, _compile_match_arg, _Errors, _Source
-from tpfilter.programs.layout import Action, IntType, Kind, Op
+from tpfilter.programs.layout import Action, Kind, Op
 
 _SOCKET_TRACKING = frozenset({"tracksock", "untracksock"})
 _SIGN_BIT = 1 << 63
@@ -69,7 +69,8 @@ def _return_index(kp: Mapping[str, Any]) -> int:
 
 def _refusals(actions: Action) -> list[str]:
     why = []
-    for action, name in ((Action.SIGKILL, "Sigkill"), (Action.OVERRIDE, "Override")):
+    acting = ((Action.SIGKILL, "Sigkill"), (Action.SIGNAL, "Signal"), (Action.OVERRIDE, "Override"))
+    for action, name in acting:
         if actions & action:
             why.append(
                 f"{name} acts at the function's entry, before the return value is known: "
@@ -153,7 +154,7 @@ def write_return_filter(
     leaf = table.Leaf()
     leaf.nargs = len(ret_args)
     int_type = ret_args[0].int_type  # the returnArg's: every entry's
-    leaf.shift = 32 if int_type in (IntType.S32, IntType.U32) else 0
+    leaf.shift = 64 - int_type.bits  # the program keeps the low bits
     leaf.sign = 1 if int_type.signed else 0
     for j, arg in enumerate(ret_args):
         a = leaf.args[j]

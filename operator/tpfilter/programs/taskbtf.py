@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tpfilter.programs import btf
+
 # -D name -> (struct, member): what tpf_task.h reads. The optional ones (namespace types a
 # kernel may be built without) leave their namespace unreadable, and refused.
 MEMBERS = {
@@ -53,28 +55,20 @@ OPTIONAL = {
 def task_offsets(kernel: Any) -> dict[str, int] | str:
     """The offsets by -D name (optional namespaces where the kernel has them), or why the
     task filters cannot be compiled for this kernel."""
-    if kernel is None:
-        return "the node's BTF (/sys/kernel/btf/vmlinux) could not be read"
-    out = {}
-    for define, (struct_name, member) in MEMBERS.items():
-        offset = kernel.member_offset(struct_name, member)
-        if offset is None:
-            return f"struct {struct_name} has no member {member} in this kernel's BTF"
-        out[define] = offset
+    out = btf.offsets(kernel, MEMBERS)
+    if isinstance(out, str):
+        return out
     upid_size = kernel.struct_size("upid")
     if upid_size is None:
         return "no struct upid in this kernel's BTF"
     out["TPF_TSIZE_UPID"] = upid_size
     for members in OPTIONAL.values():
-        found = {d: kernel.member_offset(s, m) for d, (s, m) in members.items()}
-        if all(v is not None for v in found.values()):
-            out.update({d: v for d, v in found.items() if v is not None})
+        found = btf.offsets(kernel, members)
+        if not isinstance(found, str):
+            out.update(found)
     return out
 
 
 def task_cflags(kernel: Any) -> list[str]:
     """-D flags that compile the task filters in; none where they cannot be."""
-    offsets = task_offsets(kernel)
-    if isinstance(offsets, str):
-        return []
-    return ["-DTPF_WITH_TASK", *(f"-D{name}={value}" for name, value in offsets.items())]
+    return btf.feature_cflags("TPF_WITH_TASK", task_offsets(kernel))
