@@ -53,6 +53,8 @@ BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -
 #define TPF_READ_MEMBER 0 /* strs[0]: the char * at str_off of the struct (linux_binprm) */
 #define TPF_READ_FILE 1   /* strs[0]: the path name of a struct file * */
 #define TPF_READ_PATH 2   /* strs[0]: the path name of a struct path * */
+#define TPF_READ_FD 3     /* strs[0]: the path name of the file an fd is open on (tpf_fd.h) */
+#define TPF_READ_DENTRY 4 /* strs[0]: a struct dentry *'s name up to its file system's root */
 
 struct tpf_khook {
 	u8 str_arg; /* argument holding the struct pointer; 0xff: no string */
@@ -96,6 +98,9 @@ int tpf_kstage_filter(struct pt_regs *ctx)
 #define TPF_PATH_DEPTH 32
 #endif
 #define TPF_PBUF_END (2 * TPF_STR_MAX - 1) /* the walk writes below this; NUL here */
+#ifdef TPF_WITH_FD
+#include "tpf_fd.h"
+#endif
 
 static __always_inline void *tpf_kptr(void *base, u32 off)
 {
@@ -112,28 +117,50 @@ static __always_inline void *tpf_kptr(void *base, u32 off)
  * at the namespace's root mount (its own parent). A walk that does not reach it within
  * TPF_PATH_DEPTH steps, or a name longer than the buffer, leaves the string unreadable
  * (it then matches no operator): an end without its beginning would answer Prefix wrong.
+ * A dentry cut from any tree (a pipe's, a socket's, a memfd's) has no path: unreadable.
+ * An fd is first looked up in the task's file table (tpf_fd.h; not open: unreadable). A
+ * dentry comes without its mount, so its walk stops at the root of its own file system.
  */
 static __always_inline void tpf_path_walk(struct tpf_work *w)
 {
-	void *path = (void *)w->path_ptr, *dentry, *vfsmnt, *mnt, *root, *parent, *mparent;
+	void *path = (void *)w->path_ptr, *dentry, *vfsmnt = 0, *mnt = 0, *root, *parent, *mparent;
+	bool one_fs = w->path_kind == TPF_READ_DENTRY;
 	u32 pos = TPF_PBUF_END, len = 0, off;
 	const char *name;
 	long n = -1;
 
-	if (w->path_kind == TPF_READ_FILE)
-		path = (char *)path + TPF_OFF_FILE_PATH;
-	dentry = tpf_kptr(path, TPF_OFF_PATH_DENTRY);
-	vfsmnt = tpf_kptr(path, TPF_OFF_PATH_MNT);
-	mnt = (char *)vfsmnt - TPF_OFF_MOUNT_MNT;
+#ifdef TPF_WITH_FD
+	if (w->path_kind == TPF_READ_FD)
+		path = tpf_fd_file(w->path_ptr);
+#endif
+	if (w->path_kind == TPF_READ_FILE || w->path_kind == TPF_READ_FD)
+		path = path ? (char *)path + TPF_OFF_FILE_PATH : 0;
+	if (one_fs) {
+		dentry = path;
+	} else {
+		dentry = path ? tpf_kptr(path, TPF_OFF_PATH_DENTRY) : 0;
+		vfsmnt = path ? tpf_kptr(path, TPF_OFF_PATH_MNT) : 0;
+		mnt = (char *)vfsmnt - TPF_OFF_MOUNT_MNT;
+	}
+	if (!dentry) { /* no file behind the fd (or a NULL argument): unreadable */
+		tpf_str_reset(&w->sc.path);
+		return;
+	}
 	w->pbuf[TPF_PBUF_END] = 0;
 #pragma unroll
 	for (int i = 0; i < TPF_PATH_DEPTH; i++) {
-		root = tpf_kptr(vfsmnt, TPF_OFF_VFSMOUNT_ROOT);
+		root = one_fs ? 0 : tpf_kptr(vfsmnt, TPF_OFF_VFSMOUNT_ROOT);
 		parent = tpf_kptr(dentry, TPF_OFF_DENTRY_PARENT);
+		if (one_fs && dentry == parent) {
+			n = 0; /* the root of the dentry's file system: no mount to cross to */
+			break;
+		}
 		if (dentry == root || dentry == parent) {
+			if (dentry != root)
+				break; /* cut from its tree (a pipe, a socket, a memfd): no path */
 			mparent = tpf_kptr(mnt, TPF_OFF_MOUNT_PARENT);
-			if (dentry != root || mparent == mnt) {
-				n = 0; /* the namespace's root (or a dentry cut from its tree) */
+			if (mparent == mnt) {
+				n = 0; /* the namespace's root */
 				break;
 			}
 			dentry = tpf_kptr(mnt, TPF_OFF_MOUNT_MOUNTPOINT);

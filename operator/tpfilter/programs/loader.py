@@ -22,6 +22,7 @@ from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.compiler import ArgMatch, HookConfig
+from tpfilter.programs.fileargs import fd_cflags
 from tpfilter.programs.follow import FollowIds, changes
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
@@ -113,6 +114,7 @@ class Programs:
             node_pidns.dev,
         )
         paths = path_cflags(kernel) if kprobes else []  # the path walk of file/path args
+        paths += fd_cflags(kernel) if paths else []  # ... and of fd args (the file table)
         nets = net_cflags(kernel) if kprobes else []  # sock/socket/sockaddr/skb args
         src = bcc_source(
             program_source(),
