@@ -31,20 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from benchkit import move_self
-from tpfilter.bpfmaps import PinnedFilterMaps
-from tpfilter.cgroups import find_cgroup2_mount
-from tpfilter.indexmap import PinnedCandidateIndex
-from tpfilter.indexsync import IndexKeeper
+from benchkit import move_self, program_bench
 from tpfilter.models import Policy, parse_policy
-from tpfilter.programs import ProgramManager
-from tpfilter_dev.cgroupfs import rmdir_cgroup
 
-STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 OTHER_CGROUPS = 50
 
 
@@ -121,89 +113,60 @@ def main(argv: list[str] | None = None) -> int:
     one = [int(c) for c in args.one.split(",") if c]
     hook = args.hook
     tracepoint = "sched/sched_process_exec" if hook == "exec" else "syscalls/sys_enter_lseek"
-    mount = find_cgroup2_mount()
-    tag = uuid.uuid4().hex[:8]
-    pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{tag}"
-    inside, outside = mount / f"tpf-bench-in-{tag}", mount / f"tpf-bench-out-{tag}"
-    others = [mount / f"tpf-bench-o{k}-{tag}" for k in range(OTHER_CGROUPS)]
-    for cg in (inside, outside, *others):
-        cg.mkdir()
     tmp = Path(tempfile.mkdtemp(prefix="tpf-bench-"))
     binary = tmp / "true"
     shutil.copy("/usr/bin/true", binary)
-    maps = PinnedFilterMaps(pin_dir=pin_dir)
-    index = PinnedCandidateIndex(pin_dir=pin_dir)
-    devnull = open(os.devnull, "w")  # noqa: SIM115
-    manager = ProgramManager(
-        pin_dir=pin_dir, node_name="bench", resolve=lambda c: None, events_out=devnull
-    )
-    stats_before = STATS_SYSCTL.read_text().strip() if STATS_SYSCTL.exists() else None
     wall: dict[str, list[float]] = {}
     kernel: dict[str, list[float]] = {}
     rows: list[str] = ["no program"]
     rows += [f"{n:,} loaded, none selects the caller" for n in counts]
     rows += [f"{n:,} loaded, 1 selects the caller" for n in one]
-    load_seconds = 0.0
+    others = [f"o{k}" for k in range(OTHER_CGROUPS)]
     try:
-        manager.start(events_thread=False)
-        programs = manager._programs
-        if STATS_SYSCTL.exists():
-            STATS_SYSCTL.write_text("1")
-        fd = programs._exec_fn.fd if hook == "exec" else programs._sys_fn.fd
-        # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
-        top = max([*counts, *one])
-        desired = {
-            i: frozenset({os.stat(others[i % OTHER_CGROUPS]).st_ino}) for i in range(1, top + 1)
-        }
-        desired[1] = desired[1] | {os.stat(inside).st_ino}
-        keeper = IndexKeeper(index)
-        t0 = time.monotonic()
-        keeper.before(desired)  # the index first, as the engine writes it
-        failed = maps.install_many([(i, ids, 8) for i, ids in desired.items()])
-        if failed:
-            raise SystemExit(f"install failed: {list(failed.items())[:3]}")
-        keeper.after(inner_maps_ok=True)
-        load_seconds = time.monotonic() - t0
+        with program_bench(["in", "out", *others]) as bench:
+            manager, programs = bench.manager, bench.manager._programs
+            inside, outside = bench.cgroups["in"], bench.cgroups["out"]
+            fd = programs._exec_fn.fd if hook == "exec" else programs._sys_fn.fd
+            # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
+            top = max([*counts, *one])
+            desired = {
+                i: frozenset({bench.cgroup_id(others[i % OTHER_CGROUPS])})
+                for i in range(1, top + 1)
+            }
+            desired[1] = desired[1] | {bench.cgroup_id("in")}
+            t0 = time.monotonic()
+            bench.select(desired)
+            load_seconds = time.monotonic() - t0
 
-        def measure(label: str, cgroup: Path) -> None:
-            t0, c0 = prog_stats(fd)
-            seconds = run_loop(hook, binary, args.events, cgroup)
-            t1, c1 = prog_stats(fd)
-            wall.setdefault(label, []).append(seconds / args.events)
-            if c1 > c0:
-                kernel.setdefault(label, []).append((t1 - t0) / (c1 - c0))
+            def measure(label: str, cgroup: Path) -> None:
+                t0, c0 = prog_stats(fd)
+                seconds = run_loop(hook, binary, args.events, cgroup)
+                t1, c1 = prog_stats(fd)
+                wall.setdefault(label, []).append(seconds / args.events)
+                if c1 > c0:
+                    kernel.setdefault(label, []).append((t1 - t0) / (c1 - c0))
 
-        run_loop(hook, binary, 200, outside)  # warm up
-        for _ in range(args.rounds):
-            # Every round visits every configuration, so drift and noise spread evenly.
+            run_loop(hook, binary, 200, outside)  # warm up
+            for _ in range(args.rounds):
+                # Every round visits every configuration, so drift and noise spread evenly.
+                manager.sync([])
+                if tracepoint in programs.attached:
+                    programs.detach(tracepoint)
+                measure("no program", outside)
+                if hook == "exec":
+                    programs.attach(tracepoint)  # compiles nothing (sys_enter: sync attaches)
+                for n in sorted({*counts, *one}):
+                    loaded = [(policy(i, hook, binary), i) for i in range(1, n + 1)]
+                    bad = [s for s in manager.sync(loaded).values() if s.state != "loaded"]
+                    if bad:
+                        raise SystemExit(f"policies not loaded: {bad[:3]}")
+                    if n in counts:
+                        measure(f"{n:,} loaded, none selects the caller", outside)
+                    if n in one:
+                        measure(f"{n:,} loaded, 1 selects the caller", inside)
             manager.sync([])
-            if tracepoint in programs.attached:
-                programs.detach(tracepoint)
-            measure("no program", outside)
-            if hook == "exec":
-                programs.attach(tracepoint)  # compiles nothing (sys_enter: sync attaches)
-            for n in sorted({*counts, *one}):
-                statuses = manager.sync([(policy(i, hook, binary), i) for i in range(1, n + 1)])
-                bad = [s for s in statuses.values() if s.state != "loaded"]
-                if bad:
-                    raise SystemExit(f"policies not loaded: {bad[:3]}")
-                if n in counts:
-                    measure(f"{n:,} loaded, none selects the caller", outside)
-                if n in one:
-                    measure(f"{n:,} loaded, 1 selects the caller", inside)
-        manager.sync([])
-        usage = index.usage()
+            usage = bench.index.usage()
     finally:
-        if stats_before is not None:
-            STATS_SYSCTL.write_text(stats_before)
-        manager.close()
-        maps.close()
-        index.close()
-        index.remove_pins()
-        maps.remove_pins()
-        devnull.close()
-        for cg in (inside, outside, *others):
-            rmdir_cgroup(cg)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median

@@ -43,23 +43,16 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
+from benchkit import program_bench
 from kprobe_workloads import WORKLOADS, Workload
-from tpfilter.bpfmaps import PinnedFilterMaps
-from tpfilter.cgroups import find_cgroup2_mount
-from tpfilter.indexmap import PinnedCandidateIndex
-from tpfilter.indexsync import IndexKeeper
 from tpfilter.models import Policy, parse_policy
-from tpfilter.programs import ProgramManager
 from tpfilter.programs.probe import probe_kprobes
 from tpfilter.programs.tracefs import find_tracefs
 from tpfilter_dev import contain
-from tpfilter_dev.cgroupfs import rmdir_cgroup
 from tpfilter_dev.vm import IN_VM_ENV
 
-STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 OTHER_CGROUPS = 50
 VM_COMMAND = (
     "sudo PYTHONPATH=operator .venv/bin/python -m tpfilter_dev.vm --timeout 1200 "
@@ -188,24 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = sorted({int(c) for c in args.counts.split(",") if c})
     top = max(counts)
-    mount = find_cgroup2_mount()
-    tag = uuid.uuid4().hex[:8]
-    pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{tag}"
-    inside, outside = mount / f"tpf-bench-in-{tag}", mount / f"tpf-bench-out-{tag}"
-    others = [mount / f"tpf-bench-o{k}-{tag}" for k in range(OTHER_CGROUPS)]
-    for cg in (inside, outside, *others):
-        cg.mkdir()
-    maps = PinnedFilterMaps(pin_dir=pin_dir)
-    index = PinnedCandidateIndex(pin_dir=pin_dir)
-    devnull = open(os.devnull, "w")  # noqa: SIM115
-    manager = ProgramManager(
-        pin_dir=pin_dir,
-        node_name="bench",
-        resolve=lambda c: None,
-        events_out=devnull,
-        probe_lsm=False,  # Override is not benchmarked: no second compile for the probe
-    )
-    stats_before = STATS_SYSCTL.read_text().strip() if STATS_SYSCTL.exists() else None
     none_label = "{:,} loaded, none selects the caller".format
     one_label = "{:,} loaded, 1 selects the caller".format
     labels = ["no program", *map(none_label, counts), *map(one_label, counts)]
@@ -215,84 +190,73 @@ def main(argv: list[str] | None = None) -> int:
     stats: ProgStats | None = None
     callers: list[Caller] = []
     syncs: dict[int, list[float]] = {}
+    others = [f"o{k}" for k in range(OTHER_CGROUPS)]
     started = time.monotonic()
-    try:
-        manager.start(events_thread=False)
-        if not manager.available:
-            raise SystemExit(f"bench_kprobe: programs unavailable: {manager._unavailable}")
-        programs = manager._programs
-        if not programs.kprobes:
-            raise SystemExit("bench_kprobe: the kprobe program was not loaded")
-        compile_seconds = manager.load_report.compile_seconds
-        progress(f"programs compiled and loaded ({compile_seconds:.0f} s of compile)")
-        if STATS_SYSCTL.exists():
-            STATS_SYSCTL.write_text("1")
-        stats = ProgStats(programs.bpf.funcs[b"tpf_kprobe"].fd)
-        # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
-        desired = {
-            i: frozenset({os.stat(others[i % OTHER_CGROUPS]).st_ino}) for i in range(1, top + 1)
-        }
-        desired[1] = desired[1] | {os.stat(inside).st_ino}
-        keeper = IndexKeeper(index)
-        keeper.before(desired)  # the index first, as the engine writes it
-        failed = maps.install_many([(i, ids, 8) for i, ids in desired.items()])
-        if failed:
-            raise SystemExit(f"bench_kprobe: filter map install failed: {list(failed)[:3]}")
-        keeper.after(inner_maps_ok=True)
-        policies = [policy(i, workload) for i in range(1, top + 1)]
-        callers.append(Caller(outside, workload.loop()))
-        callers.append(Caller(inside, workload.loop()))
-        out_caller, in_caller = callers
+    # probe_lsm=False: Override is not benchmarked, no second compile for the probe
+    with program_bench(["in", "out", *others], probe_lsm=False) as bench:
+        try:
+            manager = bench.manager
+            if not manager.available:
+                raise SystemExit(f"bench_kprobe: programs unavailable: {manager._unavailable}")
+            programs = manager._programs
+            if not programs.kprobes:
+                raise SystemExit("bench_kprobe: the kprobe program was not loaded")
+            compile_seconds = manager.load_report.compile_seconds
+            progress(f"programs compiled and loaded ({compile_seconds:.0f} s of compile)")
+            stats = ProgStats(programs.bpf.funcs[b"tpf_kprobe"].fd)
+            # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
+            desired = {
+                i: frozenset({bench.cgroup_id(others[i % OTHER_CGROUPS])})
+                for i in range(1, top + 1)
+            }
+            desired[1] = desired[1] | {bench.cgroup_id("in")}
+            bench.select(desired)
+            policies = [policy(i, workload) for i in range(1, top + 1)]
+            callers.append(Caller(bench.cgroups["out"], workload.loop()))
+            callers.append(Caller(bench.cgroups["in"], workload.loop()))
+            out_caller, in_caller = callers
 
-        def measure(label: str, caller: Caller, attached: bool) -> None:
-            seconds, ns, count = caller.run(args.events, stats if attached else None)
-            wall.setdefault(label, []).append(seconds / args.events)
-            if attached:
-                runs.append(count)
-                if count:
-                    bpf_ns.setdefault(label, []).append(ns / count)
+            def measure(label: str, caller: Caller, attached: bool) -> None:
+                seconds, ns, count = caller.run(args.events, stats if attached else None)
+                wall.setdefault(label, []).append(seconds / args.events)
+                if attached:
+                    runs.append(count)
+                    if count:
+                        bpf_ns.setdefault(label, []).append(ns / count)
 
-        def warm_up() -> None:
-            # After each change, unmeasured: under TCG, code the kernel patched (the kprobe
-            # attached or detached) and new JIT code are translated again on first use.
-            for caller in callers:
-                caller.run(args.events // 5 or 1, None)
+            def warm_up() -> None:
+                # After each change, unmeasured: under TCG, code the kernel patched (the
+                # kprobe attached or detached) and new JIT code are translated again on
+                # first use.
+                for caller in callers:
+                    caller.run(args.events // 5 or 1, None)
 
-        for r in range(args.rounds):
-            # Every round visits every configuration, so drift spreads evenly.
-            manager.sync([])  # detaches the kprobe
-            if f"kprobe/{function}" in programs.attached:
-                raise SystemExit("bench_kprobe: the kprobe stayed attached without policies")
-            warm_up()
-            measure("no program", out_caller, attached=False)
-            for n in counts[:: -1 if r % 2 else 1]:  # each order in turn
-                t0 = time.monotonic()
-                statuses = manager.sync([(p, i) for i, p in enumerate(policies[:n], start=1)])
-                syncs.setdefault(n, []).append(time.monotonic() - t0)
-                bad = [s for s in statuses.values() if s.state != "loaded"]
-                if bad:
-                    raise SystemExit(f"bench_kprobe: policies not loaded: {bad[:3]}")
+            for r in range(args.rounds):
+                # Every round visits every configuration, so drift spreads evenly.
+                manager.sync([])  # detaches the kprobe
+                if f"kprobe/{function}" in programs.attached:
+                    raise SystemExit("bench_kprobe: the kprobe stayed attached without policies")
                 warm_up()
-                pair = [(none_label(n), out_caller), (one_label(n), in_caller)]
-                for label, caller in pair[:: -1 if r // 2 % 2 else 1]:
-                    measure(label, caller, attached=True)
-            progress(f"round {r + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)")
-        manager.sync([])
-    finally:
-        for caller in callers:
-            caller.close()
-        if stats is not None:
-            stats.close()
-        if stats_before is not None:
-            STATS_SYSCTL.write_text(stats_before)
-        manager.close()
-        maps.close()
-        index.close()
-        index.remove_pins()
-        maps.remove_pins()
-        devnull.close()
-        for cg in (inside, outside, *others):
-            rmdir_cgroup(cg)
+                measure("no program", out_caller, attached=False)
+                for n in counts[:: -1 if r % 2 else 1]:  # each order in turn
+                    t0 = time.monotonic()
+                    loaded = [(p, i) for i, p in enumerate(policies[:n], start=1)]
+                    statuses = manager.sync(loaded)
+                    syncs.setdefault(n, []).append(time.monotonic() - t0)
+                    bad = [s for s in statuses.values() if s.state != "loaded"]
+                    if bad:
+                        raise SystemExit(f"bench_kprobe: policies not loaded: {bad[:3]}")
+                    warm_up()
+                    pair = [(none_label(n), out_caller), (one_label(n), in_caller)]
+                    for label, caller in pair[:: -1 if r // 2 % 2 else 1]:
+                        measure(label, caller, attached=True)
+                progress(f"round {r + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)")
+            manager.sync([])
+        finally:  # the callers and the stats fd go before the programs and cgroups do
+            for caller in callers:
+                caller.close()
+            if stats is not None:
+                stats.close()
     total = time.monotonic() - started
 
     med = statistics.median

@@ -19,18 +19,12 @@ import argparse
 import os
 import statistics
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_exec import STATS_SYSCTL, prog_stats, run_loop
-from tpfilter.bpfmaps import PinnedFilterMaps
-from tpfilter.cgroups import find_cgroup2_mount
-from tpfilter.indexmap import PinnedCandidateIndex
-from tpfilter.indexsync import IndexKeeper
+from bench_exec import prog_stats, run_loop
+from benchkit import program_bench
 from tpfilter.models import Policy, parse_policy
-from tpfilter.programs import ProgramManager
-from tpfilter_dev.cgroupfs import rmdir_cgroup
 
 WHENCE_0 = {"index": 7, "operator": "Equal", "values": ["0"]}
 ROWS: dict[str, dict[str, Any]] = {
@@ -78,30 +72,15 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_task_selectors: needs root", file=sys.stderr)
         return 2
-    tag = uuid.uuid4().hex[:8]
-    pin_dir = Path("/sys/fs/bpf") / f"tpf-bench-{tag}"
-    inside = find_cgroup2_mount() / f"tpf-bench-in-{tag}"
-    inside.mkdir()
-    maps = PinnedFilterMaps(pin_dir=pin_dir)
-    index = PinnedCandidateIndex(pin_dir=pin_dir)
-    devnull = open(os.devnull, "w")  # noqa: SIM115
-    manager = ProgramManager(
-        pin_dir=pin_dir, node_name="bench", resolve=lambda c: None, events_out=devnull
-    )
-    stats_before = STATS_SYSCTL.read_text().strip() if STATS_SYSCTL.exists() else None
     kernel: dict[str, list[float]] = {}
-    try:
-        manager.start(events_thread=False)
-        STATS_SYSCTL.write_text("1")
-        fd = manager._programs._sys_fn.fd
-        desired = {1: frozenset({os.stat(inside).st_ino})}
-        keeper = IndexKeeper(index)
-        keeper.before(desired)
-        maps.install_many([(1, ids, 8) for ids in desired.values()])
-        keeper.after(inner_maps_ok=True)
+    with program_bench(["in"]) as bench:
+        fd = bench.manager._programs._sys_fn.fd
+        inside = bench.cgroups["in"]
+        bench.select({1: frozenset({bench.cgroup_id("in")})})
         for _ in range(args.rounds):
             for label, selector in ROWS.items():
-                (status,) = manager.sync([(policy(f"bench-{len(label)}", selector), 1)]).values()
+                p = policy(f"bench-{len(label)}", selector)
+                (status,) = bench.manager.sync([(p, 1)]).values()
                 if status.state != "loaded":
                     raise SystemExit(f"{label}: {status}")
                 run_loop("lseek", Path("/"), 200, inside)  # warm up
@@ -109,17 +88,7 @@ def main() -> int:
                 run_loop("lseek", Path("/"), args.events, inside)
                 t1, c1 = prog_stats(fd)
                 kernel.setdefault(label, []).append((t1 - t0) / max(c1 - c0, 1))
-        manager.sync([])
-    finally:
-        if stats_before is not None:
-            STATS_SYSCTL.write_text(stats_before)
-        manager.close()
-        maps.close()
-        index.close()
-        index.remove_pins()
-        maps.remove_pins()
-        devnull.close()
-        rmdir_cgroup(inside)
+        bench.manager.sync([])
     base = statistics.median(kernel["matchArgs x2 (baseline)"])
     print(
         f"syscalls/sys_enter_lseek, one selected caller, {args.events} events x {args.rounds}"

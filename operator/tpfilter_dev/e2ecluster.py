@@ -27,6 +27,7 @@ from typing import Any
 
 from tpfilter.interfaces import HOST_MARKER
 from tpfilter_dev.agentproc import eventually
+from tpfilter_dev.kubectl import run_kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tpfilter"
@@ -101,17 +102,7 @@ class E2ECluster(ABC):
     # -- through the API server: the same on every backend -------------------------------
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
-        done = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=stdin,
-            check=False,
-            timeout=300,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
+        return run_kubectl(self.kubeconfig, *args, check=check, stdin=stdin, timeout=300)
 
     def helm(self, *args: str) -> str:
         return subprocess.run(

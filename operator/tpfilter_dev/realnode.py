@@ -55,6 +55,7 @@ from tpfilter_dev.controlplane import (
     binary,
     free_port,
 )
+from tpfilter_dev.kubectl import run_kubectl
 
 BRIDGE = "tpfcni0"
 # Addresses of this run's own test hosts, on interfaces it makes (RFC 6598 shared space:
@@ -286,16 +287,7 @@ class RealNode:
     # -- use ------------------------------------------------------------------------------
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
-        done = subprocess.run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=stdin,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise RealNodeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
+        return run_kubectl(self.kubeconfig, *args, check=check, stdin=stdin, error=RealNodeError)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self.plane.log_tail(name, lines)

@@ -5,9 +5,15 @@ their logic is pinned here on the shapes the tools print."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+import pytest
 
 from tpfilter.interfaces import HOST_MARKER
 from tpfilter_dev.e2ecluster import bpftool_keys, maps_from_status
+from tpfilter_dev.kubectl import run_kubectl
+from tpfilter_dev.realnode import RealNodeError
 
 
 def row(**fields: object) -> dict[str, object]:
@@ -59,3 +65,19 @@ def test_bpftool_keys_are_host_order_u64() -> None:
     )
     assert bpftool_keys(dump) == {0x0201, HOST_MARKER}
     assert bpftool_keys("[]") == frozenset()
+
+
+def test_run_kubectl_passes_the_kubeconfig_and_raises_the_callers_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in kubectl on PATH: prints its arguments and stdin, fails on "fail".
+    tool = tmp_path / "kubectl"
+    tool.write_text('#!/bin/sh\necho "$@"; cat\n[ "$2" = fail ] && echo nope >&2 && exit 1\n:\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert run_kubectl("/k", "get", "pods", stdin="in") == "--kubeconfig=/k get pods\nin"
+    with pytest.raises(AssertionError, match="kubectl fail: nope"):
+        run_kubectl("/k", "fail")
+    with pytest.raises(RealNodeError, match="kubectl fail: nope"):
+        run_kubectl("/k", "fail", error=RealNodeError)
+    assert run_kubectl("/k", "fail", check=False) == "--kubeconfig=/k fail\n"

@@ -12,42 +12,26 @@ from __future__ import annotations
 
 import errno
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelkit import Cgroups, Env, emptied_after
+from kernelkit import Cgroups, Env
 
-from tpfilter.models import Policy, parse_policy
-from tpfilter_dev import contain
+from tpfilter.models import Policy
 
+# The conftest fixtures' types (tests/vm/conftest.py)
+RunPy = Callable[[Path | None, str], int]
+MakePolicy = Callable[..., Policy]
+Load = Callable[[Env, Policy, int], None]
 POLICY_ID = 32
-# A Python snippet's exit status: the errno of what it tried, 0 if it worked.
-TRY = "import os, sys\ntry:\n    {}\nexcept OSError as e:\n    sys.exit(e.errno)\nsys.exit(0)\n"
 WRITE = "fd = os.open({!r}, os.O_WRONLY); os.write(fd, b'x' * {})"
 READ = "fd = os.open({!r}, os.O_RDONLY); os.read(fd, 1)"
 
 
-def run_py(cgroup: Path | None, statement: str) -> int:
-    code = TRY.format(statement)
-    command = ["/usr/bin/python3", "-S", "-c", code]
-    argv = command if cgroup is None else contain.argv(cgroup, command, pid_ns="new")
-    return subprocess.run(argv, capture_output=True, timeout=120).returncode
-
-
-def write(cgroup: Path | None, path: Path, size: int = 1) -> int:
+def write(run_py: RunPy, cgroup: Path | None, path: Path, size: int = 1) -> int:
     return run_py(cgroup, WRITE.format(str(path), size))
-
-
-def policy(name: str, **spec: Any) -> Policy:
-    return parse_policy(
-        {
-            "kind": "TracingPolicy",
-            "metadata": {"name": name, "uid": name},
-            "spec": {"podSelector": {"matchLabels": {"app": name}}, **spec},
-        }
-    )
 
 
 def kill_if(op: str, *values: str, index: int = 0) -> dict[str, Any]:
@@ -55,12 +39,6 @@ def kill_if(op: str, *values: str, index: int = 0) -> dict[str, Any]:
         "matchArgs": [{"index": index, "operator": op, "values": list(values)}],
         "matchActions": [{"action": "Sigkill"}],
     }
-
-
-@pytest.fixture
-def loaded(env: Env) -> Iterator[Env]:
-    with emptied_after(env) as e:
-        yield e
 
 
 @pytest.fixture
@@ -79,11 +57,6 @@ def mount(mounts: list[Path], *args: str) -> None:
     mounts.append(Path(args[-1]))
 
 
-def load(env: Env, p: Policy) -> None:
-    (status,) = env.manager.sync([(p, POLICY_ID)]).values()
-    assert status.state == "loaded", status
-
-
 def files(directory: Path, *names: str) -> list[Path]:
     out = []
     for name in names:
@@ -96,7 +69,7 @@ def files(directory: Path, *names: str) -> list[Path]:
 
 
 def test_fd_of_write_and_read_kills_in_the_selected_container(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load, tmp_path: Path
 ) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -119,14 +92,14 @@ def test_fd_of_write_and_read_kills_in_the_selected_container(
             },
         ],
     )
-    load(loaded, p)
-    assert write(cg, wdeny) == -9  # killed in the call
-    assert write(cg, wok) == 0
+    load(loaded, p, POLICY_ID)
+    assert write(run_py, cg, wdeny) == -9  # killed in the call
+    assert write(run_py, cg, wok) == 0
     assert run_py(cg, READ.format(str(rdeny))) == -9
     assert run_py(cg, READ.format(str(rok))) == 0
-    assert write(other, wdeny) == 0  # another container
+    assert write(run_py, other, wdeny) == 0  # another container
     assert run_py(other, READ.format(str(rdeny))) == 0
-    assert write(None, wdeny) == 0  # the host
+    assert write(run_py, None, wdeny) == 0  # the host
     assert run_py(None, READ.format(str(rdeny))) == 0
     # Sigkill posts too: each event carries the fd's path in the argument's place
     got = [(e["hook"], e["args"], e["arg_labels"], e["pod"]) for e in loaded.lines()]
@@ -135,11 +108,17 @@ def test_fd_of_write_and_read_kills_in_the_selected_container(
         ("kprobe/__x64_sys_read", [str(rdeny)], ["file"], "pod-fd"),
     ], got
     loaded.manager.sync([])
-    assert write(cg, wdeny) == 0  # deleting the policy lifts it
+    assert write(run_py, cg, wdeny) == 0  # deleting the policy lifts it
 
 
 def test_fd_of_a_file_under_a_bind_mount_is_named_by_the_mount(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path, mounts: list[Path]
+    loaded: Env,
+    cgroups: Cgroups,
+    run_py: RunPy,
+    policy: MakePolicy,
+    load: Load,
+    tmp_path: Path,
+    mounts: list[Path],
 ) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -158,14 +137,14 @@ def test_fd_of_a_file_under_a_bind_mount_is_named_by_the_mount(
             }
         ],
     )
-    load(loaded, p)
-    assert write(cg, bound / "deep/file") == -9  # the walk crossed the bind mount
-    assert write(cg, inside) == 0  # the same file by its other path: another name
+    load(loaded, p, POLICY_ID)
+    assert write(run_py, cg, bound / "deep/file") == -9  # the walk crossed the bind mount
+    assert write(run_py, cg, inside) == 0  # the same file by its other path: another name
     assert [e["args"] for e in loaded.lines()] == [[str(bound / "deep/file")]]
 
 
 def test_an_fd_that_is_not_open_matches_no_operator(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load, tmp_path: Path
 ) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -189,10 +168,10 @@ def test_an_fd_that_is_not_open_matches_no_operator(
             }
         ],
     )
-    load(loaded, p)
-    assert write(cg, other, 7777) == -9  # readable, not the prefix: NotPrefix fires
-    assert write(cg, ok, 7777) == 0
-    assert write(cg, other, 7776) == 0
+    load(loaded, p, POLICY_ID)
+    assert write(run_py, cg, other, 7777) == -9  # readable, not the prefix: NotPrefix fires
+    assert write(run_py, cg, ok, 7777) == 0
+    assert write(run_py, cg, other, 7776) == 0
     # never open, out of the table, negative, closed: unreadable, NotPrefix does not fire
     assert run_py(cg, "os.write(9999, b'x' * 7777)") == errno.EBADF
     assert run_py(cg, "os.write(1 << 30, b'x' * 7777)") == errno.EBADF
@@ -204,7 +183,7 @@ def test_an_fd_that_is_not_open_matches_no_operator(
 
 
 def test_fd_of_a_kernel_function_posts_the_path(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load, tmp_path: Path
 ) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -221,14 +200,20 @@ def test_fd_of_a_kernel_function_posts_the_path(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, f"os.close(os.open({str(closing)!r}, os.O_RDONLY))") == 0
     got = [(e["hook"], e["args"], e["action"]) for e in loaded.lines()]
     assert got == [("kprobe/close_fd", [str(closing)], "post")], got
 
 
 def test_dentry_is_walked_to_the_root_of_its_file_system(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path, mounts: list[Path]
+    loaded: Env,
+    cgroups: Cgroups,
+    run_py: RunPy,
+    policy: MakePolicy,
+    load: Load,
+    tmp_path: Path,
+    mounts: list[Path],
 ) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -246,7 +231,7 @@ def test_dentry_is_walked_to_the_root_of_its_file_system(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     unlink = "os.unlink({!r})"
     assert run_py(cg, unlink.format(str(victims[0]))) == -9
     assert run_py(cg, unlink.format(str(victims[2]))) == 0

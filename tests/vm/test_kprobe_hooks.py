@@ -10,52 +10,22 @@ PID namespace). Each selector matches only names no normal program uses (paths u
 from __future__ import annotations
 
 import errno
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-from kernelkit import Cgroups, Env, emptied_after
+from kernelkit import Cgroups, Env
 
-from tpfilter.models import Policy, parse_policy
-from tpfilter_dev import contain
+from tpfilter.models import Policy
 
+# The conftest fixtures' types (tests/vm/conftest.py)
+RunPy = Callable[[Path | None, str], int]
+MakePolicy = Callable[..., Policy]
+Load = Callable[[Env, Policy, int], None]
 POLICY_ID = 31
-# A Python snippet's exit status: the errno of what it tried, 0 if it worked.
-TRY = "import os, sys\ntry:\n    {}\nexcept OSError as e:\n    sys.exit(e.errno)\nsys.exit(0)\n"
-
-
-def run_py(cgroup: Path | None, statement: str) -> int:
-    code = TRY.format(statement)
-    command = ["/usr/bin/python3", "-S", "-c", code]
-    argv = command if cgroup is None else contain.argv(cgroup, command, pid_ns="new")
-    return subprocess.run(argv, capture_output=True, timeout=120).returncode
-
-
-def policy(name: str, **spec: Any) -> Policy:
-    return parse_policy(
-        {
-            "kind": "TracingPolicy",
-            "metadata": {"name": name, "uid": name},
-            "spec": {"podSelector": {"matchLabels": {"app": name}}, **spec},
-        }
-    )
-
-
-@pytest.fixture
-def loaded(env: Env) -> Iterator[Env]:
-    with emptied_after(env) as e:
-        yield e
-
-
-def load(env: Env, p: Policy) -> None:
-    (status,) = env.manager.sync([(p, POLICY_ID)]).values()
-    assert status.state == "loaded", status
 
 
 def test_syscall_kprobe_on_a_user_string_kills_in_the_selected_container(
-    loaded: Env, cgroups: Cgroups
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -77,7 +47,7 @@ def test_syscall_kprobe_on_a_user_string_kills_in_the_selected_container(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     deny, allow = "open('/tmp/tpf-deny-1')", "open('/tmp/tpf-allow-1')"
     assert run_py(cg, deny) == -9  # killed in the call
     assert run_py(cg, allow) == errno.ENOENT  # ran, and the file is not there
@@ -87,7 +57,9 @@ def test_syscall_kprobe_on_a_user_string_kills_in_the_selected_container(
     assert run_py(cg, deny) == errno.ENOENT  # deleting the policy lifts it
 
 
-def test_return_probe_posts_the_return_value(loaded: Env, cgroups: Cgroups) -> None:
+def test_return_probe_posts_the_return_value(
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
+) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
     loaded.pods[cg_id] = ("ns", "pod-ret", "c")
@@ -106,7 +78,7 @@ def test_return_probe_posts_the_return_value(loaded: Env, cgroups: Cgroups) -> N
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, "open('/tmp/tpf-ret-missing')") == errno.ENOENT
     assert run_py(cg, "open('/tmp/tpf-ret-made', 'w')") == 0
     events = loaded.lines()
@@ -122,7 +94,7 @@ def test_return_probe_posts_the_return_value(loaded: Env, cgroups: Cgroups) -> N
 
 
 def test_lsmhook_with_a_kernel_string_overrides_with_eperm(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, tmp_path: Path, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -146,7 +118,7 @@ def test_lsmhook_with_a_kernel_string_overrides_with_eperm(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     (status,) = loaded.manager.statuses().values()
     assert status.hooks == (
         "kprobe/security_inode_setxattr (lsmhook inode_setxattr at security_inode_setxattr; "
@@ -168,7 +140,7 @@ def test_lsmhook_with_a_kernel_string_overrides_with_eperm(
 
 
 def test_lsmhook_file_open_compares_the_files_path_name(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, tmp_path: Path, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -192,7 +164,7 @@ def test_lsmhook_file_open_compares_the_files_path_name(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     deny, allow = f"open({str(tmp_path / 'deny-me')!r})", f"open({str(tmp_path / 'allow-me')!r})"
     assert run_py(cg, deny) == errno.EACCES
     assert run_py(cg, allow) == 0
@@ -204,7 +176,7 @@ def test_lsmhook_file_open_compares_the_files_path_name(
 
 
 def test_path_argument_postfix_kills_in_mkdir(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, tmp_path: Path, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -228,7 +200,7 @@ def test_path_argument_postfix_kills_in_mkdir(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, f"os.mkdir({str(tmp_path / 'tpf-pdeny' / 'sub')!r})") == -9
     assert run_py(cg, f"os.mkdir({str(tmp_path / 'tpf-pok' / 'sub')!r})") == 0
     # (Sigkill ends the process; the mkdir it was in still completes, as in Tetragon:
@@ -236,7 +208,7 @@ def test_path_argument_postfix_kills_in_mkdir(
 
 
 def test_char_buf_of_write_and_a_user_string_of_a_kernel_function(
-    loaded: Env, cgroups: Cgroups, tmp_path: Path
+    loaded: Env, cgroups: Cgroups, tmp_path: Path, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -274,7 +246,7 @@ def test_char_buf_of_write_and_a_user_string_of_a_kernel_function(
             },
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     write = "os.write(os.open('/dev/null', os.O_WRONLY), {!r})"
     assert run_py(cg, write.format(b"tpf-secret and more")) == -9
     assert run_py(cg, write.format(b"tpf-secre")) == 0  # 9 bytes: not the prefix
@@ -287,7 +259,9 @@ def test_char_buf_of_write_and_a_user_string_of_a_kernel_function(
     assert run_py(cg, f"open({str(tmp_path / 'other')!r})") == errno.ENOENT
 
 
-def test_filename_argument_is_its_name(loaded: Env, cgroups: Cgroups) -> None:
+def test_filename_argument_is_its_name(
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
+) -> None:
     """A ``struct filename *`` (getname()'s kernel copy of a user path) of do_filp_open,
     read as its ``name``: Postfix kills, and a posted event carries the name."""
     (cg, cg_id), (other, _) = cgroups(), cgroups()
@@ -311,7 +285,7 @@ def test_filename_argument_is_its_name(loaded: Env, cgroups: Cgroups) -> None:
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, "open('/tmp/tpf-fname-deny')") == -9
     assert run_py(cg, "open('/tmp/tpf-fname-allow')") == errno.ENOENT
     assert run_py(other, "open('/tmp/tpf-fname-deny')") == errno.ENOENT

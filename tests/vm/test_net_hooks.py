@@ -10,23 +10,20 @@ the caller gets ECONNREFUSED), a UDP send still goes through ip_output / ip6_out
 from __future__ import annotations
 
 import errno
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from kernelkit import Cgroups, Env, emptied_after
+from kernelkit import Cgroups, Env
 
-from tpfilter.models import Policy, parse_policy
-from tpfilter_dev import contain
+from tpfilter.models import Policy
 
+# The conftest fixtures' types (tests/vm/conftest.py)
+RunPy = Callable[[Path | None, str], int]
+MakePolicy = Callable[..., Policy]
+Load = Callable[[Env, Policy, int], None]
 POLICY_ID = 33
 PORT = 47011  # nothing listens here
-TRY = (
-    "import os, sys, socket\ntry:\n    {}\nexcept OSError as e:\n    sys.exit(e.errno)\n"
-    "sys.exit(0)\n"
-)
 KILLED = -9
 
 
@@ -45,22 +42,6 @@ def udp_connect(host: str, port: int) -> str:
     return f"socket.socket(socket.{family}, socket.SOCK_DGRAM).connect(({host!r}, {port}))"
 
 
-def run_py(cgroup: Path | None, statement: str) -> int:
-    command = ["/usr/bin/python3", "-S", "-c", TRY.format(statement)]
-    argv = command if cgroup is None else contain.argv(cgroup, command, pid_ns="new")
-    return subprocess.run(argv, capture_output=True, timeout=120).returncode
-
-
-def policy(name: str, **spec: Any) -> Policy:
-    return parse_policy(
-        {
-            "kind": "TracingPolicy",
-            "metadata": {"name": name, "uid": name},
-            "spec": {"podSelector": {"matchLabels": {"app": name}}, **spec},
-        }
-    )
-
-
 def kill(*match: dict[str, Any]) -> dict[str, Any]:
     return {"matchArgs": list(match), "matchActions": [{"action": "Sigkill"}]}
 
@@ -69,24 +50,15 @@ def arg(index: int, operator: str, *values: Any) -> dict[str, Any]:
     return {"index": index, "operator": operator, "values": list(values)}
 
 
-@pytest.fixture
-def loaded(env: Env) -> Iterator[Env]:
-    with emptied_after(env) as e:
-        yield e
-
-
-def load(env: Env, p: Policy) -> None:
-    (status,) = env.manager.sync([(p, POLICY_ID)]).values()
-    assert status.state == "loaded", status
-
-
-def test_the_guest_has_ipv4_and_ipv6_loopback() -> None:
+def test_the_guest_has_ipv4_and_ipv6_loopback(run_py: RunPy) -> None:
     # Without ::1 the IPv6 cases below would pass for the wrong reason (EADDRNOTAVAIL).
     assert run_py(None, tcp("127.0.0.1", PORT)) == errno.ECONNREFUSED
     assert run_py(None, tcp("::1", PORT)) == errno.ECONNREFUSED
 
 
-def test_sock_daddr_dport_kills_the_connect_ipv4_and_ipv6(loaded: Env, cgroups: Cgroups) -> None:
+def test_sock_daddr_dport_kills_the_connect_ipv4_and_ipv6(
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
+) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
     p = policy(
@@ -102,7 +74,7 @@ def test_sock_daddr_dport_kills_the_connect_ipv4_and_ipv6(loaded: Env, cgroups: 
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, tcp("127.0.0.1", PORT)) == KILLED
     assert run_py(cg, tcp("127.0.0.1", PORT + 1)) == errno.ECONNREFUSED  # another port
     assert run_py(cg, tcp("127.0.0.2", PORT)) == errno.ECONNREFUSED  # another address
@@ -116,7 +88,7 @@ def test_sock_daddr_dport_kills_the_connect_ipv4_and_ipv6(loaded: Env, cgroups: 
 
 
 def test_sock_tuple_in_events_with_not_daddr_family_state_protocol(
-    loaded: Env, cgroups: Cgroups
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -141,7 +113,7 @@ def test_sock_tuple_in_events_with_not_daddr_family_state_protocol(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, tcp("127.0.0.1", PORT)) == errno.ECONNREFUSED  # not posted: NotDAddr
     assert run_py(cg, tcp("::1", PORT)) == errno.ECONNREFUSED  # not posted: NotDAddr, Family
     assert run_py(cg, tcp("127.0.0.3", PORT + 5)) == errno.ECONNREFUSED  # posted
@@ -161,7 +133,9 @@ def test_sock_tuple_in_events_with_not_daddr_family_state_protocol(
     }
 
 
-def test_security_socket_connect_socket_and_sockaddr(loaded: Env, cgroups: Cgroups) -> None:
+def test_security_socket_connect_socket_and_sockaddr(
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
+) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
     p = policy(
@@ -183,7 +157,7 @@ def test_security_socket_connect_socket_and_sockaddr(loaded: Env, cgroups: Cgrou
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, tcp("127.0.0.9", PORT)) == KILLED
     assert run_py(cg, udp_connect("127.0.0.9", PORT)) == 0  # Protocol UDP
     assert run_py(cg, tcp("127.0.0.9", PORT + 1)) == errno.ECONNREFUSED
@@ -193,7 +167,9 @@ def test_security_socket_connect_socket_and_sockaddr(loaded: Env, cgroups: Cgrou
     assert run_py(None, tcp("127.0.0.9", PORT)) == errno.ECONNREFUSED  # the host
 
 
-def test_skb_of_ip_output_and_ip6_output(loaded: Env, cgroups: Cgroups) -> None:
+def test_skb_of_ip_output_and_ip6_output(
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
+) -> None:
     cg, cg_id = cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
     p = policy(
@@ -227,7 +203,7 @@ def test_skb_of_ip_output_and_ip6_output(loaded: Env, cgroups: Cgroups) -> None:
             },
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, udp_send("127.0.0.1", PORT)) == 0  # posted (the send itself works)
     assert run_py(cg, udp_send("127.0.1.1", PORT)) == 0  # not: DAddr
     assert run_py(cg, udp_send("127.0.0.1", PORT + 1)) == 0  # not: DPort
@@ -249,7 +225,7 @@ def test_skb_of_ip_output_and_ip6_output(loaded: Env, cgroups: Cgroups) -> None:
 
 
 def test_override_on_security_socket_connect_denies_before_the_syn(
-    loaded: Env, cgroups: Cgroups
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: MakePolicy, load: Load
 ) -> None:
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -269,7 +245,7 @@ def test_override_on_security_socket_connect_denies_before_the_syn(
             }
         ],
     )
-    load(loaded, p)
+    load(loaded, p, POLICY_ID)
     assert run_py(cg, tcp("127.0.0.1", PORT)) == errno.EACCES
     assert run_py(cg, tcp("::1", PORT)) == errno.EACCES
     assert run_py(cg, udp_connect("127.0.0.1", PORT)) == errno.EACCES

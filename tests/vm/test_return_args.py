@@ -8,21 +8,17 @@ are only this test's, so the events are its own.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from kernelkit import Cgroups, Env, emptied_after
-from test_kprobe_hooks import POLICY_ID, policy, run_py
+from kernelkit import Cgroups, Env
 
+from tpfilter.models import Policy
+
+POLICY_ID = 31
 OTHER_POLICY_ID = 32
-
-
-@pytest.fixture
-def loaded(env: Env) -> Iterator[Env]:
-    with emptied_after(env) as e:
-        yield e
+RunPy = Callable[[Path | None, str], int]
 
 
 def openat(*selectors: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,7 +49,7 @@ def seen(env: Env) -> list[tuple[str, str, int | None, str | None]]:
 
 
 def test_lt_zero_posts_the_failed_opens_of_the_selected_container_only(
-    loaded: Env, cgroups: Cgroups
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: Callable[..., Policy]
 ) -> None:
     (cg, cg_id), (other, other_id) = cgroups(), cgroups()
     loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
@@ -80,7 +76,7 @@ def test_lt_zero_posts_the_failed_opens_of_the_selected_container_only(
 
 
 def test_equal_errno_and_gt_selectors_beside_a_policy_without_a_return_filter(
-    loaded: Env, cgroups: Cgroups
+    loaded: Env, cgroups: Cgroups, run_py: RunPy, policy: Callable[..., Policy]
 ) -> None:
     """Selector 0: EISDIR only; selector 1: file descriptors above 2 (successes); another
     policy on the same calls, without matchReturnArgs, posts every one at the entry and gets

@@ -228,7 +228,8 @@ class _Errors:
     reasons: list[str] = field(default_factory=list)
 
     def add(self, where: str, what: str) -> None:
-        self.reasons.append(f"{where}: {what}")
+        if f"{where}: {what}" not in self.reasons:  # a list's functions repeat its entry's
+            self.reasons.append(f"{where}: {what}")
 
 
 def _normalise(value: int, int_type: IntType) -> int:
@@ -348,6 +349,10 @@ def _compile_match_arg(
     if values is None or not values:
         errors.add(where, "values must be a non-empty list")
         return None
+    if op_name in ("inmap", "notinmap"):  # integer sets, as Equal/NotEqual (lists.py)
+        from tpfilter.programs.lists import compile_in_map
+
+        return compile_in_map(entry, where, source, values, errors)
     if source.kind is Kind.INT:
         op = _INT_OPS.get(op_name)
         if op is None:
@@ -566,10 +571,14 @@ def compile_spec(spec: Mapping[str, Any], env: NodeEnv) -> PolicyPlan:
     ``spec`` is the spec as the API server sent it (camelCase keys), e.g.
     ``policy.spec.model_extra`` plus the selectors.
     """
+    from tpfilter.programs.lists import parse_lists, refuse_list_calls
+
     errors = _Errors()
     configs: list[HookConfig] = []
+    lists = parse_lists(spec.get("lists"), errors)  # kprobes' call: "list:NAME"
+    refuse_list_calls(spec, errors)
     for key, value in spec.items():
-        if key in SPEC_HANDLED_ELSEWHERE or value in (None, [], {}):
+        if key in SPEC_HANDLED_ELSEWHERE or key == "lists" or value in (None, [], {}):
             continue
         if key == "tracepoints":
             if not isinstance(value, list):
@@ -582,7 +591,7 @@ def compile_spec(spec: Mapping[str, Any], env: NodeEnv) -> PolicyPlan:
         elif key == "kprobes":
             from tpfilter.programs.kprobes import compile_kprobes
 
-            configs += compile_kprobes(value, env, errors)
+            configs += compile_kprobes(value, env, errors, lists)
         elif key == "options":
             from tpfilter.programs.kprobes import compile_options
 

@@ -44,6 +44,7 @@ from tpfilter.programs.compiler import (
 )
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
+from tpfilter.programs.lists import FunctionList, expand_kprobe
 from tpfilter.programs.retsel import compile_return_arg_action, compile_return_selector
 from tpfilter.programs.tasksel import compile_task_filters
 
@@ -91,7 +92,9 @@ def compile_options(options: Any, errors: _Errors) -> None:
             errors.add(f"spec.options[{i}]", f"option {name!r} is not supported")
 
 
-def compile_kprobes(value: Any, env: NodeEnv, errors: _Errors) -> list[HookConfig]:
+def compile_kprobes(
+    value: Any, env: NodeEnv, errors: _Errors, lists: Mapping[str, FunctionList] | None = None
+) -> list[HookConfig]:
     if not isinstance(value, list):
         errors.add("spec.kprobes", "must be a list")
         return []
@@ -99,10 +102,11 @@ def compile_kprobes(value: Any, env: NodeEnv, errors: _Errors) -> list[HookConfi
         errors.add("spec.kprobes", env.kprobes)
         return []
     out = []
-    for i, kp in enumerate(value):
-        cfg = compile_kprobe(kp, f"spec.kprobes[{i}]", env, errors)
-        if cfg is not None:
-            out.append(cfg)
+    for i, entry in enumerate(value):
+        for kp in expand_kprobe(entry, f"spec.kprobes[{i}]", lists or {}, env, errors):
+            cfg = compile_kprobe(kp, f"spec.kprobes[{i}]", env, errors)
+            if cfg is not None:
+                out.append(cfg)
     return out
 
 

@@ -14,7 +14,8 @@ of values costs the same.
 
 Refused with the reason (never silently ignored): DAddr/DPort/Protocol/State on a sockaddr
 (it has one address: Tetragon matches it with SAddr/SPort), State on an skb (a packet has no
-TCP state), InMap/NotInMap (spec.lists), every string/integer operator on these types.
+TCP state), InMap/NotInMap (integer arguments only, as in Tetragon), every string/integer
+operator on these types.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def _compile_net(
     got = _OPS.get(name.lower())
     if got is None:
         if name.lower() in ("inmap", "notinmap"):
-            errors.add(where, f"operator {name} (values from spec.lists) is not supported")
+            errors.add(where, f"operator {name} compares integer arguments only (Tetragon's)")
         else:
             errors.add(
                 where,
