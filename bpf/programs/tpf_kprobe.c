@@ -21,11 +21,13 @@
  *                  the caller's type).
  *
  *   tpf_kretprobe  attached as a return probe to each function a `return: true` entry
- *                  names. The entry's posted events carry TPF_EV_RET_WAIT and mark the task
- *                  in tpf_retwait; at the return this program sends a return record (the
+ *                  names. The entry's posted events carry TPF_EV_RET_WAIT and mark the call
+ *                  (task, hook) in tpf_retwait; at the return this program sends a return record (the
  *                  hook, the task, the return value in values[0]) that the agent joins to
  *                  them (tpfilter.programs.retjoin). The selectors run at the entry, where
- *                  Sigkill and Override can still act, as in Tetragon.
+ *                  Sigkill and Override can still act, as in Tetragon. The events of a
+ *                  selector with matchReturnArgs are held at the entry instead and posted
+ *                  here, complete, if the return value matches (tpf_retsel.c).
  *
  *   Override       a kprobe cannot change a return value on a kernel without
  *                  bpf_override_return (Debian: no CONFIG_FUNCTION_ERROR_INJECTION). For a
@@ -264,6 +266,11 @@ int tpf_kprobe(struct pt_regs *ctx)
 	kh = tpf_khooks.lookup(&hook);
 	if (!kh)
 		return 0;
+	if (kh->flags & TPF_KH_RETURN) { /* what an earlier call whose return went unseen left */
+		struct tpf_ret_key call = {.id = id, .hook = hook};
+
+		tpf_retwait.delete(&call);
+	}
 	values = w->sc.ev.values;
 	values[0] = 0; /* the return value, in the return record */
 	values[7] = 0;
@@ -310,12 +317,21 @@ int tpf_kprobe(struct pt_regs *ctx)
 int tpf_kretprobe(struct pt_regs *ctx)
 {
 	u64 ip = bpf_get_func_ip(ctx), id = bpf_get_current_pid_tgid();
-	u32 *found = tpf_kfuncs.lookup(&ip), *waiting = tpf_retwait.lookup(&id);
+	u32 *found = tpf_kfuncs.lookup(&ip), *waiting, wait;
+	struct tpf_ret_key call = {.id = id};
 	struct tpf_event *ev;
 
-	if (!found || !waiting || *waiting != *found)
+	if (!found)
 		return 0;
-	tpf_retwait.delete(&id);
+	call.hook = *found;
+	waiting = tpf_retwait.lookup(&call);
+	if (!waiting)
+		return 0;
+	wait = *waiting;
+	tpf_retwait.delete(&call);
+	tpf_ret_release(id, *found, (wait >> TPF_RW_HELD_SHIFT) & 0xff, PT_REGS_RC(ctx));
+	if (!(wait & TPF_RW_RECORD))
+		return 0; /* no posted event waits for a record */
 	ev = tpf_events.ringbuf_reserve(sizeof(*ev));
 	if (!ev)
 		return 0; /* the agent's joiner gives up waiting for it after a bound */

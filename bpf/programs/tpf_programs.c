@@ -128,6 +128,7 @@ struct tpf_work {
 	u8 buf_size[8]; /* kprobes: strs[k] is a char_buf of values[buf_size[k]] bytes; 0xff: a string */
 	u16 str_add[8]; /* kprobes: strs[k] is at values[k] + str_add[k] (a net_device's name) */
 	u64 path_ptr;
+	u32 retwait; /* tpf_retwait's value for this call (TPF_RW_*) */
 	char pbuf[3 * TPF_STR_MAX]; /* the path walk builds the name here, from its end */
 	struct tpf_task task; /* matchPIDs/matchNamespaces/matchCapabilities facts (tpf_task.h) */
 };
@@ -158,8 +159,9 @@ BPF_F_TABLE("hash", struct tpf_follow_key, u64, tpf_follow, TPF_MAX_SET_ENTRIES,
 BPF_F_TABLE("hash", u64, struct tpf_verdict, tpf_override, 16384, BPF_F_NO_PREALLOC);
 /* Shared with the per-hook Override programs (tpf_lsm_override.c, modules of their own). */
 __attribute__((section("maps/export"))) struct tpf_override_table_t __tpf_override;
-/* Tasks with a posted kprobe event waiting for its function's return: task -> hook. */
-BPF_F_TABLE("hash", u64, u32, tpf_retwait, 16384, BPF_F_NO_PREALLOC);
+/* Calls with kprobe events waiting for their function's return: (task, hook) -> TPF_RW_*
+ * (keyed by the hook too: a call of one hooked function may be inside another's). */
+BPF_F_TABLE("hash", struct tpf_ret_key, u32, tpf_retwait, 16384, BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(tpf_events, TPF_RINGBUF_PAGES);
 /* Never written: declared so that bcc hands the agent the event's ctypes layout. */
 BPF_ARRAY(tpf_event_layout, struct tpf_event, 1);
@@ -469,6 +471,10 @@ static __always_inline bool tpf_task_sel(struct tpf_work *w, u32 config, u8 s)
 	return ts && tpf_task_match(&w->task, ts); /* none: being rewritten, no decision */
 }
 
+#ifdef TPF_WITH_KPROBES /* defined in tpf_retsel.c, appended to this text */
+static __always_inline void tpf_ret_hold(struct tpf_work *w, u32 config);
+#endif
+
 #ifdef TPF_WITH_NET /* defined in tpf_net.c, appended to this text */
 static __always_inline bool tpf_net_match(struct tpf_work *w, struct tpf_arg *a, u32 config,
 					  u8 sel, u8 arg);
@@ -555,13 +561,6 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 	if (w->sc.path.too_long)
 		ev->flags |= TPF_EV_PATH_LONG;
 	ev->str[0] = 0;
-	if (w->ret_wait) {
-		u64 id = bpf_get_current_pid_tgid();
-		u32 hook = w->hook;
-
-		ev->flags |= TPF_EV_RET_WAIT;
-		tpf_retwait.update(&id, &hook);
-	}
 	if (slot->capture != 0xff) {
 		struct tpf_str *c = tpf_strs_at(w, slot->capture);
 
@@ -569,6 +568,19 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 			bpf_probe_read_kernel(ev->str, TPF_STR_MAX, c->fwd.s);
 			ev->flags |= TPF_EV_STR_SET;
 		}
+	}
+	if (w->ret_wait) {
+		struct tpf_ret_key call = {.id = bpf_get_current_pid_tgid(), .hook = w->hook};
+
+#ifdef TPF_WITH_KPROBES
+		if (actions & TPF_ACT_RET_FILTER) { /* posted at the return, if it matches */
+			tpf_ret_hold(w, config);
+			return;
+		}
+#endif
+		ev->flags |= TPF_EV_RET_WAIT;
+		w->retwait |= TPF_RW_RECORD;
+		tpf_retwait.update(&call, &w->retwait);
 	}
 	if (tpf_events.ringbuf_output(ev, sizeof(*ev), 0) == 0)
 		tpf_count(config, TPF_STAT_POST);
@@ -871,6 +883,7 @@ static __always_inline bool tpf_begin(struct tpf_work *w, u32 hook, struct tpf_h
 	w->kern_strs = 0;
 	w->ret_wait = 0;
 	w->path_kind = 0;
+	w->retwait = 0;
 	__builtin_memset(w->buf_size, 0xff, sizeof(w->buf_size));
 	__builtin_memset(w->str_add, 0, sizeof(w->str_add));
 	w->ncand = h->npol ? tpf_gather(w) : 0;

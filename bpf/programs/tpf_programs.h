@@ -103,6 +103,8 @@
 #define TPF_ACT_SIGKILL 2
 #define TPF_ACT_OVERRIDE 4 /* kprobes on security_*: the LSM hook returns tpf_sel.error */
 #define TPF_ACT_SIGNAL 8   /* bpf_send_signal(tpf_sel.sig) */
+#define TPF_ACT_RET_FILTER 16 /* return probes: the event is held until the return value
+				  matches the selector's matchReturnArgs (tpf_retsel.c) */
 
 /* tpf_stats key: (config << 8) | counter */
 #define TPF_STAT_MATCH 0   /* a selector matched (whatever the actions) */
@@ -114,6 +116,8 @@
 
 /* The argument index a string set entry uses for matchBinaries. */
 #define TPF_ARG_BINARY 0xff
+/* matchReturnArgs entry j keys its integer sets (tpf_ints) as argument TPF_ARG_RET + j. */
+#define TPF_ARG_RET 0x80
 
 struct tpf_slot_key {
 	u32 hook;
@@ -232,6 +236,35 @@ struct tpf_event {
 #define TPF_EV_KILL_FAILED 4
 #define TPF_EV_RET_WAIT 8  /* a kprobe with return: true: its return record follows */
 #define TPF_EV_RETURN 16   /* the return record of a kretprobe: values[0] is the value */
+#define TPF_EV_RET_DONE 32 /* an event held for matchReturnArgs, posted by the kretprobe
+			      with its return value in values[0]: complete, nothing to join */
+
+/*
+ * tpf_retwait's value ((task, hook) -> its call's waits): how many events of the call are
+ * held for matchReturnArgs (tpf_retpend, tpf_retsel.c), and whether events were posted
+ * that wait for the return record (retjoin).
+ */
+#define TPF_RW_HELD_SHIFT 16 /* 8 bits: held events, <= TPF_MAX_RETPEND */
+#define TPF_RW_RECORD (1u << 24)
+#ifndef TPF_MAX_RETPEND /* events held for matchReturnArgs per call (the return probe's */
+#define TPF_MAX_RETPEND 4 /* loop: verifier cost grows with it) */
+#endif
+
+struct tpf_ret_key {
+	u64 id; /* pid_tgid */
+	u32 hook;
+	u32 n; /* tpf_retpend: the held event's number in its call; tpf_retwait: 0 */
+};
+
+/* A selector's matchReturnArgs (tpf_retsel.c): compared with the return value. */
+struct tpf_rsel {
+	u8 nargs; /* entries used, <= TPF_MAX_ARGS; ANDed */
+	u8 shift; /* the returnArg's type, as which the value is compared: 64 - its bits */
+	u8 sign;  /* 1: signed (sign-extended, signed order) */
+	u8 pad[5];
+	struct tpf_arg args[TPF_MAX_ARGS]; /* op and imm; GT/LT on a signed type: imm with its
+					      sign bit flipped (one unsigned comparison) */
+};
 
 /* An Override verdict waiting for the BPF LSM program of the hook it was made for. */
 struct tpf_verdict {

@@ -119,7 +119,8 @@ def test_fd_of_a_kernel_function_and_a_dentry() -> None:
          "spec.kprobes[0].args[0]: parameter 0 is a syscall argument, not struct dentry *"),
         (kprobe("security_inode_unlink",
                 [{"index": 1, "type": "dentry"}, {"index": 1, "type": "dentry"}], []),
-         "spec.kprobes[0].args[1]: one linux_binprm, filename, file, path, fd, dentry or kiocb argument"),
+         "spec.kprobes[0].args[1]: one linux_binprm, filename, file, path, fd, dentry or kiocb "
+         "argument"),
         (kprobe("ksys_write", [{"index": 0, "type": "fd"}],
                 [{"matchArgs": [match("GT", "3")]}]),
          "spec.kprobes[0].selectors[0].matchArgs[0]: operator 'GT' is not supported on strings"),

@@ -143,6 +143,7 @@ class Selector:
     error: int = 0  # Override's argError
     signal: int = 0  # Signal's argSig
     task: tuple[TaskFilter, ...] = ()  # matchPIDs/matchNamespaces/matchCapabilities (tasksel)
+    ret_args: tuple[ArgMatch, ...] = ()  # matchReturnArgs, on values[0] (retsel)
 
 
 @dataclass(frozen=True, slots=True)

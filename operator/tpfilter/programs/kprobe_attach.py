@@ -84,8 +84,15 @@ def kprobe_detach(programs: Any, function: str) -> None:
     if hook != function and hook in programs.lsm_overrides.hooks:
         programs.lsm_overrides.release(hook)
     kfuncs = bpf.get_table(b"tpf_kfuncs")
+    hooks = set()
     for addr in _addresses(bpf, function):
         with contextlib.suppress(KeyError):
+            hooks.add(int(kfuncs[kfuncs.Key(addr)].value))
             del kfuncs[kfuncs.Key(addr)]
+    for name in (b"tpf_retwait", b"tpf_retpend"):  # calls in flight: their returns go unseen
+        table = bpf.get_table(name)
+        for key in [k for k in table if k.hook in hooks]:
+            with contextlib.suppress(KeyError):
+                del table[key]
     # A verdict a detached kprobe left (its LSM hook never ran) must not deny a later call.
     bpf.get_table(b"tpf_override").clear()

@@ -45,17 +45,19 @@ from tpfilter.programs.compiler import (
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
 from tpfilter.programs.lists import FunctionList, expand_kprobe
+from tpfilter.programs.retsel import compile_return_arg_action, compile_return_selector
 from tpfilter.programs.tasksel import compile_task_filters
 
 # The arch's syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER), by os.uname().machine.
 SYSCALL_PREFIXES = {"x86_64": "__x64_", "aarch64": "__arm64_", "s390x": "__s390x_"}
 FIRST_HOOK = 600  # kprobe hook IDs: above any syscall number, below HOOK_EXEC
 _KPROBE_KEYS = frozenset(
-    {"call", "syscall", "return", "returnArg", "args", "selectors", "message", "tags"}
+    {"call", "syscall", "return", "returnArg", "returnArgAction", "args", "selectors"}
+    | {"message", "tags"}
 )
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
-_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"}) | TASK_KEYS
+_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions", "matchReturnArgs"}) | TASK_KEYS
 # type -> (struct, member): a struct whose char * member is the string compared and reported
 _STRUCT_STRINGS = {
     "linux_binprm": ("linux_binprm", "filename"),
@@ -295,6 +297,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
     ret = _return_arg(kp, where, errors)
     if ret is not None:
         specs.append(ret)
+    compile_return_arg_action(kp, where, errors)
 
     selectors: list[Selector] = []
     mechanisms = {"kprobe" + (" + kretprobe" if kp.get("return") else "")}
@@ -335,9 +338,11 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             actions |= Action.OVERRIDE
             mechanisms.add(mechanism)
             override_lsm = call.removeprefix("security_")
+        on_return = compile_return_selector(raw, at, kp, ret, actions, errors)
         task = compile_task_filters(raw, at, env.kernel, env.host_ns, errors)
-        if task is None:
+        if task is None or on_return is None:
             continue
+        ret_args, actions = on_return
         if len(matches) > layout.MAX_ARGS or any(m is None for m in matches):
             if len(matches) > layout.MAX_ARGS:
                 errors.add(f"{at}.matchArgs", f"more than {layout.MAX_ARGS} entries")
@@ -349,6 +354,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
                 error=error,
                 signal=compiled.signal,
                 task=task,
+                ret_args=ret_args,
             )
         )
     if len(selectors) > layout.MAX_SELECTORS:

@@ -134,6 +134,7 @@ class Action(IntFlag):
     SIGKILL = 2
     OVERRIDE = 4  # kprobes on security_* functions: the BPF LSM hook returns argError
     SIGNAL = 8  # bpf_send_signal(tpf_sel.sig)
+    RET_FILTER = 16  # matchReturnArgs: the event is posted at the return, if it matches
 
 
 class Stat(IntEnum):
@@ -150,6 +151,8 @@ EV_STR_SET = 2
 EV_KILL_FAILED = 4
 EV_RET_WAIT = 8  # a kprobe entry with return: true: its return record follows
 EV_RETURN = 16  # the return record (values[0]: the return value)
+EV_RET_DONE = 32  # held for matchReturnArgs, posted at the return with its value: complete
+ARG_RET = 0x80  # tpf_ints argument of matchReturnArgs entry j: ARG_RET + j
 
 
 def cflags(*, exec_offsets: tuple[int, int, int] | None = None) -> list[str]:

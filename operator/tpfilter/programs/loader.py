@@ -29,6 +29,7 @@ from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.netargs import net_cflags, write_sets
 from tpfilter.programs.pathwalk import path_cflags
+from tpfilter.programs.retsel import write_return_filter
 from tpfilter.programs.taskbtf import task_cflags
 from tpfilter.programs.tasksel import fill_tsel
 from tpfilter.programs.tracefs import TracepointFormat
@@ -129,8 +130,9 @@ class Programs:
         t0 = time.monotonic()
         text = src.text
         if kprobes:  # bcc makes programs only of functions in its main text
-            text += (program_source().parent / "tpf_kprobe.c").read_text()
-            text += (program_source().parent / "tpf_obj.c").read_text()
+            # matchReturnArgs, kprobes, the kernel-object reader
+            for name in ("tpf_retsel.c", "tpf_kprobe.c", "tpf_obj.c"):
+                text += (program_source().parent / name).read_text()
             if nets:
                 text += (program_source().parent / "tpf_net.c").read_text()
         self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
@@ -242,6 +244,7 @@ class Programs:
                 self._write_sets(config_id, s, j, arg)
             for path in sel.binaries:
                 self._strs_put(config_id, s, layout.ARG_BINARY, path)
+            write_return_filter(self.bpf, config_id, s, sel.ret_args, self._write_sets)
             sels[sels.Key(config_id, s)] = leaf
 
     def delete_config(self, config_id: int, cfg: HookConfig) -> None:
@@ -253,6 +256,7 @@ class Programs:
                 _delete(self._t["tpf_strs"], self._str_key(config_id, s, layout.ARG_BINARY, path))
             for j, arg in enumerate(sel.args):
                 self._write_sets(config_id, s, j, arg, delete=True)
+            write_return_filter(self.bpf, config_id, s, sel.ret_args, self._write_sets, delete=True)
         self._follow_ids.release(config_id)  # after the selectors that used them
         self._sync_follow()
 

@@ -8,6 +8,10 @@ go out with the value in ``values[0]`` (what a ``returnArg`` reads). A call is n
 in another call of the same function by the same task here (the kernel does not recurse
 through the functions policies hook), so (task, hook) names one call.
 
+A selector with ``matchReturnArgs`` has its event held in the kernel and posted by the
+return probe only if the value matches (bpf/programs/tpf_retsel.c): it comes complete,
+flagged ``EV_RET_DONE``, and goes out as it is.
+
 Bounded: a return that never comes (the task died inside the call; the kernel's limit of
 return probes in flight was passed; the ring buffer was full) must not hold events
 forever: past ``max_waiting`` calls the oldest go out without a return value.
@@ -35,6 +39,8 @@ class ReturnJoiner:
         """The events to write now. One that got its return value carries ``EV_RETURN``;
         one still flagged ``EV_RET_WAIT`` without it gave up waiting."""
         key = (ev.tid, ev.hook)
+        if ev.flags & layout.EV_RET_DONE:  # matchReturnArgs: posted at the return, complete
+            return [ev]
         if ev.flags & layout.EV_RETURN:
             value = ev.values[0]
             return [

@@ -37,6 +37,10 @@ SELECTOR_FIELDS: Mapping[str, str] = {
     "matchData": "goes with the kprobe field data, which is not built",
     "macros": "goes with spec.selectorsMacros, which is not built",
     "matchParentBinaries": "not built",
+    "matchReturnActions": (
+        "actions at the return: not built (the selectors act at the entry; matchReturnArgs "
+        "decides whether the event is posted)"
+    ),
 }
 
 OPERATORS: Mapping[str, str] = {
