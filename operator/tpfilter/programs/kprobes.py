@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tpfilter.programs import layout, netargs
+from tpfilter.programs.binsel import compile_binaries, with_binaries
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
     _ARG_KEYS,
@@ -55,7 +56,7 @@ _KPROBE_KEYS = frozenset(
 )
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
-_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions"}) | TASK_KEYS
+_SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"}) | TASK_KEYS
 _STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
 _PATH_TYPES = {
     "file": ("struct file *", layout.READ_FILE),
@@ -314,6 +315,15 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             mechanisms.add(mechanism)
             override_lsm = call.removeprefix("security_")
         task = compile_task_filters(raw, at, env.kernel, env.host_ns, errors)
+        if raw.get("matchBinaries"):  # the task's executable (binsel.py)
+            bins = compile_binaries(
+                raw["matchBinaries"],
+                f"{at}.matchBinaries",
+                errors,
+                exec_hook=False,
+                kernel=env.kernel,
+            )
+            task = None if bins is None else with_binaries(task, bins, at, errors)
         if task is None:
             continue
         if len(matches) > layout.MAX_ARGS or any(m is None for m in matches):

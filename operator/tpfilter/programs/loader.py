@@ -21,8 +21,8 @@ from typing import Any
 from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
+from tpfilter.programs.binsel import binary_cflags
 from tpfilter.programs.compiler import ArgMatch, HookConfig
-from tpfilter.programs.follow import FollowIds, changes
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
@@ -30,6 +30,7 @@ from tpfilter.programs.netargs import net_cflags, write_sets
 from tpfilter.programs.pathwalk import path_cflags
 from tpfilter.programs.taskbtf import task_cflags
 from tpfilter.programs.tasksel import fill_tsel
+from tpfilter.programs.tasksets import TaskSets
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
 _KSTAGE_PATH = 3  # tpf_kprobe.c TPF_STAGE_PATH: kprobes only, when the path walk is compiled
+_STAGE_BINARY = 5  # tpf_programs.c TPF_STAGE_BINARY: every hook type, when compiled in
 _KSTAGE_NET = 4  # tpf_kprobe.c TPF_STAGE_NET: kprobes only, when the network readers are
 
 
@@ -111,7 +113,8 @@ class Programs:
             node_pidns.ino,
             node_pidns.dev,
         )
-        paths = path_cflags(kernel) if kprobes else []  # the path walk of file/path args
+        paths = path_cflags(kernel)  # the path walk: file/path args, executables
+        binary = binary_cflags(kernel)  # matchBinaries (tpf_binary.c)
         nets = net_cflags(kernel) if kprobes else []  # sock/socket/sockaddr/skb args
         src = bcc_source(
             program_source(),
@@ -119,8 +122,10 @@ class Programs:
             node_pidns=node_pidns,
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
-                *(["-DTPF_WITH_KPROBES", *paths, *nets] if kprobes else []),
+                *(["-DTPF_WITH_KPROBES", *nets] if kprobes else []),
+                *paths,
                 *task_cflags(kernel),  # matchPIDs/matchNamespaces/matchCapabilities
+                *binary,
             ),
         )
         t0 = time.monotonic()
@@ -129,12 +134,17 @@ class Programs:
             text += (program_source().parent / "tpf_kprobe.c").read_text()
             if nets:
                 text += (program_source().parent / "tpf_net.c").read_text()
+        if binary:  # after tpf_kprobe.c: its kprobe stage uses tpf_kstages
+            text += (program_source().parent / "tpf_binary.c").read_text()
         self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
         t1 = time.monotonic()
         stages = self.bpf.get_table(b"tpf_stages")
         for name, index in _STAGES:
             fn = self.bpf.load_func(name.encode(), BPF.TRACEPOINT)
             stages[ct.c_int(index)] = ct.c_int(fn.fd)
+        if binary:
+            fn = self.bpf.load_func(b"tpf_stage_binary", BPF.TRACEPOINT)
+            stages[ct.c_int(_STAGE_BINARY)] = ct.c_int(fn.fd)
         self._exec_fn = self.bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
         self._sys_fn = self.bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
         self.kprobes = kprobes
@@ -149,6 +159,9 @@ class Programs:
             if nets:
                 fn = self.bpf.load_func(b"tpf_kstage_net", BPF.KPROBE)
                 kstages[ct.c_int(_KSTAGE_NET)] = ct.c_int(fn.fd)
+            if binary:
+                fn = self.bpf.load_func(b"tpf_kstage_binary", BPF.KPROBE)
+                kstages[ct.c_int(_STAGE_BINARY)] = ct.c_int(fn.fd)
             self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
             self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
@@ -156,8 +169,8 @@ class Programs:
         self.kretprobes: set[str] = set()  # functions whose return probe is attached
         t2 = time.monotonic()
         self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
-        self._follow_ids = FollowIds()  # followForks filters' bits (tpf_follow)
-        self._follow: dict[tuple[int, int], int] = {}
+        # followForks' and matchBinaries' filter bits and their node-wide sets
+        self._task_sets = TaskSets(self.bpf.get_table, binaries=bool(binary))
         self._attached: set[str] = set()
         self.event_type: Any = self.bpf.get_table(b"tpf_event_layout").Leaf
         self._t = {
@@ -221,10 +234,9 @@ class Programs:
             leaf.error = sel.error
             leaf.task = 1 if sel.task else 0
             if sel.task:  # before the selector that points to them
-                ids = self._follow_ids.assign(config_id, sel.task)
-                self._sync_follow()
+                ids, bids = self._task_sets.assign(config_id, sel.task)
                 tsels = self._t["tpf_tsels"]
-                tsels[tsels.Key(config_id, s)] = fill_tsel(tsels.Leaf(), sel.task, ids)
+                tsels[tsels.Key(config_id, s)] = fill_tsel(tsels.Leaf(), sel.task, ids, bids)
             for j, arg in enumerate(sel.args):
                 a = leaf.args[j]
                 a.kind = int(arg.kind)
@@ -246,19 +258,7 @@ class Programs:
                 _delete(self._t["tpf_strs"], self._str_key(config_id, s, layout.ARG_BINARY, path))
             for j, arg in enumerate(sel.args):
                 self._write_sets(config_id, s, j, arg, delete=True)
-        self._follow_ids.release(config_id)  # after the selectors that used them
-        self._sync_follow()
-
-    def _sync_follow(self) -> None:
-        """tpf_follow made what the followForks IDs say (programs/follow.py)."""
-        table = self._t["tpf_follow"]
-        new = self._follow_ids.content()
-        puts, deletes = changes(self._follow, new)
-        for (kind, pid), bits in puts.items():
-            table[table.Key(kind, pid)] = ct.c_uint64(bits)
-        for kind, pid in deletes:
-            _delete(table, table.Key(kind, pid))
-        self._follow = new
+        self._task_sets.release(config_id)  # after the selectors that used them
 
     def _write_sets(
         self, config: int, s: int, j: int, arg: ArgMatch, *, delete: bool = False
@@ -333,12 +333,19 @@ class Programs:
         _delete(table, table.Key(hook, policy_id))
 
     def write_hook(
-        self, hook: int, n: int, npol: int, str_mask: int, rev_mask: int, capture: int
+        self,
+        hook: int,
+        n: int,
+        npol: int,
+        str_mask: int,
+        rev_mask: int,
+        capture: int,
+        bin_mask: int = 0,
     ) -> None:
         hooks = self._t["tpf_hooks"]
         leaf = hooks.Leaf()
         leaf.n, leaf.str_mask, leaf.rev_mask, leaf.capture = n, str_mask, rev_mask, capture
-        leaf.npol = npol
+        leaf.npol, leaf.bin_mask = npol, bin_mask
         hooks[ct.c_int(hook)] = leaf
 
     # -- stats and events -----------------------------------------------------------------
