@@ -77,9 +77,7 @@ def test_in_and_notin_name_the_executable(loaded: Env, cg: Path, copies: dict[st
     assert lseek(cg, copies["py"]) == -9
 
 
-def test_prefix_postfix_and_their_negations(
-    loaded: Env, cg: Path, copies: dict[str, str]
-) -> None:
+def test_prefix_postfix_and_their_negations(loaded: Env, cg: Path, copies: dict[str, str]) -> None:
     copy_dir = os.path.dirname(copies["py"]) + "/"
     node_dir = os.path.dirname(REAL_PYTHON) + "/"  # /usr/bin/
     cases = [
