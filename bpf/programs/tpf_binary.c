@@ -44,7 +44,7 @@ BPF_F_TABLE("lpm_trie", struct tpf_lpm_key, u64, tpf_bin_postfix, TPF_MAX_BIN_EN
  * have no per-selector part. An unreadable name matches none; a cut one (255 bytes read)
  * only Prefix (its first 248 bytes): neither its whole nor its end is known.
  */
-static __always_inline u64 tpf_bin_bits(struct tpf_str *s)
+static __always_inline u64 tpf_bin_bits(struct tpf_str *s, u8 mask)
 {
 	u64 bits = 0, *v;
 
@@ -58,6 +58,8 @@ static __always_inline u64 tpf_bin_bits(struct tpf_str *s)
 	v = tpf_bin_eq.lookup(tpf_set_key(&s->fwd, 0, 0, 0, 0));
 	if (v)
 		bits |= *v;
+	if (!(mask & TPF_BINM_POSTFIX))
+		return bits; /* no Postfix filter on the hook: spare the reversal (255 steps) */
 	tpf_str_reverse(s);
 	v = tpf_bin_postfix.lookup(tpf_set_key(&s->rev, tpf_lpm_bits(s), 0, 0, 0));
 	if (v)
@@ -92,10 +94,10 @@ static __always_inline int tpf_binary_run(void)
 		return -1;
 	task = bpf_get_current_task();
 	if (hook == TPF_HOOK_EXEC) {
-		own = tpf_bin_bits(&w->sc.path); /* the exec'd filename */
+		own = tpf_bin_bits(&w->sc.path, h->bin_mask); /* the exec'd filename */
 	} else {
 		tpf_exe_name(w, task);
-		own = tpf_bin_bits(&w->bin);
+		own = tpf_bin_bits(&w->bin, h->bin_mask);
 	}
 	all = own;
 	if (h->bin_mask & TPF_BINM_FOLLOW) {
@@ -106,7 +108,7 @@ static __always_inline int tpf_binary_run(void)
 			if (!tpf_rd_u32(task, TPF_TOFF_TASK_TGID))
 				break; /* the idle task, past init: no more ancestors */
 			tpf_exe_name(w, task);
-			all |= tpf_bin_bits(&w->bin);
+			all |= tpf_bin_bits(&w->bin, h->bin_mask);
 		}
 	}
 	w->task.facts[TPF_F_BIN] = own;

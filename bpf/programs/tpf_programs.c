@@ -100,6 +100,7 @@
 #define TPF_STAGE_BINARY 5 /* tpf_binary.c: after STRINGS (kprobes use 3 and 4) */
 #define TPF_BINM_OWN 1     /* tpf_hook.bin_mask: the task's binary */
 #define TPF_BINM_FOLLOW 2  /* ... and its ancestors' (followChildren) */
+#define TPF_BINM_POSTFIX 4 /* a Postfix filter: the names are reversed and looked up */
 #ifndef TPF_MAX_PCFG_ENTRIES
 #define TPF_MAX_PCFG_ENTRIES 65536
 #endif

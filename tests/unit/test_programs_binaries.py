@@ -23,6 +23,7 @@ from tpfilter.programs.binsel import (
     BIN_PREFIX,
     BINM_FOLLOW,
     BINM_OWN,
+    BINM_POSTFIX,
     F_BIN,
     F_BIN_FOLLOW,
     binary_cflags,
@@ -82,7 +83,9 @@ def test_every_operator_on_a_syscall_is_a_bit_test(operator: str, kind: int, neg
     assert sel.bin_op is BinOp.NONE and sel.binaries == ()
     flags = TFF_MASK | (TFF_NOTIN if negated else 0)
     assert sel.task == (TaskFilter(F_BIN, flags, binary=kind, strings=(b"/a", b"/b")),)
-    assert cfg.bin_mask == BINM_OWN and cfg.str_mask & TASK_BIT
+    postfix = BINM_POSTFIX if kind == BIN_POSTFIX else 0
+    assert cfg.bin_mask == BINM_OWN | postfix
+    assert not cfg.str_mask & TASK_BIT  # its fact comes from the BINARY stage
 
 
 def test_follow_children_tests_the_ancestors_fact() -> None:
@@ -114,9 +117,10 @@ def test_kprobes_and_lsmhooks_take_matchbinaries() -> None:
         [{"matchBinaries": [{"operator": "Postfix", "values": ["/curl"]}]}],
     )
     cfg = only(spec, KENV)
-    assert cfg.selectors[0].task[0].binary == BIN_POSTFIX and cfg.bin_mask == BINM_OWN
+    assert cfg.selectors[0].task[0].binary == BIN_POSTFIX
+    assert cfg.bin_mask == BINM_OWN | BINM_POSTFIX
     lsm = {"lsmhooks": [{"hook": "file_open", "selectors": spec["kprobes"][0]["selectors"]}]}
-    assert only(lsm, replace(KENV, lsm=None)).bin_mask == BINM_OWN
+    assert only(lsm, replace(KENV, lsm=None)).bin_mask == BINM_OWN | BINM_POSTFIX
 
 
 def refused(spec: dict[str, Any], env: Any = TENV) -> str:

@@ -37,7 +37,7 @@ from tpfilter.programs.tasksel import MAX_FILTERS, TFF_MASK, TFF_NOTIN, TaskFilt
 
 F_BIN, F_BIN_FOLLOW = 16, 17  # tpf_task.h TPF_F_BIN, TPF_F_BIN_FOLLOW
 BIN_EQ, BIN_PREFIX, BIN_POSTFIX = 1, 2, 3  # TaskFilter.binary: which set holds the values
-BINM_OWN, BINM_FOLLOW = 1, 2  # tpf_hook.bin_mask (TPF_BINM_*)
+BINM_OWN, BINM_FOLLOW, BINM_POSTFIX = 1, 2, 4  # tpf_hook.bin_mask (TPF_BINM_*)
 
 # operator -> (set kind, negated)
 OPERATORS: Mapping[str, tuple[int, bool]] = {
@@ -161,4 +161,5 @@ def bin_mask(filters: tuple[TaskFilter, ...]) -> int:
     for f in filters:
         if f.binary:
             mask |= BINM_OWN | (BINM_FOLLOW if f.first == F_BIN_FOLLOW else 0)
+            mask |= BINM_POSTFIX if f.binary == BIN_POSTFIX else 0  # the name reversed
     return mask

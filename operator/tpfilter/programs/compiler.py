@@ -180,7 +180,8 @@ class HookConfig:
                     mask |= 1
                 elif arg.kind is Kind.USER_STR:
                     mask |= 1 << arg.src
-            mask |= TASK_BIT if sel.task else 0  # the task's facts (tpf_task.h)
+            # the task's facts (tpf_task.h); matchBinaries' come from the BINARY stage
+            mask |= TASK_BIT if any(not f.binary for f in sel.task) else 0
         return mask
 
     @property
