@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelkit import Cgroups, Env, kernel_marks, skip_reason
-from test_programs_syscalls import LSEEK_4444, PYTHON
+from kernelkit import Cgroups, Env, kernel_marks, run_in_cgroup, skip_reason
+from test_programs_syscalls import LSEEK_4444, PYTHON, tp_policy
 from test_tasksel_on_kernel import KILLED_CHILD, lseek_kill
 
 from tpfilter_dev import contain
@@ -112,3 +112,43 @@ def test_follow_children_reaches_children_and_grandchildren(
     load(loaded, "bin-notin-follow", {**entry, "operator": "NotIn", "followChildren": True})
     assert lseek(cg, REAL_PYTHON, child) == 0
     assert lseek(cg, REAL_PYTHON) == -9
+
+
+def exec_kill(env: Env, name: str, binaries: dict[str, Any]) -> None:
+    """Sigkill on sched_process_exec, for exec'd paths under the test's own directory
+    only (matchArgs Prefix), so that nothing else on the machine can be killed."""
+    tp = {
+        "subsystem": "sched",
+        "event": "sched_process_exec",
+        "args": [{"index": 4, "type": "string"}],
+        "selectors": [
+            {
+                "matchArgs": [{"index": 4, "operator": "Prefix", "values": [f"{env.root}/"]}],
+                "matchBinaries": [binaries],
+                "matchActions": [{"action": "Sigkill"}],
+            }
+        ],
+    }
+    policy = tp_policy(name, tp)
+    status = env.manager.sync([(policy, POLICY_ID)])[name]
+    assert status.state == "loaded", status
+
+
+def test_exec_hook_operators_and_follow_children(
+    loaded: Env, cg: Path, copies: dict[str, str]
+) -> None:
+    """On sched_process_exec the binary is the exec'd filename (the other operators and
+    followChildren take the binary stage there too); its ancestors' are their executables."""
+    true_ok, true_denied = loaded.root / "true-ok", loaded.root / "true-denied"
+    for path in (true_ok, true_denied):
+        shutil.copy("/usr/bin/true", path)
+    exec_kill(loaded, "exec-postfix", {"operator": "Postfix", "values": ["-denied"]})
+    assert run_in_cgroup([true_denied], cg) == -9
+    assert run_in_cgroup([true_ok], cg) == 0
+    exec_kill(loaded, "exec-notprefix", {"operator": "NotPrefix", "values": [str(true_ok)]})
+    assert run_in_cgroup([true_denied], cg) == -9
+    assert run_in_cgroup([true_ok], cg) == 0
+    follow = {"operator": "In", "values": [copies["sh"]], "followChildren": True}
+    exec_kill(loaded, "exec-follow", follow)  # the copy of dash is outside loaded.root
+    assert run_in_cgroup([copies["sh"], "-c", '"$@"; exit $?', "sh", true_ok], cg) == KILLED_CHILD
+    assert run_in_cgroup([true_ok], cg) == 0
