@@ -433,6 +433,20 @@ static __always_inline bool tpf_int_match(u64 raw, struct tpf_arg *a, u32 config
 	case TPF_T_S64:
 		is_signed = true;
 		break;
+	case TPF_T_S16:
+		v = (u64)(s64)(s16)raw;
+		is_signed = true;
+		break;
+	case TPF_T_U16:
+		v = (u16)raw;
+		break;
+	case TPF_T_S8:
+		v = (u64)(s64)(s8)raw;
+		is_signed = true;
+		break;
+	case TPF_T_U8:
+		v = (u8)raw;
+		break;
 	}
 	switch (a->op) {
 	case TPF_OP_EQ:
@@ -506,7 +520,7 @@ static __always_inline bool tpf_sel_match(struct tpf_work *w, u32 config, u8 s, 
 }
 
 static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u8 sel, u8 actions,
-				    s32 error)
+				    s32 error, u8 sig)
 {
 	struct tpf_event *ev = &w->sc.ev;
 	u32 config = slot->config;
@@ -523,6 +537,14 @@ static __always_inline void tpf_act(struct tpf_work *w, struct tpf_slot *slot, u
 	if (actions & TPF_ACT_SIGKILL) {
 		if (bpf_send_signal(9) == 0) {
 			tpf_count(config, TPF_STAT_SIGKILL);
+		} else {
+			tpf_count(config, TPF_STAT_ERROR);
+			ev->flags |= TPF_EV_KILL_FAILED;
+		}
+	}
+	if (actions & TPF_ACT_SIGNAL) {
+		if (bpf_send_signal(sig) == 0) {
+			tpf_count(config, TPF_STAT_SIGNAL);
 		} else {
 			tpf_count(config, TPF_STAT_ERROR);
 			ev->flags |= TPF_EV_KILL_FAILED;
@@ -788,7 +810,7 @@ static __always_inline int tpf_select_run(void)
 		struct tpf_slot *slot;
 		u32 i = base + k, config, nsel;
 		s32 matched = -1, error = 0;
-		u8 actions = 0;
+		u8 actions = 0, sig = 0;
 
 		if (i >= n || i >= TPF_MAX_KEPT)
 			break;
@@ -797,7 +819,7 @@ static __always_inline int tpf_select_run(void)
 		config = slot->config;
 		nsel = slot->nsel;
 		if (nsel == 0) {
-			tpf_act(w, slot, 0xff, TPF_ACT_POST, 0);
+			tpf_act(w, slot, 0xff, TPF_ACT_POST, 0, 0);
 			continue;
 		}
 #pragma clang loop unroll(disable)
@@ -816,11 +838,12 @@ static __always_inline int tpf_select_run(void)
 				matched = s;
 				actions = sel->actions;
 				error = sel->error;
+				sig = sel->sig;
 				break;
 			}
 		}
 		if (matched >= 0)
-			tpf_act(w, slot, matched, actions, error);
+			tpf_act(w, slot, matched, actions, error, sig);
 	}
 	base += TPF_SELECT_BATCH;
 	if (base < n && base < TPF_MAX_KEPT) {

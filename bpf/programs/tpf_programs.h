@@ -76,6 +76,10 @@
 #define TPF_T_U64 2
 #define TPF_T_S32 3
 #define TPF_T_U32 4
+#define TPF_T_S8 5
+#define TPF_T_U8 6
+#define TPF_T_S16 7
+#define TPF_T_U16 8
 
 /* tpf_arg.op */
 #define TPF_OP_EQ 1
@@ -97,6 +101,7 @@
 #define TPF_ACT_POST 1
 #define TPF_ACT_SIGKILL 2
 #define TPF_ACT_OVERRIDE 4 /* kprobes on security_*: the LSM hook returns tpf_sel.error */
+#define TPF_ACT_SIGNAL 8   /* bpf_send_signal(tpf_sel.sig) */
 
 /* tpf_stats key: (config << 8) | counter */
 #define TPF_STAT_MATCH 0   /* a selector matched (whatever the actions) */
@@ -104,6 +109,7 @@
 #define TPF_STAT_SIGKILL 2 /* bpf_send_signal(SIGKILL) succeeded */
 #define TPF_STAT_DROP 3    /* the ring buffer was full: event lost */
 #define TPF_STAT_ERROR 4   /* an action failed (e.g. bpf_send_signal) */
+#define TPF_STAT_SIGNAL 5  /* bpf_send_signal(tpf_sel.sig) succeeded */
 
 /* The argument index a string set entry uses for matchBinaries. */
 #define TPF_ARG_BINARY 0xff
@@ -162,7 +168,9 @@ struct tpf_sel {
 	u8 bin_op;  /* TPF_BIN_* */
 	u8 actions; /* TPF_ACT_* bits */
 	u8 task;    /* 1: task filters in tpf_tsels{config, sel} (tpf_task.h) */
-	s32 error;  /* Override's argError (a negative errno) */
+	s16 error;  /* Override's argError (a negative errno, -4095 .. -1) */
+	u8 sig;     /* Signal's argSig (1 .. 64) */
+	u8 pad;
 	struct tpf_arg args[TPF_MAX_ARGS];
 };
 

@@ -108,6 +108,7 @@ _PARAM_OF_TYPE = {
     "string": "char *",
     "char_buf": "char *",
     "linux_binprm": "struct linux_binprm *",
+    "filename": "struct filename *",
     "file": "struct file *",
     "path": "struct path *",
     **{name: ctype for name, (ctype, _) in NET_TYPES.items()},  # sock, socket, sockaddr, skb

@@ -222,7 +222,12 @@ def test_post_nopost_and_unsupported_policies_side_by_side(loaded: Env, cgroups:
                         {
                             "subsystem": "sched",
                             "event": "sched_process_exec",
-                            "args": [{"index": 4}, {"index": 5, "type": "int32"}],
+                            "args": [
+                                {"index": 4, "type": "data_loc"},
+                                {"index": 5, "type": "int32"},
+                            ],
+                            "message": "a posted binary ran",
+                            "tags": ["test", "exec"],
                             "selectors": [
                                 {
                                     "matchArgs": [
@@ -260,6 +265,7 @@ def test_post_nopost_and_unsupported_policies_side_by_side(loaded: Env, cgroups:
     assert events[0]["action"] == "post"
     assert events[0]["args"][0] == str(tool)
     assert events[0]["args"][1] > 0  # the pid
+    assert (events[0]["message"], events[0]["tags"]) == ("a posted binary ran", ["test", "exec"])
     totals = env.manager.action_totals()
     assert totals[("TracingPolicy/silent", "sched/sched_process_exec", "matched")] == 1
     assert ("TracingPolicy/silent", "sched/sched_process_exec", "post") not in totals

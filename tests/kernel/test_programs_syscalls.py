@@ -72,6 +72,49 @@ def test_sigkill_on_an_integer_argument(loaded: Env, cgroups: Cgroups) -> None:
     assert py(LSEEK_4444, cg) == 0
 
 
+# The process blocks SIGUSR1 and SIGUSR2, and after the lseek exits with the number of the
+# one pending for it (0: none): which signal the policy's argSig names, delivered, not a kill.
+# (Caught, not left to its default action: the process is its PID namespace's init, which
+# the kernel shields from signals it has no handler for, as in a container.)
+WAIT_USR = (
+    "import os, signal\n"
+    "mine = [signal.SIGUSR1, signal.SIGUSR2]\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, mine)\n"
+    + LSEEK_4444
+    + "got = signal.sigtimedwait(mine, 3)\n"
+    "os._exit(got.si_signo if got else 0)\n"
+)
+
+
+@pytest.mark.parametrize("sig", [10, 12])  # SIGUSR1, SIGUSR2
+def test_signal_sends_argsig_to_the_process(loaded: Env, cgroups: Cgroups, sig: int) -> None:
+    env = loaded
+    (cg, cg_id), (other, _) = cgroups(), cgroups()
+    env.pods[cg_id] = ("ns", "pod-signal", "c")
+    env.maps.install(44, {cg_id}, max_entries=8)
+    policy = tp_policy(
+        "lseek-signal",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [{"index": 7, "type": "int32", "label": "whence"}],
+            "selectors": [
+                {
+                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
+                    "matchActions": [{"action": "Signal", "argSig": sig}],
+                }
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 44)])["lseek-signal"].state == "loaded"
+    assert py(WAIT_USR, cg) == sig
+    assert py(WAIT_USR, other) == 0
+    (event,) = env.lines()
+    assert event["action"] == "signal" and event["pod"] == "pod-signal"
+    totals = env.manager.action_totals()
+    assert totals[("TracingPolicy/lseek-signal", "syscalls/sys_enter_lseek", "signal")] >= 1
+
+
 @pytest.mark.parametrize(
     ("operator", "values", "hits"),
     [
@@ -122,6 +165,58 @@ def test_post_on_integer_operators(
     assert all(e["args"][1] == 4444 for e in events)
     assert all(e["pod"] == "pod-int" and e["action"] == "post" for e in events)
     assert all(e["hook"] == "syscalls/sys_enter_lseek" for e in events)
+
+
+@pytest.mark.parametrize(
+    ("int_type", "operator", "value", "offsets", "hits"),
+    [
+        # the program compares the low 8/16 bits as the type: 0x1ff is an int8 -1
+        ("int8", "Equal", "-1", [0x1FF, 0xFF, 0x7F], [-1, -1]),
+        ("uint8", "Equal", "0xff", [0x1FF, 0xFF, 0x7F], [255, 255]),
+        ("int16", "LT", "0", [0x18000, 0x7FFF, 0xFFFF], [-32768, -1]),
+        ("uint16", "GT", "0x8000", [0x18001, 0x7FFF, 0x10000], [0x8001]),
+        # auto: the format's type (off_t offset: 8 bytes, signed), all 64 bits compared
+        ("auto", "Equal", "0x1ff", [0x1FF, 0xFF, 0x101FF], [0x1FF]),
+    ],
+)
+def test_small_integer_types_compare_and_report_their_low_bits(
+    loaded: Env,
+    cgroups: Cgroups,
+    int_type: str,
+    operator: str,
+    value: str,
+    offsets: list[int],
+    hits: list[int],
+) -> None:
+    env = loaded
+    cg, cg_id = cgroups()
+    env.pods[cg_id] = ("ns", "pod-small", "c")
+    env.maps.install(43, {cg_id}, max_entries=8)
+    policy = tp_policy(
+        "lseek-small",
+        {
+            "subsystem": "syscalls",
+            "event": "sys_enter_lseek",
+            "args": [
+                {"index": 6, "type": int_type, "label": "offset"},
+                {"index": 7, "type": "int32", "label": "whence"},
+            ],
+            "selectors": [
+                {
+                    "matchArgs": [
+                        {"index": 7, "operator": "Equal", "values": ["4444"]},
+                        {"index": 6, "operator": operator, "values": [value]},
+                    ]
+                }
+            ],
+        },
+    )
+    assert env.manager.sync([(policy, 43)])["lseek-small"].state == "loaded"
+    code = "import os\n" + "".join(
+        f"try:\n    os.lseek(0, {o}, 4444)\nexcept OSError:\n    pass\n" for o in offsets
+    )
+    assert py(code, cg) == 0
+    assert [e["args"][0] for e in env.lines()] == hits
 
 
 def test_string_argument_prefix_postfix_equal(loaded: Env, cgroups: Cgroups) -> None:

@@ -171,6 +171,56 @@ def test_integer_operators_and_values() -> None:
     assert sel.actions == Action.SIGKILL  # NoPost
 
 
+@pytest.mark.parametrize(
+    ("int_type", "values", "expected"),
+    [
+        (IntType.S8, [-1, 0xFF, 127, -128], [2**64 - 1, 2**64 - 1, 127, 2**64 - 128]),
+        (IntType.U8, [-1, 0xFF, 1], [0xFF, 0xFF, 1]),
+        (IntType.S16, [-1, 0x8000], [2**64 - 1, 2**64 - 0x8000]),
+        (IntType.U16, [0xFFFF, -0x8000], [0xFFFF, 0x8000]),
+        (IntType.S32, [-1, 0xFFFF_FFFF], [2**64 - 1, 2**64 - 1]),
+        (IntType.U64, [-1, 5], [2**64 - 1, 5]),
+    ],
+)
+def test_small_and_wide_integer_types_as_the_program_compares_them(
+    int_type: IntType, values: list[int], expected: list[int]
+) -> None:
+    assert [int_type.u64(v) for v in values] == expected
+    # the event's number is the value as the C type sees it
+    assert [int_type.of(u) for u in expected] == [int_type.of(v) for v in values]
+    assert IntType.S8.of(0x1FF) == -1 and IntType.U16.of(0x18001) == 0x8001
+
+
+def test_a_value_the_small_type_cannot_hold_is_refused_naming_the_field() -> None:
+    spec = {
+        "tracepoints": [
+            {
+                "subsystem": "syscalls",
+                "event": "sys_enter_lseek",
+                "args": [{"index": 7, "type": "uint8"}],
+                "selectors": [
+                    {"matchArgs": [{"index": 7, "operator": "Equal", "values": ["256"]}]}
+                ],
+            }
+        ]
+    }
+    plan = compile_spec(spec, ENV)
+    assert not plan.ok
+    assert any(
+        "spec.tracepoints[0].selectors[0].matchArgs[0]" in r and "256 does not fit in 8 bits" in r
+        for r in plan.unsupported
+    ), plan.unsupported
+
+
+def test_signal_sends_its_argsig_and_combines_with_the_other_actions() -> None:
+    sel = only_selector(
+        exec_tp(matchActions=[{"action": "Signal", "argSig": "0xa"}, {"action": "NoPost"}])
+    )
+    assert (sel.actions, sel.signal) == (Action.SIGNAL, 10)
+    sel = only_selector(exec_tp(matchActions=[{"action": "Signal", "argSig": 19}]))
+    assert (sel.actions, sel.signal) == (Action.POST | Action.SIGNAL, 19)
+
+
 def test_parse_int() -> None:
     assert [parse_int(v) for v in ("0", "10", "0x1f", "017", "-5", "+3", 7)] == [
         0,
@@ -235,7 +285,19 @@ def test_syscall_args_string_and_int() -> None:
             exec_tp(matchActions=[{"action": "Override", "argError": -1}]),
             "Override cannot change the result of a tracepoint",
         ),
-        (exec_tp(matchActions=[{"action": "Signal", "argSig": 9}]), "action 'Signal'"),
+        (
+            exec_tp(matchActions=[{"action": "GetUrl", "argUrl": "http://x"}]),
+            "action GetUrl: out of scope",
+        ),
+        (
+            exec_tp(matchActions=[{"action": "Signal", "argSig": 65}]),
+            "argSig: 65 is not a signal number",
+        ),
+        (exec_tp(matchActions=[{"action": "Signal"}]), "argSig: 0 is not a signal number"),
+        (
+            exec_tp(matchActions=[{"action": "FollowFD", "argFd": 0}]),
+            "keep no table of followed file",
+        ),
         (exec_tp(matchArgs=[{"index": 6, "operator": "Equal", "values": ["1"]}]), "not one of"),
         (exec_tp(matchArgs=[{"index": 4, "operator": "GT", "values": ["1"]}]), "on strings"),
         (exec_tp(matchArgs=[{"index": 5, "operator": "Prefix", "values": ["1"]}]), "on integers"),

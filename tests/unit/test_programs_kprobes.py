@@ -26,6 +26,7 @@ class FakeKernel:
         "security_file_set_fowner": ("struct file *",),
         "security_path_mkdir": ("struct path *", "struct dentry *", "umode_t"),
         "do_sys_openat2": ("int", "char *", "struct open_how *"),
+        "do_filp_open": ("int", "struct filename *", "const struct open_flags *"),
         "__x64_sys_openat": ("struct pt_regs *",),
         "bpf_lsm_bprm_creds_for_exec": ("struct linux_binprm *",),
         "bpf_lsm_file_open": ("struct file *",),
@@ -48,6 +49,8 @@ class FakeKernel:
     def member_offset(self, struct: str, member: str) -> int | None:
         if (struct, member) == ("linux_binprm", "filename"):
             return 96
+        if (struct, member) == ("filename", "name"):
+            return 0
         return 8 if self.walkable and (struct, member) in MEMBERS.values() else None
 
     def has_lsm_hook(self, hook: str) -> bool:
@@ -378,3 +381,21 @@ class WithWrite(FakeKernel):
         **FakeKernel.funcs,
         "__x64_sys_write": ("struct pt_regs *",),
     }
+
+
+def test_a_struct_filename_is_read_as_its_name() -> None:
+    spec = kprobe(
+        "do_filp_open",
+        [{"index": 1, "type": "filename"}],
+        [{"matchArgs": [{"index": 1, "operator": "Postfix", "values": ["/shadow"]}]}],
+    )
+    plan = compile_spec(spec, ENV)
+    assert plan.ok, plan.unsupported
+    (cfg,) = plan.configs
+    assert cfg.str_reader == (1, 0)  # argument 1, filename.name (offset from BTF)
+    (arg,) = cfg.selectors[0].args
+    assert (arg.kind, arg.op) == (Kind.PATH, Op.POSTFIX)
+    wrong = compile_spec(kprobe("do_filp_open", [{"index": 0, "type": "filename"}], []), ENV)
+    assert wrong.unsupported == (
+        "spec.kprobes[0].args[0]: parameter 0 is int, not struct filename *",
+    )

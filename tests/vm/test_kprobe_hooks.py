@@ -285,3 +285,37 @@ def test_char_buf_of_write_and_a_user_string_of_a_kernel_function(
     assert posted == ["tpf-secret and more"]  # the first selector posts; NoPost does not
     assert run_py(cg, f"open({str(denied)!r})") == -9
     assert run_py(cg, f"open({str(tmp_path / 'other')!r})") == errno.ENOENT
+
+
+def test_filename_argument_is_its_name(loaded: Env, cgroups: Cgroups) -> None:
+    """A ``struct filename *`` (getname()'s kernel copy of a user path) of do_filp_open,
+    read as its ``name``: Postfix kills, and a posted event carries the name."""
+    (cg, cg_id), (other, _) = cgroups(), cgroups()
+    loaded.maps.install(POLICY_ID, {cg_id}, max_entries=8)
+    loaded.pods[cg_id] = ("ns", "pod-fname", "c")
+    p = policy(
+        "filename-kill",
+        kprobes=[
+            {
+                "call": "do_filp_open",
+                "args": [{"index": 1, "type": "filename", "label": "name"}],
+                "selectors": [
+                    {
+                        "matchArgs": [
+                            {"index": 1, "operator": "Postfix", "values": ["/tpf-fname-deny"]}
+                        ],
+                        "matchActions": [{"action": "Sigkill"}],
+                    },
+                    {"matchArgs": [{"index": 1, "operator": "Prefix", "values": ["/tmp/tpf-fn"]}]},
+                ],
+            }
+        ],
+    )
+    load(loaded, p)
+    assert run_py(cg, "open('/tmp/tpf-fname-deny')") == -9
+    assert run_py(cg, "open('/tmp/tpf-fname-allow')") == errno.ENOENT
+    assert run_py(other, "open('/tmp/tpf-fname-deny')") == errno.ENOENT
+    events = loaded.lines()
+    names = [(e["args"], e["action"], e["hook"]) for e in events]
+    assert (["/tmp/tpf-fname-deny"], "sigkill", "kprobe/do_filp_open") in names, events
+    assert (["/tmp/tpf-fname-allow"], "post", "kprobe/do_filp_open") in names, events

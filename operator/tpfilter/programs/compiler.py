@@ -10,7 +10,8 @@ Semantics (Tetragon's, for the subset implemented; docs/policies.md has the tabl
 * the values of one entry are ORed (Equal, In, Prefix, Postfix, Mask, GT, LT), except
   NotEqual and NotIn, which mean "none of the values";
 * a hook entry without selectors posts every call; a selector without matchActions posts;
-  NoPost suppresses the event, Sigkill kills the task (bpf_send_signal(SIGKILL)).
+  NoPost suppresses the event, Sigkill kills the task (bpf_send_signal(SIGKILL)), Signal
+  sends it ``argSig`` (tpfilter.programs.actions).
 
 Anything outside the subset makes the whole policy *unsupported* (with every reason): a
 policy is never loaded with a part of it dropped, since a dropped filter could widen an
@@ -23,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tpfilter.programs import layout
+from tpfilter.programs import layout, unbuilt
+from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.binsel import Binaries, bin_mask, compile_binaries, with_binaries
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tasksel import (
@@ -60,6 +62,12 @@ _ARG_DEFAULTS: Mapping[str, object] = {"maxData": False, "returnCopy": False, "r
 _SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"}) | TASK_KEYS
 
 _INT_TYPES: Mapping[str, IntType] = {
+    "int8": IntType.S8,
+    "sint8": IntType.S8,
+    "uint8": IntType.U8,
+    "int16": IntType.S16,
+    "sint16": IntType.S16,
+    "uint16": IntType.U16,
     "int": IntType.S32,
     "int32": IntType.S32,
     "sint32": IntType.S32,
@@ -70,6 +78,12 @@ _INT_TYPES: Mapping[str, IntType] = {
     "uint64": IntType.U64,
     "size_t": IntType.U64,
     "ulong": IntType.U64,
+}
+# a tracepoint field's size and sign -> its type where the policy names none (or auto)
+_FIELD_INT_TYPES = {
+    (size, signed): next(t for t in IntType if t.bits == 8 * size and t.signed == signed)
+    for size in (1, 2, 4, 8)
+    for signed in (False, True)
 }
 _STRING_TYPES = frozenset({"string", "data_loc"})
 STRING_TYPES = _STRING_TYPES  # argument types read as strings (tpfilter.accept needs them)
@@ -128,6 +142,7 @@ class Selector:
     args: tuple[ArgMatch, ...] = ()
     actions: Action = Action.POST
     error: int = 0  # Override's argError
+    signal: int = 0  # Signal's argSig
     task: tuple[TaskFilter, ...] = ()  # matchPIDs/matchNamespaces/matchCapabilities (tasksel)
 
 
@@ -227,16 +242,7 @@ class _Errors:
 
 def _normalise(value: int, int_type: IntType) -> int:
     """The u64 the program compares: the value as the type sees it, sign-extended."""
-    if int_type in (IntType.S32, IntType.U32):
-        if not -(1 << 31) <= value < (1 << 32):
-            raise ValueError(f"{value} does not fit in 32 bits")
-        low = value & 0xFFFF_FFFF
-        if int_type is IntType.S32 and low >= 1 << 31:
-            low -= 1 << 32
-        return low & 0xFFFF_FFFF_FFFF_FFFF
-    if not -(1 << 63) <= value < (1 << 64):
-        raise ValueError(f"{value} does not fit in 64 bits")
-    return value & 0xFFFF_FFFF_FFFF_FFFF
+    return int_type.u64(value)
 
 
 def _as_signed(u: int) -> int:
@@ -296,9 +302,8 @@ def _syscall_source(index: int, f: Field, user_type: str | None) -> _Source | st
     if user_type in (None, "auto"):
         if f.is_char_pointer:
             return f"field {f.name} is a char pointer: give it type string to compare it"
-        if f.size == 4:
-            return _Source(Kind.INT, src, IntType.S32 if f.signed else IntType.U32)
-        return _Source(Kind.INT, src, IntType.S64 if f.signed else IntType.U64)
+        wide = IntType.S64 if f.signed else IntType.U64
+        return _Source(Kind.INT, src, _FIELD_INT_TYPES.get((f.size, f.signed), wide))
     chosen = _INT_TYPES.get(user_type)
     if chosen is None:
         return f"argument type {user_type!r} is not supported (int and string types are)"
@@ -312,11 +317,17 @@ def selector_keys_ok(
     if not isinstance(raw, Mapping):
         errors.add(at, "not a mapping")
         return False
-    extra = {k for k, v in raw.items() if k not in allowed and v not in (None, [], {})}
-    if extra:
-        errors.add(at, f"{', '.join(sorted(extra))} {refusal}")
-        return False
-    return True
+    extra = sorted(k for k, v in raw.items() if k not in allowed and v not in (None, [], {}))
+    for key in extra:
+        why = unbuilt.SELECTOR_FIELDS.get(key)
+        errors.add(at, f"{key} {refusal}" + (f": {why}" if why else ""))
+    return not extra
+
+
+def _op_refusal(entry: Mapping[str, Any], on: str) -> str:
+    name = str(entry.get("operator"))
+    why = unbuilt.reason(unbuilt.OPERATORS, name, "")
+    return f"operator {name!r} is not supported on {on}" + (f": {why}" if why else "")
 
 
 def _compile_match_arg(
@@ -349,7 +360,7 @@ def _compile_match_arg(
     if source.kind is Kind.INT:
         op = _INT_OPS.get(op_name)
         if op is None:
-            errors.add(where, f"operator {entry.get('operator')!r} is not supported on integers")
+            errors.add(where, _op_refusal(entry, "integers"))
             return None
         try:
             nums = [_normalise(parse_int(v), source.int_type) for v in values]
@@ -371,7 +382,7 @@ def _compile_match_arg(
         return ArgMatch(Kind.INT, source.src, op, source.int_type, imm=bound)
     op = _STRING_OPS.get(op_name)
     if op is None:
-        errors.add(where, f"operator {entry.get('operator')!r} is not supported on strings")
+        errors.add(where, _op_refusal(entry, "strings"))
         return None
     try:
         strings = tuple(sorted({_string_value(v, op) for v in values}))
@@ -379,49 +390,6 @@ def _compile_match_arg(
         errors.add(where, str(exc))
         return None
     return ArgMatch(source.kind, source.src, op, strings=strings)
-
-
-def _compile_actions(
-    actions: Any, where: str, errors: _Errors, *, can_override: bool, hook_kind: str
-) -> Action:
-    if actions is None:
-        return Action.POST
-    if not isinstance(actions, list):
-        errors.add(where, "must be a list")
-        return Action.POST
-    post, kill = True, False
-    for i, act in enumerate(actions):
-        at = f"{where}[{i}]"
-        if not isinstance(act, Mapping):
-            errors.add(at, "not a mapping")
-            continue
-        name = str(act.get("action", ""))
-        rest = {k: v for k, v in act.items() if k != "action"}
-        lname = name.lower()
-        if lname == "post":
-            used = sorted(k for k, v in rest.items() if v not in (None, False, "", 0))
-            if used:
-                errors.add(at, f"Post with {', '.join(used)} is not supported")
-        elif lname == "nopost":
-            post = False
-            if rest:
-                errors.add(at, f"NoPost with {', '.join(sorted(rest))} is not supported")
-        elif lname == "sigkill":
-            kill = True
-            if rest:
-                errors.add(at, f"Sigkill with {', '.join(sorted(rest))} is not supported")
-        elif lname == "override":
-            if not can_override:
-                errors.add(
-                    at,
-                    f"Override cannot change the result of a {hook_kind}: it needs a "
-                    "kprobe with override support or a BPF LSM program",
-                )
-            elif set(rest) - {"argError"}:
-                errors.add(at, f"Override with {', '.join(sorted(set(rest) - {'argError'}))}")
-        else:
-            errors.add(at, f"action {name!r} is not supported (Post, NoPost, Sigkill, Override)")
-    return (Action.POST if post else Action(0)) | (Action.SIGKILL if kill else Action(0))
 
 
 def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
@@ -534,7 +502,7 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
             _compile_match_arg(m, f"{at}.matchArgs[{j}]", sources, errors)
             for j, m in enumerate(raw_args_m)
         ]
-        actions = _compile_actions(
+        actions = compile_actions(
             raw.get("matchActions"),
             f"{at}.matchActions",
             errors,
@@ -551,7 +519,8 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
                 bins.bin_op,
                 bins.paths,
                 tuple(m for m in matches if m is not None),
-                actions,
+                actions.flags,
+                signal=actions.signal,
                 task=task,
             )
         )
@@ -599,7 +568,10 @@ def compile_spec(spec: Mapping[str, Any], env: NodeEnv) -> PolicyPlan:
 
             configs += compile_lsmhooks(value, env, errors)
         else:
-            errors.add(f"spec.{key}", "not supported by tpfilter's programs")
+            why = unbuilt.SPEC_FIELDS.get(key)
+            errors.add(
+                f"spec.{key}", "not supported by tpfilter's programs" + (f": {why}" if why else "")
+            )
     if errors.reasons:
         return PolicyPlan(configs=(), unsupported=tuple(errors.reasons))
     return PolicyPlan(configs=tuple(configs))

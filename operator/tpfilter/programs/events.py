@@ -79,14 +79,7 @@ def boot_to_wall_offset_ns() -> int:
 
 
 def _int_value(raw: int, int_type: IntType) -> int:
-    if int_type is IntType.S32:
-        low = raw & 0xFFFF_FFFF
-        return low - (1 << 32) if low >= 1 << 31 else low
-    if int_type is IntType.U32:
-        return raw & 0xFFFF_FFFF
-    if int_type is IntType.S64:
-        return raw - (1 << 64) if raw >= 1 << 63 else raw
-    return raw
+    return int_type.of(raw)
 
 
 def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
@@ -106,7 +99,9 @@ def _arg_value(ev: RawEvent, spec: ArgSpec, capture: int) -> Any:
 
 
 def action_name(actions: int) -> str:
-    return "sigkill" if actions & Action.SIGKILL else "post"
+    if actions & Action.SIGKILL:
+        return "sigkill"
+    return "signal" if actions & Action.SIGNAL else "post"
 
 
 def event_record(

@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tpfilter.programs import layout, netargs
+from tpfilter.programs import layout, netargs, unbuilt
+from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.binsel import compile_binaries, with_binaries
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
@@ -37,7 +38,6 @@ from tpfilter.programs.compiler import (
     HookConfig,
     NodeEnv,
     Selector,
-    _compile_actions,
     _Errors,
     _Source,
     parse_int,
@@ -57,7 +57,11 @@ _KPROBE_KEYS = frozenset(
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
 _SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"}) | TASK_KEYS
-_STRUCT_STRINGS = {"linux_binprm": ("linux_binprm", "filename")}  # type -> (struct, member)
+# type -> (struct, member): a struct whose char * member is the string compared and reported
+_STRUCT_STRINGS = {
+    "linux_binprm": ("linux_binprm", "filename"),
+    "filename": ("filename", "name"),  # getname()'s kernel copy of a user path
+}
 _PATH_TYPES = {
     "file": ("struct file *", layout.READ_FILE),
     "path": ("struct path *", layout.READ_PATH),
@@ -192,11 +196,13 @@ def _arg_source(
                 )
         return _Source(Kind.USER_STR, index + 1, IntType.U64), None
     int_type = _INT_TYPES.get(user_type or "")
+    if user_type is not None and user_type in unbuilt.ARG_TYPES:
+        return f"argument type {user_type!r} is not supported: {unbuilt.ARG_TYPES[user_type]}"
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
-            "(integers, string, char_buf, file, path, linux_binprm, sock, socket, sockaddr, "
-            "skb, nop)"
+            "(integers, string, char_buf, file, path, linux_binprm, filename, sock, socket, "
+            "sockaddr, skb, nop)"
         )
     return _Source(Kind.INT, index + 1, int_type), None
 
@@ -220,9 +226,11 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
     if not isinstance(kp, Mapping):
         errors.add(where, "not a mapping")
         return None
-    extra = {k for k, v in kp.items() if k not in _KPROBE_KEYS and v not in (None, [], {})}
+    extra = sorted(k for k, v in kp.items() if k not in _KPROBE_KEYS and v not in (None, [], {}))
+    for key in extra:
+        why = unbuilt.KPROBE_FIELDS.get(key)
+        errors.add(f"{where}.{key}", "not supported on kprobes" + (f": {why}" if why else ""))
     if extra:
-        errors.add(where, f"{', '.join(sorted(extra))} not supported (yet) on kprobes")
         return None
     if env.kernel is None:
         errors.add(where, "the node's BTF (/sys/kernel/btf/vmlinux) could not be read")
@@ -267,7 +275,9 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         source, string = got
         if string is not None:
             if reader is not None:
-                errors.add(at, "one linux_binprm, file or path argument per kprobe is supported")
+                errors.add(
+                    at, "one linux_binprm, filename, file or path argument per kprobe is supported"
+                )
                 continue
             reader = string
         if source.kind is Kind.USER_STR and capture == layout.NO_CAPTURE:
@@ -295,9 +305,10 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             for j, m in enumerate(raw.get("matchArgs") or [])
         ]
         raw_actions = raw.get("matchActions")
-        actions = _compile_actions(
+        compiled = compile_actions(
             raw_actions, f"{at}.matchActions", errors, can_override=True, hook_kind="kprobe"
         )
+        actions = compiled.flags
         error = 0
         for act in raw_actions if isinstance(raw_actions, list) else []:
             if not isinstance(act, Mapping) or str(act.get("action", "")).lower() != "override":
@@ -335,6 +346,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
                 args=tuple(m for m in matches if m is not None),
                 actions=actions,
                 error=error,
+                signal=compiled.signal,
                 task=task,
             )
         )

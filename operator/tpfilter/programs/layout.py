@@ -50,14 +50,43 @@ class Kind(IntEnum):
 
 
 class IntType(IntEnum):
+    """How the program sees an integer argument (tpf_programs.h TPF_T_*): its low ``bits``
+    bits, sign-extended for the signed types, so comparisons are the C type's."""
+
     S64 = 1
     U64 = 2
     S32 = 3
     U32 = 4
+    S8 = 5
+    U8 = 6
+    S16 = 7
+    U16 = 8
 
     @property
     def signed(self) -> bool:
-        return self in (IntType.S64, IntType.S32)
+        return self in (IntType.S64, IntType.S32, IntType.S16, IntType.S8)
+
+    @property
+    def bits(self) -> int:
+        return _INT_BITS[self]
+
+    def of(self, raw: int) -> int:
+        """The value of a raw u64 register/field as this type (the event's number)."""
+        low = raw & ((1 << self.bits) - 1)
+        return low - (1 << self.bits) if self.signed and low >> (self.bits - 1) else low
+
+    def u64(self, value: int) -> int:
+        """The u64 the program compares for ``value`` (a policy's number), ValueError if the
+        type cannot hold it (unsigned or signed spelling: ``-1`` and ``0xff`` are one u8)."""
+        if not -(1 << (self.bits - 1)) <= value < (1 << self.bits):
+            raise ValueError(f"{value} does not fit in {self.bits} bits")
+        return self.of(value) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+_INT_BITS = {
+    IntType.S64: 64, IntType.U64: 64, IntType.S32: 32, IntType.U32: 32,
+    IntType.S16: 16, IntType.U16: 16, IntType.S8: 8, IntType.U8: 8,
+}  # fmt: skip
 
 
 class Op(IntEnum):
@@ -100,6 +129,7 @@ class Action(IntFlag):
     POST = 1
     SIGKILL = 2
     OVERRIDE = 4  # kprobes on security_* functions: the BPF LSM hook returns argError
+    SIGNAL = 8  # bpf_send_signal(tpf_sel.sig)
 
 
 class Stat(IntEnum):
@@ -108,6 +138,7 @@ class Stat(IntEnum):
     SIGKILL = 2
     DROP = 3
     ERROR = 4
+    SIGNAL = 5
 
 
 EV_PATH_LONG = 1

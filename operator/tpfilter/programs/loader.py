@@ -232,6 +232,7 @@ class Programs:
             leaf.bin_op = int(sel.bin_op)
             leaf.actions = int(sel.actions)
             leaf.error = sel.error
+            leaf.sig = sel.signal
             leaf.task = 1 if sel.task else 0
             if sel.task:  # before the selector that points to them
                 ids, bids = self._task_sets.assign(config_id, sel.task)

@@ -63,6 +63,7 @@ _STAT_NAMES = {
     Stat.SIGKILL: "sigkill",
     Stat.DROP: "dropped",
     Stat.ERROR: "failed",
+    Stat.SIGNAL: "signal",
 }
 EXEC_TRACEPOINT = "sched/sched_process_exec"
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of the node agent (prometheus_client, own registry).
 
 * ``tpfilter_policy_actions_total{policy,hook,action}``: what the programs did per policy:
-  ``matched`` (a selector matched), ``post`` (an event was sent), ``sigkill``,
+  ``matched`` (a selector matched), ``post`` (an event was sent), ``sigkill``, ``signal``,
   ``dropped`` (ring buffer full), ``failed`` (an action's helper failed). Counted in the
   kernel (a per-CPU map), so NoPost matches and lost events are counted too.
 * ``tpfilter_policy_map_cgroups{policy,policy_id}`` and
