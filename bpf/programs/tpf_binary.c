@@ -76,7 +76,7 @@ static __always_inline void tpf_exe_name(struct tpf_work *w, u64 task)
 		tpf_str_reset(&w->bin);
 		return;
 	}
-	tpf_path_name(w->pbuf, (char *)exe + TPF_OFF_FILE_PATH, &w->bin);
+	tpf_path_name(w->pbuf, (char *)exe + TPF_OFF_FILE_PATH, false, &w->bin);
 }
 
 static __always_inline int tpf_binary_run(void)

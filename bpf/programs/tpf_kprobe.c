@@ -52,6 +52,8 @@ BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -
 #define TPF_READ_MEMBER 0 /* strs[0]: the char * at str_off of the struct (linux_binprm) */
 #define TPF_READ_FILE 1   /* strs[0]: the path name of a struct file * */
 #define TPF_READ_PATH 2   /* strs[0]: the path name of a struct path * */
+#define TPF_READ_FD 3     /* strs[0]: the path name of the file an fd is open on (tpf_fd.h) */
+#define TPF_READ_DENTRY 4 /* strs[0]: a struct dentry *'s name up to its file system's root */
 
 struct tpf_khook {
 	u8 str_arg; /* argument holding the struct pointer; 0xff: no string */
@@ -91,14 +93,27 @@ int tpf_kstage_filter(struct pt_regs *ctx)
 }
 
 #ifdef TPF_WITH_PATHS
-/* strs[0]: the path name of the kept entries' file / path argument (tpf_path.h). */
+#ifdef TPF_WITH_FD
+#include "tpf_fd.h"
+#endif
+
+/*
+ * strs[0]: the path name of the kept entries' file / path / fd / dentry argument
+ * (tpf_path.h). An fd is first looked up in the task's file table (tpf_fd.h; not open:
+ * unreadable). A dentry comes without its mount, so its walk stops at the root of its own
+ * file system.
+ */
 static __always_inline void tpf_path_walk(struct tpf_work *w)
 {
-	char *path = (char *)w->path_ptr;
+	void *path = (void *)w->path_ptr;
 
-	if (w->path_kind == TPF_READ_FILE)
-		path += TPF_OFF_FILE_PATH;
-	tpf_path_name(w->pbuf, path, &w->sc.path);
+#ifdef TPF_WITH_FD
+	if (w->path_kind == TPF_READ_FD)
+		path = tpf_fd_file(w->path_ptr);
+#endif
+	if (w->path_kind == TPF_READ_FILE || w->path_kind == TPF_READ_FD)
+		path = path ? (char *)path + TPF_OFF_FILE_PATH : 0;
+	tpf_path_name(w->pbuf, path, w->path_kind == TPF_READ_DENTRY, &w->sc.path);
 	bpf_probe_read_kernel(w->sc.ev.path, TPF_STR_MAX, w->sc.path.fwd.s);
 }
 

@@ -30,33 +30,50 @@ static __always_inline void *tpf_kptr(void *base, u32 off)
 }
 
 /*
- * The name of the struct path at `path` into `out`, as the process sees it from the root
- * of its mount namespace (for a container: its own root), built from the end of `pbuf`
- * (3 * TPF_STR_MAX bytes): each dentry's name, then its parent's, crossing to the mount
- * point's dentry at the root of each mount; the walk stops at the namespace's root mount
- * (its own parent). A walk that does not reach it within TPF_PATH_DEPTH steps, or a name
- * longer than the buffer, leaves `out` unreadable (it then matches no operator): an end
- * without its beginning would answer Prefix wrong.
+ * The name of the struct path at `path` (one_fs: of the struct dentry at `path`) into
+ * `out`, as the process sees it from the root of its mount namespace (for a container: its
+ * own root), built from the end of `pbuf` (3 * TPF_STR_MAX bytes): each dentry's name,
+ * then its parent's, crossing to the mount point's dentry at the root of each mount; the
+ * walk stops at the namespace's root mount (its own parent), or for a dentry (no mount) at
+ * the root of its file system. A walk that does not reach it within TPF_PATH_DEPTH steps,
+ * or a name longer than the buffer, leaves `out` unreadable (it then matches no operator):
+ * an end without its beginning would answer Prefix wrong. A dentry cut from any tree (a
+ * pipe's, a socket's, a memfd's) has no path, and a NULL `path` none: unreadable.
  */
-static __always_inline void tpf_path_name(char *pbuf, void *path, struct tpf_str *out)
+static __always_inline void tpf_path_name(char *pbuf, void *path, bool one_fs,
+					  struct tpf_str *out)
 {
-	void *dentry, *vfsmnt, *mnt, *root, *parent, *mparent;
+	void *dentry, *vfsmnt = 0, *mnt = 0, *root, *parent, *mparent;
 	u32 pos = TPF_PBUF_END, len = 0, off;
 	const char *name;
 	long n = -1;
 
-	dentry = tpf_kptr(path, TPF_OFF_PATH_DENTRY);
-	vfsmnt = tpf_kptr(path, TPF_OFF_PATH_MNT);
-	mnt = (char *)vfsmnt - TPF_OFF_MOUNT_MNT;
+	if (one_fs) {
+		dentry = path;
+	} else {
+		dentry = path ? tpf_kptr(path, TPF_OFF_PATH_DENTRY) : 0;
+		vfsmnt = path ? tpf_kptr(path, TPF_OFF_PATH_MNT) : 0;
+		mnt = (char *)vfsmnt - TPF_OFF_MOUNT_MNT;
+	}
+	if (!dentry) {
+		tpf_str_reset(out);
+		return;
+	}
 	pbuf[TPF_PBUF_END] = 0;
 #pragma unroll
 	for (int i = 0; i < TPF_PATH_DEPTH; i++) {
-		root = tpf_kptr(vfsmnt, TPF_OFF_VFSMOUNT_ROOT);
+		root = one_fs ? 0 : tpf_kptr(vfsmnt, TPF_OFF_VFSMOUNT_ROOT);
 		parent = tpf_kptr(dentry, TPF_OFF_DENTRY_PARENT);
+		if (one_fs && dentry == parent) {
+			n = 0; /* the root of the dentry's file system: no mount to cross to */
+			break;
+		}
 		if (dentry == root || dentry == parent) {
+			if (dentry != root)
+				break; /* cut from its tree (a pipe, a socket, a memfd): no path */
 			mparent = tpf_kptr(mnt, TPF_OFF_MOUNT_PARENT);
-			if (dentry != root || mparent == mnt) {
-				n = 0; /* the namespace's root (or a dentry cut from its tree) */
+			if (mparent == mnt) {
+				n = 0; /* the namespace's root */
 				break;
 			}
 			dentry = tpf_kptr(mnt, TPF_OFF_MOUNT_MOUNTPOINT);

@@ -111,6 +111,7 @@ _PARAM_OF_TYPE = {
     "filename": "struct filename *",
     "file": "struct file *",
     "path": "struct path *",
+    "dentry": "struct dentry *",  # fd: an integer parameter, the default
     **{name: ctype for name, (ctype, _) in NET_TYPES.items()},  # sock, socket, sockaddr, skb
 }
 

@@ -21,8 +21,10 @@ from tpfilter.programs.values import parse_int
 MAX_SIGNAL = 64  # the kernel's _NSIG: bpf_send_signal refuses larger numbers
 
 _NO_FD_TRACKING = (
-    "tpfilter's programs keep no table of followed file descriptors (Tetragon's fdinstall "
-    "map): an fd argument is resolved from the task's own file table when the hook runs"
+    "not needed: an fd argument (type fd) is resolved to its file's path from the calling "
+    "task's own file table when the hook runs, so tpfilter's programs keep no table of "
+    "followed file descriptors (Tetragon's fdinstall map) to follow, unfollow or copy; "
+    "remove the action"
 )
 _NETWORK = (
     "out of scope: it has a network side effect outside the node's programs (Tetragon "

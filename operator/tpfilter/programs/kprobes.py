@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tpfilter.programs import layout, netargs, unbuilt
+from tpfilter.programs import fileargs, layout, netargs, unbuilt
 from tpfilter.programs.actions import compile_actions
 from tpfilter.programs.binsel import compile_binaries, with_binaries
 from tpfilter.programs.compiler import (
@@ -45,7 +45,6 @@ from tpfilter.programs.compiler import (
 )
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
-from tpfilter.programs.pathwalk import path_offsets
 from tpfilter.programs.tasksel import compile_task_filters
 
 # The arch's syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER), by os.uname().machine.
@@ -61,10 +60,6 @@ _SELECTOR_KEYS = frozenset({"matchBinaries", "matchArgs", "matchActions"}) | TAS
 _STRUCT_STRINGS = {
     "linux_binprm": ("linux_binprm", "filename"),
     "filename": ("filename", "name"),  # getname()'s kernel copy of a user path
-}
-_PATH_TYPES = {
-    "file": ("struct file *", layout.READ_FILE),
-    "path": ("struct path *", layout.READ_PATH),
 }
 _IGNORED_OPTIONS = frozenset({"disable-kprobe-multi"})  # one kprobe per function anyway
 
@@ -168,14 +163,10 @@ def _arg_source(
         if offset is None:
             return f"struct {struct_name} has no member {member} in this kernel's BTF"
         return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset, layout.READ_MEMBER)
-    if user_type in _PATH_TYPES:
-        c_type, reader = _PATH_TYPES[user_type]
-        if params is None or params[index] != c_type:
-            got = "a syscall argument" if params is None else params[index]
-            return f"parameter {index} is {got}, not {c_type}"
-        offsets = path_offsets(env.kernel)
-        if isinstance(offsets, str):
-            return f"type {user_type}: its path cannot be walked on this node: {offsets}"
+    if user_type is not None and user_type in fileargs.PATH_TYPES:
+        reader = fileargs.path_reader(user_type, params, index, env.kernel)
+        if isinstance(reader, str):
+            return reader
         return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, 0, reader)
     if user_type == "nop":
         return _Source(Kind.NOP, index + 1, IntType.U64), None
@@ -201,8 +192,8 @@ def _arg_source(
     if int_type is None:
         return (
             f"argument type {user_type!r} is not supported on kprobes "
-            "(integers, string, char_buf, file, path, linux_binprm, filename, sock, socket, "
-            "sockaddr, skb, nop)"
+            "(integers, string, char_buf, file, path, fd, dentry, linux_binprm, filename, "
+            "sock, socket, sockaddr, skb, nop)"
         )
     return _Source(Kind.INT, index + 1, int_type), None
 
@@ -276,7 +267,9 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         if string is not None:
             if reader is not None:
                 errors.add(
-                    at, "one linux_binprm, filename, file or path argument per kprobe is supported"
+                    at,
+                    "one linux_binprm, filename, file, path, fd or dentry argument per kprobe "
+                    "is supported",
                 )
                 continue
             reader = string

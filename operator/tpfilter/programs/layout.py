@@ -34,6 +34,8 @@ NO_READER = 0xFF  # a kprobe hook that reads no string
 READ_MEMBER = 0  # tpf_kprobe.c TPF_READ_*: strs[0] is a char * member of the struct ...
 READ_FILE = 1  # ... the path name of a struct file *
 READ_PATH = 2  # ... the path name of a struct path *
+READ_FD = 3  # ... the path name of the file an fd is open on in the calling task
+READ_DENTRY = 4  # ... the name of a struct dentry * up to its file system's root
 
 # Value slots of the exec hook (values[]), and where user strings live (strs[k]).
 EXEC_PID = 0

@@ -23,6 +23,7 @@ from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
 from tpfilter.programs.binsel import binary_cflags
 from tpfilter.programs.compiler import ArgMatch, HookConfig
+from tpfilter.programs.fileargs import fd_cflags
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
@@ -114,6 +115,7 @@ class Programs:
             node_pidns.dev,
         )
         paths = path_cflags(kernel)  # the path walk: file/path args, executables
+        paths += fd_cflags(kernel) if paths and kprobes else []  # ... and fd args (file table)
         binary = binary_cflags(kernel)  # matchBinaries (tpf_binary.c)
         nets = net_cflags(kernel) if kprobes else []  # sock/socket/sockaddr/skb args
         src = bcc_source(
