@@ -9,7 +9,10 @@ passes its first matchArgs (whence == 0) and fails on its last filter, so every 
 the whole selector and nothing is killed. Rows: the selector's last filter is a second
 matchArgs (offset == 12345: the baseline); matchNamespaces + matchCapabilities (the task's
 facts read once per event in STRINGS, compared in SELECT); matchPIDs followForks (also the
-walk of 8 ancestors and their tpf_follow lookups). BPF run time per event from the
+walk of 8 ancestors and their tpf_follow lookups); matchBinaries (the BINARY stage: the
+caller's executable walked to a path name and looked up in the three tpf_bin_* sets, one
+more tail call); matchBinaries followChildren (also each ancestor's executable, up to 8 in
+all, as many as the caller has). BPF run time per event from the
 kernel's statistics (kernel.bpf_stats_enabled, restored afterwards).
 """
 
@@ -43,6 +46,16 @@ ROWS: dict[str, dict[str, Any]] = {
         "matchArgs": [WHENCE_0],
         "matchPIDs": [
             {"operator": "NotIn", "values": [1], "isNamespacePID": True, "followForks": True}
+        ],
+    },
+    "matchArgs + matchBinaries": {
+        "matchArgs": [WHENCE_0],
+        "matchBinaries": [{"operator": "In", "values": ["/nowhere/python3"]}],
+    },
+    "matchArgs + matchBinaries followChildren": {
+        "matchArgs": [WHENCE_0],
+        "matchBinaries": [
+            {"operator": "In", "values": ["/nowhere/python3"], "followChildren": True}
         ],
     },
 }

@@ -41,11 +41,12 @@
  */
 
 #include <linux/ptrace.h> /* struct pt_regs: the kernel's own (its headers) */
+#include "tpf_path.h"        /* the path walk of file / path arguments */
 
 #define TPF_STAGE_PATH 3 /* kprobes only: strs[0] is a file's or path's name (below) */
 #define TPF_STAGE_NET 4  /* kprobes only: the network arguments' tuples (tpf_net.c) */
 #define TPF_STAGE_OBJ 5  /* kprobes only: the kernel-object arguments' fields (tpf_obj.c) */
-BPF_PROG_ARRAY(tpf_kstages, 6);
+BPF_PROG_ARRAY(tpf_kstages, 7); /* + TPF_STAGE_BINARY (6, tpf_binary.c) */
 BPF_F_TABLE("hash", u64, u32, tpf_kfuncs, 1024, BPF_F_NO_PREALLOC); /* address -> hook */
 
 #define TPF_KH_SYSCALL 1 /* the arch's syscall wrapper: arguments from the user's pt_regs */
@@ -100,40 +101,19 @@ int tpf_kstage_filter(struct pt_regs *ctx)
 }
 
 #ifdef TPF_WITH_PATHS
-#ifndef TPF_PATH_DEPTH /* dentries and mount crossings walked, at most */
-#define TPF_PATH_DEPTH 32
-#endif
-#define TPF_PBUF_END (2 * TPF_STR_MAX - 1) /* the walk writes below this; NUL here */
 #ifdef TPF_WITH_FD
 #include "tpf_fd.h"
 #endif
 
-static __always_inline void *tpf_kptr(void *base, u32 off)
-{
-	void *p = 0;
-
-	bpf_probe_read_kernel(&p, sizeof(p), (char *)base + off);
-	return p;
-}
-
 /*
- * The name of a path, as the process sees it from the root of its mount namespace (for a
- * container: its own root), built from the end of w->pbuf: each dentry's name, then its
- * parent's, crossing to the mount point's dentry at the root of each mount; the walk stops
- * at the namespace's root mount (its own parent). A walk that does not reach it within
- * TPF_PATH_DEPTH steps, or a name longer than the buffer, leaves the string unreadable
- * (it then matches no operator): an end without its beginning would answer Prefix wrong.
- * A dentry cut from any tree (a pipe's, a socket's, a memfd's) has no path: unreadable.
- * An fd is first looked up in the task's file table (tpf_fd.h; not open: unreadable). A
- * dentry comes without its mount, so its walk stops at the root of its own file system.
+ * strs[0]: the path name of the kept entries' file / path / fd / dentry argument
+ * (tpf_path.h). An fd is first looked up in the task's file table (tpf_fd.h; not open:
+ * unreadable). A dentry comes without its mount, so its walk stops at the root of its own
+ * file system.
  */
 static __always_inline void tpf_path_walk(struct tpf_work *w)
 {
-	void *path = (void *)w->path_ptr, *dentry, *vfsmnt = 0, *mnt = 0, *root, *parent, *mparent;
-	bool one_fs = w->path_kind == TPF_READ_DENTRY;
-	u32 pos = TPF_PBUF_END, len = 0, off;
-	const char *name;
-	long n = -1;
+	void *path = (void *)w->path_ptr;
 
 #ifdef TPF_WITH_FD
 	if (w->path_kind == TPF_READ_FD)
@@ -141,61 +121,7 @@ static __always_inline void tpf_path_walk(struct tpf_work *w)
 #endif
 	if (w->path_kind == TPF_READ_FILE || w->path_kind == TPF_READ_FD)
 		path = path ? (char *)path + TPF_OFF_FILE_PATH : 0;
-	if (one_fs) {
-		dentry = path;
-	} else {
-		dentry = path ? tpf_kptr(path, TPF_OFF_PATH_DENTRY) : 0;
-		vfsmnt = path ? tpf_kptr(path, TPF_OFF_PATH_MNT) : 0;
-		mnt = (char *)vfsmnt - TPF_OFF_MOUNT_MNT;
-	}
-	if (!dentry) { /* no file behind the fd (or a NULL argument): unreadable */
-		tpf_str_reset(&w->sc.path);
-		return;
-	}
-	w->pbuf[TPF_PBUF_END] = 0;
-#pragma unroll
-	for (int i = 0; i < TPF_PATH_DEPTH; i++) {
-		root = one_fs ? 0 : tpf_kptr(vfsmnt, TPF_OFF_VFSMOUNT_ROOT);
-		parent = tpf_kptr(dentry, TPF_OFF_DENTRY_PARENT);
-		if (one_fs && dentry == parent) {
-			n = 0; /* the root of the dentry's file system: no mount to cross to */
-			break;
-		}
-		if (dentry == root || dentry == parent) {
-			if (dentry != root)
-				break; /* cut from its tree (a pipe, a socket, a memfd): no path */
-			mparent = tpf_kptr(mnt, TPF_OFF_MOUNT_PARENT);
-			if (mparent == mnt) {
-				n = 0; /* the namespace's root */
-				break;
-			}
-			dentry = tpf_kptr(mnt, TPF_OFF_MOUNT_MOUNTPOINT);
-			mnt = mparent;
-			vfsmnt = (char *)mnt + TPF_OFF_MOUNT_MNT;
-			continue;
-		}
-		/* struct qstr: {u32 hash, u32 len} (little-endian hash_len), then name */
-		bpf_probe_read_kernel(&len, sizeof(len),
-				      (char *)dentry + TPF_OFF_DENTRY_NAME + 4);
-		name = tpf_kptr(dentry, TPF_OFF_DENTRY_NAME + TPF_OFF_QSTR_NAME);
-		if (len >= TPF_STR_MAX || len + 1 > pos)
-			break; /* longer than the buffer: unreadable */
-		pos -= len;
-		off = pos & (2 * TPF_STR_MAX - 1);
-		bpf_probe_read_kernel(&w->pbuf[off], len & (TPF_STR_MAX - 1), name);
-		pos -= 1;
-		w->pbuf[pos & (2 * TPF_STR_MAX - 1)] = '/';
-		dentry = parent;
-	}
-	tpf_str_reset(&w->sc.path);
-	if (n < 0)
-		return;
-	if (pos == TPF_PBUF_END) { /* the root itself */
-		pos -= 1;
-		w->pbuf[pos] = '/';
-	}
-	tpf_str_done(&w->sc.path, bpf_probe_read_kernel_str(w->sc.path.fwd.s, TPF_STR_MAX,
-							     &w->pbuf[pos & (2 * TPF_STR_MAX - 1)]));
+	tpf_path_name(w->pbuf, path, w->path_kind == TPF_READ_DENTRY, &w->sc.path);
 	bpf_probe_read_kernel(w->sc.ev.path, TPF_STR_MAX, w->sc.path.fwd.s);
 }
 

@@ -44,10 +44,13 @@
  *                                     -> itself for the next batch, then -> STRINGS
  *   STRINGS (tpf_stage_strings)       the strings the selectors compare, read (and
  *                                     reversed for Postfix) once, -> SELECT
+ *   BINARY (tpf_stage_binary)         only for a hook with matchBinaries (tpf_binary.c):
+ *                                     the task's executable and, for followChildren, its
+ *                                     ancestors', looked up once into task facts, -> SELECT
  *   SELECT (tpf_stage_select)         the selectors and actions of TPF_SELECT_BATCH kept
  *                                     entries, -> itself for the next batch
  *
- * 128 candidates take 8 + 1 + 16 tail calls, under the kernel's limit of 33. The agent fills
+ * 128 candidates take 8 + 1 (+ 1) + 16 tail calls, under the kernel's limit of 33. The agent fills
  * the stage array before it attaches an entry; a missing stage is a reported load error.
  * The bound that remains is per task, not per hook: TPF_MAX_ANY unfiltered entries per
  * hook, TPF_INDEX_MAX policies selecting one container, TPF_INDEX_MAX hostSelector
@@ -94,6 +97,10 @@
 #define TPF_STAGE_FILTER 0
 #define TPF_STAGE_SELECT 1
 #define TPF_STAGE_STRINGS 2
+#define TPF_STAGE_BINARY 6 /* tpf_binary.c: after STRINGS (kprobes use 3, 4 and 5) */
+#define TPF_BINM_OWN 1     /* tpf_hook.bin_mask: the task's binary */
+#define TPF_BINM_FOLLOW 2  /* ... and its ancestors' (followChildren) */
+#define TPF_BINM_POSTFIX 4 /* a Postfix filter: the names are reversed and looked up */
 #ifndef TPF_MAX_PCFG_ENTRIES
 #define TPF_MAX_PCFG_ENTRIES 65536
 #endif
@@ -107,7 +114,7 @@ struct tpf_hook {
 	u8 str_mask; /* bit k: strs[k] is compared by some selector (k = 0: the binary) */
 	u8 rev_mask; /* bit k: ... with Postfix, so its reverse is needed */
 	u8 capture;  /* bit k: strs[k] is put into events (user strings only) */
-	u8 pad;
+	u8 bin_mask; /* TPF_BINM_*: matchBinaries filters need the binary stage (tpf_binary.c) */
 	u32 npol;    /* filtered policies with entries in tpf_pcfg{hook, *} */
 };
 
@@ -131,6 +138,7 @@ struct tpf_work {
 	u32 retwait; /* tpf_retwait's value for this call (TPF_RW_*) */
 	char pbuf[3 * TPF_STR_MAX]; /* the path walk builds the name here, from its end */
 	struct tpf_task task; /* matchPIDs/matchNamespaces/matchCapabilities facts (tpf_task.h) */
+	struct tpf_str bin;   /* tpf_binary.c: an executable's path name, one task at a time */
 };
 
 BPF_ARRAY(tpf_hooks, struct tpf_hook, TPF_NR_HOOKS);
@@ -148,7 +156,7 @@ BPF_F_TABLE("lpm_trie", struct tpf_lpm_key, u8, tpf_postfix, TPF_MAX_SET_ENTRIES
 BPF_F_TABLE("hash", struct tpf_int_key, u8, tpf_ints, TPF_MAX_SET_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("percpu_hash", u64, u64, tpf_stats, TPF_MAX_STAT_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tpf_work, struct tpf_work, 1);
-BPF_PROG_ARRAY(tpf_stages, 3);
+BPF_PROG_ARRAY(tpf_stages, 7); /* FILTER, SELECT, STRINGS; 6: BINARY (tpf_binary.c) */
 /* A selector's task filters (tpf_task.h), when tpf_sel.task is set; followForks' PIDs. */
 BPF_F_TABLE("hash", struct tpf_sel_key, struct tpf_tsel, tpf_tsels, TPF_MAX_SEL_ENTRIES,
 	    BPF_F_NO_PREALLOC);
@@ -771,6 +779,8 @@ static __always_inline int tpf_strings_run(void)
 		tpf_task_load(&w->task);
 	if (h->rev_mask & TPF_STR_TASK) /* followForks */
 		w->task.facts[TPF_F_FOLLOW] = tpf_follow_bits(&w->task);
+	if (h->bin_mask) /* matchBinaries: the executables' names (tpf_binary.c), then SELECT */
+		return TPF_STAGE_BINARY;
 	return TPF_STAGE_SELECT;
 }
 
@@ -944,7 +954,7 @@ int tpf_sys_enter(struct tpf_sys_enter_ctx *ctx)
 		return 0;
 	if (!tpf_begin(w, hook, h))
 		return 0;
-	w->sc.path.len = -1; /* no binary on this hook (matchBinaries is refused here) */
+	w->sc.path.len = -1; /* no strs[0] here (matchBinaries: tpf_binary.c reads the binary) */
 	w->sc.path.too_long = 0;
 	w->sc.path.rev_ready = 0;
 	w->sc.ev.path[0] = 0;

@@ -56,7 +56,9 @@
 #define TPF_F_NSPID 11  /* its PID in its own PID namespace */
 #define TPF_F_CAPS 12   /* + TPF_CAPS_*: capability sets */
 #define TPF_F_FOLLOW 15 /* followForks: bit k, the task or an ancestor is in filter k's set */
-#define TPF_NR_FACTS 16
+#define TPF_F_BIN 16    /* matchBinaries: bit k, the task's binary is in filter k's set */
+#define TPF_F_BIN_FOLLOW 17 /* followChildren: ... the task's or an ancestor's (tpf_binary.c) */
+#define TPF_NR_FACTS 32 /* a power of two: the index is masked */
 #define TPF_NO_FACT (~0ULL)
 
 /* tpf_tfilter.flags */
@@ -190,6 +192,16 @@ static __always_inline void tpf_task_load(struct tpf_task *t)
 }
 
 /*
+ * The process that started the task's process (its leader's real_parent): the one step
+ * of every ancestor walk (followForks here, followChildren in tpf_binary.c), so that both
+ * see the same ancestors. Past init it is the idle task, whose tgid is 0.
+ */
+static __always_inline u64 tpf_task_parent(u64 task)
+{
+	return tpf_rd_ptr(tpf_rd_ptr(task, TPF_TOFF_TASK_GROUP_LEADER), TPF_TOFF_TASK_REAL_PARENT);
+}
+
+/*
  * followForks: the parents by real_parent (after tpf_task_load). In the task's own PID
  * namespace an ancestor is seen if its struct pid has an entry at the task's level in
  * that same namespace; the first that has not (the runtime that started the container,
@@ -203,8 +215,7 @@ static __always_inline void tpf_task_walk(struct tpf_task *t)
 
 #pragma unroll
 	for (int i = 1; i < TPF_ANC; i++) {
-		u64 parent = tpf_rd_ptr(tpf_rd_ptr(cur, TPF_TOFF_TASK_GROUP_LEADER),
-					TPF_TOFF_TASK_REAL_PARENT);
+		u64 parent = tpf_task_parent(cur);
 		u64 ppid = tpf_rd_ptr(tpf_rd_ptr(parent, TPF_TOFF_TASK_GROUP_LEADER),
 				      TPF_TOFF_TASK_THREAD_PID);
 		u32 tgid = tpf_rd_u32(parent, TPF_TOFF_TASK_TGID);

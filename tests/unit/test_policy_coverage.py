@@ -162,7 +162,7 @@ def binaries_sample(value: str) -> dict[str, Any]:
 SELECTOR_SAMPLES: Mapping[str, Any] = {
     "matchArgs": [{"index": 0, "operator": "Equal", "values": ["1"]}],
     "matchActions": [{"action": "Post"}],
-    "matchBinaries": [{"operator": "In", "values": ["/usr/bin/cat"]}],  # exec only
+    "matchBinaries": [{"operator": "In", "values": ["/usr/bin/cat"], "followChildren": True}],
     "matchPIDs": [{"operator": "NotIn", "values": [1], "isNamespacePID": True}],
     "matchNamespaces": [{"namespace": "Net", "operator": "In", "values": ["host_ns"]}],
     "matchCapabilities": [{"type": "Effective", "operator": "In", "values": ["CAP_SYS_ADMIN"]}],
@@ -178,8 +178,6 @@ SELECTOR_SAMPLES: Mapping[str, Any] = {
 
 def selector_sample(value: str) -> dict[str, Any]:
     selector = {value: SELECTOR_SAMPLES[value]}
-    if value == "matchBinaries":
-        return exec_tp(selector)
     ret = {"return": True, "returnArg": {"index": 0, "type": "int"}}
     return kprobe([{"index": 0, "type": "int"}], [selector], **ret)
 

@@ -304,10 +304,15 @@ def test_syscall_args_string_and_int() -> None:
         (exec_tp(matchArgs=[{"index": 5, "operator": "Equal", "values": []}]), "non-empty"),
         (exec_tp(matchArgs=[{"index": 5, "operator": "Equal", "values": ["x"]}]), "bad integer"),
         (exec_tp(matchArgs=[{"index": 5, "operator": "Equal", "values": [2**33]}]), "32 bits"),
-        (exec_tp(matchBinaries=[{"operator": "Prefix", "values": ["/"]}]), "(In, NotIn)"),
+        (exec_tp(matchBinaries=[{"operator": "Prefix", "values": ["/"]}]), "from the node's BTF"),
+        (exec_tp(matchBinaries=[{"operator": "Equal", "values": ["/"]}]), "(In, NotIn, Prefix,"),
         (
             exec_tp(matchBinaries=[{"operator": "In", "values": ["/a"], "followChildren": True}]),
-            "followChildren not supported",
+            "needs the executable's path from the node's BTF",
+        ),
+        (
+            exec_tp(matchBinaries=[{"operator": "In", "values": ["/a"]}] * 2),
+            "matchBinaries: one matchBinaries entry per selector",
         ),
         (exec_tp(matchArgs=[{"index": 4, "operator": "Equal", "values": ["x" * 255]}]), "longer"),
         (
@@ -328,7 +333,7 @@ def test_syscall_args_string_and_int() -> None:
                     }
                 ]
             },
-            "only supported on sched/sched_process_exec",
+            "selectors[0].matchBinaries: needs the executable's path from the node's BTF",
         ),
         (
             {

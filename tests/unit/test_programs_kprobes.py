@@ -188,7 +188,7 @@ def test_post_only_kprobe_with_int_and_string_filters() -> None:
         (kprobe("do_sys_openat2", [], [], returnArg={"type": "file"}, **{"return": True}),
          "returnArg: type 'file' not supported"),
         (kprobe("do_sys_openat2", [], [{"matchBinaries": [{"operator": "In", "values": ["/x"]}]}]),
-         "matchBinaries not supported on kprobes"),
+         "matchBinaries: needs the executable's path from the node's BTF: struct task_struct"),
         ({"options": [{"name": "something-else", "value": "1"}]}, "option 'something-else'"),
     ],
 )  # fmt: skip

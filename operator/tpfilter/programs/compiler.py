@@ -6,7 +6,7 @@ through :class:`NodeEnv`, so every decision is unit-tested (tests/unit/test_prog
 Semantics (Tetragon's, for the subset implemented; docs/policies.md has the table):
 
 * selectors of a hook entry are ORed, in order: the first that matches decides;
-* inside a selector, matchBinaries and every matchArgs entry are ANDed;
+* inside a selector, matchBinaries (binsel.py) and every matchArgs entry are ANDed;
 * the values of one entry are ORed (Equal, In, Prefix, Postfix, Mask, GT, LT), except
   NotEqual and NotIn, which mean "none of the values";
 * a hook entry without selectors posts every call; a selector without matchActions posts;
@@ -26,6 +26,7 @@ from typing import Any
 
 from tpfilter.programs import layout, unbuilt
 from tpfilter.programs.actions import compile_actions
+from tpfilter.programs.binsel import Binaries, bin_mask, compile_binaries, with_binaries
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
 from tpfilter.programs.tasksel import (
     FILTER_KEYS,
@@ -198,7 +199,8 @@ class HookConfig:
                     mask |= 1
                 elif arg.kind is Kind.USER_STR:
                     mask |= 1 << arg.src
-            mask |= TASK_BIT if sel.task else 0  # the task's facts (tpf_task.h)
+            # the task's facts (tpf_task.h); matchBinaries' come from the BINARY stage
+            mask |= TASK_BIT if any(not f.binary for f in sel.task) else 0
         return mask
 
     @property
@@ -209,6 +211,14 @@ class HookConfig:
                 if arg.op.postfix_set:
                     mask |= 1 << (0 if arg.kind is Kind.PATH else arg.src)
             mask |= TASK_BIT if any(f.follow for f in sel.task) else 0  # followForks' walk
+        return mask
+
+    @property
+    def bin_mask(self) -> int:
+        """tpf_hook.bin_mask: the binary stage's work for this entry (binsel.py)."""
+        mask = 0
+        for sel in self.selectors:
+            mask |= bin_mask(sel.task)
         return mask
 
     @property
@@ -391,39 +401,6 @@ def _compile_match_arg(
     return ArgMatch(source.kind, source.src, op, strings=strings)
 
 
-def _compile_binaries(
-    entries: Any, where: str, errors: _Errors
-) -> tuple[BinOp, tuple[bytes, ...]] | None:
-    if not isinstance(entries, list) or len(entries) != 1:
-        errors.add(where, "exactly one matchBinaries entry is supported")
-        return None
-    entry = entries[0]
-    at = f"{where}[0]"
-    if not isinstance(entry, Mapping):
-        errors.add(at, "not a mapping")
-        return None
-    extra = {k for k, v in entry.items() if k not in ("operator", "values")}
-    extra -= {k for k in extra if k == "followChildren" and not entry[k]}
-    if extra:
-        errors.add(at, f"{', '.join(sorted(extra))} not supported")
-        return None
-    op_name = str(entry.get("operator", ""))
-    op = {"in": BinOp.IN, "notin": BinOp.NOT_IN}.get(op_name.lower())
-    if op is None:
-        errors.add(at, f"operator {op_name!r} is not supported (In, NotIn)")
-        return None
-    values = _values(entry)
-    if not values:
-        errors.add(at, "values must be a non-empty list")
-        return None
-    try:
-        paths = tuple(sorted({_string_value(v, Op.EQ) for v in values}))
-    except ValueError as exc:
-        errors.add(at, str(exc))
-        return None
-    return op, paths
-
-
 def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
     if not isinstance(tp, Mapping):
         errors.add(where, "not a mapping")
@@ -511,20 +488,18 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
         at = f"{where}.selectors[{s}]"
         if not selector_keys_ok(raw, at, errors, _SELECTOR_KEYS, "not supported"):
             continue
-        bin_op: BinOp = BinOp.NONE
-        binaries: tuple[bytes, ...] = ()
-        if raw.get("matchBinaries"):
-            if not is_exec:
-                errors.add(
-                    f"{at}.matchBinaries",
-                    "only supported on sched/sched_process_exec (no per-process binary "
-                    "tracking on other hooks yet)",
-                )
-                continue
-            got = _compile_binaries(raw["matchBinaries"], f"{at}.matchBinaries", errors)
+        bins = Binaries()
+        if raw.get("matchBinaries"):  # binsel.py: the binary of every hook type
+            got = compile_binaries(
+                raw["matchBinaries"],
+                f"{at}.matchBinaries",
+                errors,
+                exec_hook=is_exec,
+                kernel=env.kernel,
+            )
             if got is None:
                 continue
-            bin_op, binaries = got
+            bins = got
         raw_args_m = raw.get("matchArgs") or []
         if not isinstance(raw_args_m, list):
             errors.add(f"{at}.matchArgs", "must be a list")
@@ -543,13 +518,15 @@ def _compile_tracepoint(tp: Any, where: str, env: NodeEnv, errors: _Errors) -> H
             can_override=False,
             hook_kind="tracepoint",
         )
-        task = compile_task_filters(raw, at, env.kernel, env.host_ns, errors)
+        task = with_binaries(
+            compile_task_filters(raw, at, env.kernel, env.host_ns, errors), bins, at, errors
+        )
         if any(m is None for m in matches) or task is None:
             continue
         selectors.append(
             Selector(
-                bin_op,
-                binaries,
+                bins.bin_op,
+                bins.paths,
                 tuple(m for m in matches if m is not None),
                 actions.flags,
                 signal=actions.signal,

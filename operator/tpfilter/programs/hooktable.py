@@ -34,11 +34,12 @@ class Entry:
     cfg: HookConfig
 
 
-def _masks(entries: Iterable[Entry]) -> tuple[int, int, int]:
-    s = r = c = 0
+def _masks(entries: Iterable[Entry]) -> tuple[int, int, int, int]:
+    s = r = c = b = 0
     for e in entries:
         s, r, c = s | e.cfg.str_mask, r | e.cfg.rev_mask, c | e.cfg.capture_mask
-    return s, r, c
+        b |= e.cfg.bin_mask
+    return s, r, c, b
 
 
 def by_policy(entries: Iterable[Entry]) -> dict[int, tuple[Entry, ...]]:
@@ -82,7 +83,7 @@ def write_hook(programs: Any, hook: int, old: Sequence[Entry], new: Sequence[Ent
     new_any = [e for e in new if not e.policy_id]
     old_pol, new_pol = by_policy(old), by_policy(new)
     old_m, new_m = _masks(old), _masks(new)
-    union = (old_m[0] | new_m[0], old_m[1] | new_m[1], old_m[2] | new_m[2])
+    union = tuple(o | n for o, n in zip(old_m, new_m, strict=True))
     programs.write_hook(hook, len(old_any), len(old_pol.keys() | new_pol.keys()), *union)
     for slot, entry in enumerate(new_any):
         if slot >= len(old_any) or old_any[slot] != entry:

@@ -27,6 +27,7 @@ from typing import Any
 
 from tpfilter.programs import fileargs, layout, netargs, objargs, unbuilt
 from tpfilter.programs.actions import compile_actions
+from tpfilter.programs.binsel import compile_binaries, with_binaries
 from tpfilter.programs.compiler import (
     _ARG_DEFAULTS,
     _ARG_KEYS,
@@ -57,7 +58,9 @@ _KPROBE_KEYS = frozenset(
 )
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
-_SELECTOR_KEYS = frozenset({"matchArgs", "matchActions", "matchReturnArgs"}) | TASK_KEYS
+_SELECTOR_KEYS = (
+    frozenset({"matchBinaries", "matchArgs", "matchActions", "matchReturnArgs"}) | TASK_KEYS
+)
 # type -> (struct, member): a struct whose char * member is the string compared and reported
 _STRUCT_STRINGS = {
     "linux_binprm": ("linux_binprm", "filename"),
@@ -340,6 +343,15 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             override_lsm = call.removeprefix("security_")
         on_return = compile_return_selector(raw, at, kp, ret, actions, errors)
         task = compile_task_filters(raw, at, env.kernel, env.host_ns, errors)
+        if raw.get("matchBinaries"):  # the task's executable (binsel.py)
+            bins = compile_binaries(
+                raw["matchBinaries"],
+                f"{at}.matchBinaries",
+                errors,
+                exec_hook=False,
+                kernel=env.kernel,
+            )
+            task = None if bins is None else with_binaries(task, bins, at, errors)
         if task is None or on_return is None:
             continue
         ret_args, actions = on_return

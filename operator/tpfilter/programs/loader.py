@@ -21,9 +21,9 @@ from typing import Any
 from tpfilter import bpfsrc
 from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
+from tpfilter.programs.binsel import binary_cflags
 from tpfilter.programs.compiler import ArgMatch, HookConfig
 from tpfilter.programs.fileargs import fd_cflags
-from tpfilter.programs.follow import FollowIds, changes
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
@@ -32,6 +32,7 @@ from tpfilter.programs.pathwalk import path_cflags
 from tpfilter.programs.retsel import write_return_filter
 from tpfilter.programs.taskbtf import task_cflags
 from tpfilter.programs.tasksel import fill_tsel
+from tpfilter.programs.tasksets import TaskSets
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
 
 _STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
 _KSTAGE_PATH = 3  # tpf_kprobe.c TPF_STAGE_PATH: kprobes only, when the path walk is compiled
+_STAGE_BINARY = 6  # tpf_programs.c TPF_STAGE_BINARY: every hook type, when compiled in
 _KSTAGE_NET = 4  # tpf_kprobe.c TPF_STAGE_NET: kprobes only, when the network readers are
 _KSTAGE_OBJ = 5  # tpf_kprobe.c TPF_STAGE_OBJ: kprobes only, the kernel-object reader
 
@@ -114,8 +116,9 @@ class Programs:
             node_pidns.ino,
             node_pidns.dev,
         )
-        paths = path_cflags(kernel) if kprobes else []  # the path walk of file/path args
-        paths += fd_cflags(kernel) if paths else []  # ... and of fd args (the file table)
+        paths = path_cflags(kernel)  # the path walk: file/path args, executables
+        paths += fd_cflags(kernel) if paths and kprobes else []  # ... and fd args (file table)
+        binary = binary_cflags(kernel)  # matchBinaries (tpf_binary.c)
         nets = net_cflags(kernel) if kprobes else []  # sock/socket/sockaddr/skb args
         src = bcc_source(
             program_source(),
@@ -123,8 +126,10 @@ class Programs:
             node_pidns=node_pidns,
             extra_cflags=(
                 *layout.cflags(exec_offsets=exec_offsets(exec_format)),
-                *(["-DTPF_WITH_KPROBES", *paths, *nets] if kprobes else []),
+                *(["-DTPF_WITH_KPROBES", *nets] if kprobes else []),
+                *paths,
                 *task_cflags(kernel),  # matchPIDs/matchNamespaces/matchCapabilities
+                *binary,
             ),
         )
         t0 = time.monotonic()
@@ -135,12 +140,17 @@ class Programs:
                 text += (program_source().parent / name).read_text()
             if nets:
                 text += (program_source().parent / "tpf_net.c").read_text()
+        if binary:  # after tpf_kprobe.c: its kprobe stage uses tpf_kstages
+            text += (program_source().parent / "tpf_binary.c").read_text()
         self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
         t1 = time.monotonic()
         stages = self.bpf.get_table(b"tpf_stages")
         for name, index in _STAGES:
             fn = self.bpf.load_func(name.encode(), BPF.TRACEPOINT)
             stages[ct.c_int(index)] = ct.c_int(fn.fd)
+        if binary:
+            fn = self.bpf.load_func(b"tpf_stage_binary", BPF.TRACEPOINT)
+            stages[ct.c_int(_STAGE_BINARY)] = ct.c_int(fn.fd)
         self._exec_fn = self.bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
         self._sys_fn = self.bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
         self.kprobes = kprobes
@@ -157,6 +167,9 @@ class Programs:
                 kstages[ct.c_int(_KSTAGE_NET)] = ct.c_int(fn.fd)
             fn = self.bpf.load_func(b"tpf_kstage_obj", BPF.KPROBE)
             kstages[ct.c_int(_KSTAGE_OBJ)] = ct.c_int(fn.fd)
+            if binary:
+                fn = self.bpf.load_func(b"tpf_kstage_binary", BPF.KPROBE)
+                kstages[ct.c_int(_STAGE_BINARY)] = ct.c_int(fn.fd)
             self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
             self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
@@ -164,8 +177,8 @@ class Programs:
         self.kretprobes: set[str] = set()  # functions whose return probe is attached
         t2 = time.monotonic()
         self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
-        self._follow_ids = FollowIds()  # followForks filters' bits (tpf_follow)
-        self._follow: dict[tuple[int, int], int] = {}
+        # followForks' and matchBinaries' filter bits and their node-wide sets
+        self._task_sets = TaskSets(self.bpf.get_table, binaries=bool(binary))
         self._attached: set[str] = set()
         self.event_type: Any = self.bpf.get_table(b"tpf_event_layout").Leaf
         self._t = {
@@ -230,10 +243,9 @@ class Programs:
             leaf.sig = sel.signal
             leaf.task = 1 if sel.task else 0
             if sel.task:  # before the selector that points to them
-                ids = self._follow_ids.assign(config_id, sel.task)
-                self._sync_follow()
+                ids, bids = self._task_sets.assign(config_id, sel.task)
                 tsels = self._t["tpf_tsels"]
-                tsels[tsels.Key(config_id, s)] = fill_tsel(tsels.Leaf(), sel.task, ids)
+                tsels[tsels.Key(config_id, s)] = fill_tsel(tsels.Leaf(), sel.task, ids, bids)
             for j, arg in enumerate(sel.args):
                 a = leaf.args[j]
                 a.kind = int(arg.kind)
@@ -257,19 +269,7 @@ class Programs:
             for j, arg in enumerate(sel.args):
                 self._write_sets(config_id, s, j, arg, delete=True)
             write_return_filter(self.bpf, config_id, s, sel.ret_args, self._write_sets, delete=True)
-        self._follow_ids.release(config_id)  # after the selectors that used them
-        self._sync_follow()
-
-    def _sync_follow(self) -> None:
-        """tpf_follow made what the followForks IDs say (programs/follow.py)."""
-        table = self._t["tpf_follow"]
-        new = self._follow_ids.content()
-        puts, deletes = changes(self._follow, new)
-        for (kind, pid), bits in puts.items():
-            table[table.Key(kind, pid)] = ct.c_uint64(bits)
-        for kind, pid in deletes:
-            _delete(table, table.Key(kind, pid))
-        self._follow = new
+        self._task_sets.release(config_id)  # after the selectors that used them
 
     def _write_sets(
         self, config: int, s: int, j: int, arg: ArgMatch, *, delete: bool = False
@@ -344,12 +344,19 @@ class Programs:
         _delete(table, table.Key(hook, policy_id))
 
     def write_hook(
-        self, hook: int, n: int, npol: int, str_mask: int, rev_mask: int, capture: int
+        self,
+        hook: int,
+        n: int,
+        npol: int,
+        str_mask: int,
+        rev_mask: int,
+        capture: int,
+        bin_mask: int = 0,
     ) -> None:
         hooks = self._t["tpf_hooks"]
         leaf = hooks.Leaf()
         leaf.n, leaf.str_mask, leaf.rev_mask, leaf.capture = n, str_mask, rev_mask, capture
-        leaf.npol = npol
+        leaf.npol, leaf.bin_mask = npol, bin_mask
         hooks[ct.c_int(hook)] = leaf
 
     # -- stats and events -----------------------------------------------------------------

@@ -133,6 +133,8 @@ class TaskFilter:
     flags: int = 0  # TFF_*
     values: tuple[int, ...] = ()  # PIDs, inode numbers; TFF_MASK: (capability bits,)
     follow: int = 0  # followForks: FOLLOW_HOST/FOLLOW_NS, values are its PIDs (tpf_follow)
+    binary: int = 0  # matchBinaries (binsel.py): the set kind of ``strings`` (tpf_bin_*)
+    strings: tuple[bytes, ...] = ()  # matchBinaries: its values
 
 
 def _missing_namespace(name: str, offsets: Mapping[str, int]) -> str | None:
@@ -348,15 +350,24 @@ def compile_task_filters(
     return tuple(out)
 
 
-def fill_tsel(leaf: Any, filters: tuple[TaskFilter, ...], follow_ids: Sequence[int]) -> Any:
+def fill_tsel(
+    leaf: Any,
+    filters: tuple[TaskFilter, ...],
+    follow_ids: Sequence[int],
+    bin_ids: Sequence[int] = (),
+) -> Any:
     """``leaf`` (bcc's ctypes struct tpf_tsel) set to ``filters``; ``follow_ids``: the IDs
-    of its followForks filters, in order (programs/follow.py)."""
+    of its followForks filters, in order (programs/follow.py); ``bin_ids``: of its
+    matchBinaries filters (programs/binids.py)."""
     leaf.n = len(filters)
-    ids = iter(follow_ids)
+    ids, bids = iter(follow_ids), iter(bin_ids)
     for i, f in enumerate(filters):
         out = leaf.f[i]
         out.first, out.flags = f.first, f.flags
-        values = (1 << next(ids),) if f.follow else f.values  # the filter's bit
+        if f.follow or f.binary:  # the filter's bit
+            values: tuple[int, ...] = (1 << next(ids if f.follow else bids),)
+        else:
+            values = f.values
         for k in range(MAX_VALUES):  # unused values repeat the first: no count to check
             out.vals[k] = values[k] if k < len(values) else values[0]
     return leaf
