@@ -72,19 +72,19 @@ def test_lsm_policy(features: NodeFeatures) -> None:
     if features.kprobes is not None:  # lsmhooks are evaluated by a kprobe at security_<hook>
         assert not plan.ok and any(features.kprobes in r for r in plan.unsupported)
         return
-    # what this policy asks beyond the programs is named: matchBinaries on a kprobe, imaHash
+    # what this policy asks beyond the programs is named: imaHash (its matchBinaries runs
+    # on every hook type since stop 18: tpfilter.programs.binsel)
     assert not plan.ok
-    assert any("matchBinaries not supported" in r for r in plan.unsupported), plan.unsupported
+    assert all("imaHash" in r for r in plan.unsupported), plan.unsupported
     selector = policy["spec"]["lsmhooks"][0]["selectors"][0]
-    del selector["matchBinaries"]
-    plan = compile_spec(policy["spec"], env)
-    assert [r for r in plan.unsupported if "imaHash" in r], plan.unsupported
-    # without those, it compiles against this kernel's BTF: file_open at security_file_open
+    # without it, it compiles against this kernel's BTF: file_open at security_file_open,
+    # the binary filter a task filter of the selector
     del selector["matchActions"][0]["imaHash"]
     plan = compile_spec(policy["spec"], env)
     assert plan.ok, plan.unsupported
     (cfg,) = plan.configs
     assert (cfg.name, cfg.override_lsm) == ("kprobe/security_file_open", "file_open")
+    assert cfg.selectors[0].task, cfg.selectors[0]
 
 
 def test_missing_hook_kinds_are_reported_with_the_reason(features: NodeFeatures) -> None:
