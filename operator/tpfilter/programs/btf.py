@@ -8,7 +8,7 @@ headers of another kernel.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,15 @@ def offsets(kernel: Any, members: Mapping[str, MemberPath]) -> dict[str, int] | 
             total += offset
         out[define] = total
     return out
+
+
+def param_slot(params: Sequence[str], index: int, ctypes: Container[str], limit: int) -> int | None:
+    """The place of parameter ``index`` among a function's first six parameters whose C
+    type is one of ``ctypes`` (the order the programs read such arguments in, so every
+    entry on the function agrees), None if it is not one or not among the first ``limit``."""
+    slots = [i for i, ctype in enumerate(params[:6]) if ctype in ctypes]
+    slot = slots.index(index) if index in slots else None
+    return slot if slot is not None and slot < limit else None
 
 
 def _steps(path: MemberPath) -> tuple[Member, ...]:

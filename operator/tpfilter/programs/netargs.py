@@ -115,9 +115,7 @@ def net_cflags(kernel: Any) -> list[str]:
 def net_slot(params: Sequence[str], index: int) -> int | None:
     """Which tuple a network parameter is read into: its place among the function's
     network parameters (the first NR_NET of them are read)."""
-    slots = [i for i, ctype in enumerate(params[:6]) if ctype in _KIND_OF_CTYPE]
-    slot = slots.index(index) if index in slots else None
-    return slot if slot is not None and slot < NR_NET else None
+    return btf.param_slot(params, index, _KIND_OF_CTYPE, NR_NET)
 
 
 def net_source(

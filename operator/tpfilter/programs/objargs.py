@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tpfilter.programs.btf import offsets
+from tpfilter.programs.btf import offsets, param_slot
 from tpfilter.programs.compiler import ArgMatch, _compile_match_arg, _Errors, _Source
 from tpfilter.programs.layout import IntType, Kind
 from tpfilter.programs.tasksel import CAP_NUMBERS, CAPABILITIES
@@ -181,9 +181,7 @@ def field_reads(type_name: str, kernel: Any) -> tuple[Read, ...] | str:
 def obj_slot(params: Sequence[str], index: int) -> int | None:
     """Which event copy an object parameter is read into: its place among the function's
     object parameters (the first NR_OBJ of them are read), so every entry agrees."""
-    slots = [i for i, ctype in enumerate(params[:6]) if ctype in _TYPE_OF_CTYPE]
-    slot = slots.index(index) if index in slots else None
-    return slot if slot is not None and slot < NR_OBJ else None
+    return param_slot(params, index, _TYPE_OF_CTYPE, NR_OBJ)
 
 
 def obj_source(
