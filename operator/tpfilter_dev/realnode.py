@@ -27,9 +27,11 @@ Why it looks like this (shared/notes/real-node.md has the measurements):
 * kubelet's own API (exec, logs) trusts the API server by network: it listens only on the
   dummy address, anonymous + AlwaysAllow. A test node, not a production setting.
 
-Teardown removes everything by what this run made: processes (by PID, shims by their
-containerd address), mounts under the work directory, the kubepods cgroups, the bridge,
-the node's address and the work directory.
+Teardown removes everything this run made: its processes (by PID, shims by their
+containerd address), mounts under the work directory, the pods' network namespaces, the
+kubepods cgroups, the bridge, the node's address and the work directory. A run that was
+killed cannot: the next node finds that footprint and removes it before it starts
+(:mod:`tpfilter_dev.nodeleftovers`), and refuses to start only if another node is alive.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpfilter_dev import nodeconfig
+from tpfilter_dev import nodeconfig, nodeleftovers
 from tpfilter_dev.controlplane import (
     DEFAULT_BIN_DIR,
     ControlPlane,
@@ -65,6 +68,14 @@ POD_SUBNET = "100.96.64.0/24"
 SERVICE_RANGE = "100.96.128.0/24"
 PAUSE_REF = "tpfilter.local/pause:dev"
 CTR_NAMESPACE = "k8s.io"
+WORKDIR_PREFIX = "tpf-node-"
+FOOTPRINT = nodeleftovers.NodeFootprint(
+    address=NODE_IP,
+    bridge=BRIDGE,
+    workdir_prefix=WORKDIR_PREFIX,
+    cgroup_root="kubepods",  # kubelet's cgroupfs driver
+    netns_prefix="cni-",  # containerd's CRI names pod namespaces so
+)
 
 
 class RealNodeError(ControlPlaneError):
@@ -82,7 +93,7 @@ class RealNode:
     images: tuple[Path, ...]  # OCI tars to import into containerd
     bin_dir: Path = DEFAULT_BIN_DIR
     name: str = "tpf-node"
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tpf-node-")))
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)))
     _plane: ControlPlane | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _node_token: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -161,8 +172,15 @@ class RealNode:
             raise RealNodeError("CNI plugins missing (containernetworking-plugins)")
         for name in ("kubelet", "kube-scheduler", "kube-controller-manager"):
             binary(name, self.bin_dir)
-        if NODE_IP in _run("ip", "-4", "addr", "show", "dev", "lo").stdout:
-            raise RealNodeError(f"{NODE_IP} is on lo: another real node runs (or a leftover)")
+        live = nodeleftovers.live_daemons(FOOTPRINT)
+        if live:
+            raise RealNodeError(f"another real node runs on this machine: {', '.join(live)}")
+        removed = nodeleftovers.reclaim(FOOTPRINT, keep=self.workdir)
+        if removed:  # a killed run's: say so, the next reader of the log may wonder
+            print(
+                f"realnode: removed a dead node's leftovers: {'; '.join(removed)}",
+                file=sys.stderr,
+            )
 
     def _network_up(self) -> None:
         _run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
@@ -301,16 +319,14 @@ class RealNode:
         if "containerd" in self._procs:
             self._remove_containers()
             _terminate(self._procs.pop("containerd"))
-        if self._network_made:  # else another node's (or nothing) is there: not ours
-            self._kill_shims()
-            self._unmount_all()
-            _remove_kubepods_cgroups()
-            _run("ip", "link", "del", BRIDGE, check=False)
-            _run("ip", "addr", "del", f"{NODE_IP}/32", "dev", "lo", check=False)
-            self._network_made = False
         if self._plane is not None:
             self._plane.stop()  # also removes its own workdir
             self._plane = None
+        if self._network_made:  # else another node's (or nothing) is there: not ours
+            # The same removal as of a killed node's: shims, mounts, pod network namespaces
+            # (with their veths), the bridge, the address, the kubepods cgroups, the workdir.
+            nodeleftovers.reclaim(FOOTPRINT)
+            self._network_made = False
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self._made_shared:
             _run("mount", "--make-rprivate", "/", check=False)
@@ -330,23 +346,6 @@ class RealNode:
         for container in self._ctr("containers", "list", "-q", check=False).stdout.split():
             self._ctr("containers", "delete", container, check=False)
 
-    def _kill_shims(self) -> None:
-        marker = str(self.containerd_socket).encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                cmdline = (proc / "cmdline").read_bytes()
-                if b"containerd-shim" in cmdline and marker in cmdline:
-                    os.kill(int(proc.name), 9)
-
-    def _unmount_all(self) -> None:
-        prefix = str(self.workdir) + "/"
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            targets = [line.split()[4] for line in f]
-        for target in sorted((t for t in targets if t.startswith(prefix)), key=len, reverse=True):
-            _run("umount", "-l", target, check=False)
-
 
 def _root_is_shared() -> bool:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
@@ -355,26 +354,6 @@ def _root_is_shared() -> bool:
             if fields[4] == "/":
                 return any(tag.startswith("shared:") for tag in fields[6 : fields.index("-")])
     return False
-
-
-def _remove_kubepods_cgroups() -> None:
-    """rmdir the kubepods trees (deepest first) in every hierarchy: empty once the
-    containers are gone. A live process keeps its directory (reported, not hidden)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        mounts = [line.split() for line in f]
-    roots = [Path(m[4]) for m in mounts if "cgroup" in m[m.index("-") + 1]]
-    for root in roots:
-        top = root / "kubepods"
-        if not top.is_dir():
-            continue
-        for _ in range(50):  # a dying container's cgroup can take a moment to empty
-            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            for d in [*dirs, top]:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            if not top.exists():
-                break
-            time.sleep(0.1)
 
 
 @contextlib.contextmanager
