@@ -31,7 +31,7 @@ case "$1" in
     "$VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --no-deps --no-compile "$2"
     # The BPF C the agent compiles at start must be in the installed package.
     "$VENV/bin/python" -c "import bcc, kopf, kubernetes, pydantic, tpfilter.runner; \
-from tpfilter.programs.loader import program_source; assert program_source().is_file(), program_source(); \
+from tpfilter.programs.build import program_source; assert program_source().is_file(), program_source(); \
 print('BPF sources in', program_source().parent.parent)"
     ;;
   *)

@@ -1,6 +1,8 @@
-"""bcc side: compile bpf/programs/tpf_programs.c once, load, attach, write its maps.
+"""bcc side: the compiled programs (:mod:`tpfilter.programs.build`), attached, and their
+maps written.
 
-Only this module and :mod:`tpfilter.programs.probe` import bcc. Map writes go through
+Only this module, :mod:`tpfilter.programs.build` and :mod:`tpfilter.programs.probe` import
+bcc. Map writes go through
 bcc's table objects with the ctypes types bcc derives from the compiled program, so the
 layout is the C header's by construction.
 """
@@ -10,80 +12,23 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import logging
-import os
-import resource
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpfilter import bpfsrc
-from tpfilter.bpfsrc import bcc_source, node_pid_namespace
 from tpfilter.programs import layout
-from tpfilter.programs.binsel import binary_cflags
+from tpfilter.programs.build import build
 from tpfilter.programs.compiler import ArgMatch, HookConfig
-from tpfilter.programs.fileargs import fd_cflags
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
-from tpfilter.programs.netargs import net_cflags, write_sets
-from tpfilter.programs.pathwalk import path_cflags
+from tpfilter.programs.netargs import write_sets
 from tpfilter.programs.retsel import write_return_filter
-from tpfilter.programs.taskbtf import task_cflags
 from tpfilter.programs.tasksel import fill_tsel
 from tpfilter.programs.tasksets import TaskSets
 from tpfilter.programs.tracefs import TracepointFormat
 
 log = logging.getLogger(__name__)
-
-ENV_SOURCE = "TPFILTER_PROGRAMS_SOURCE"
-
-_STAGES = (("tpf_stage_filter", 0), ("tpf_stage_select", 1), ("tpf_stage_strings", 2))
-_KSTAGE_PATH = 3  # tpf_kprobe.c TPF_STAGE_PATH: kprobes only, when the path walk is compiled
-_STAGE_BINARY = 6  # tpf_programs.c TPF_STAGE_BINARY: every hook type, when compiled in
-_KSTAGE_NET = 4  # tpf_kprobe.c TPF_STAGE_NET: kprobes only, when the network readers are
-_KSTAGE_OBJ = 5  # tpf_kprobe.c TPF_STAGE_OBJ: kprobes only, the kernel-object reader
-
-
-def program_source() -> Path:
-    """tpf_programs.c: $TPFILTER_PROGRAMS_SOURCE, else bpf/programs/ beside
-    policy_filter.h (the package's copy when installed, the repository's in a checkout)."""
-    env = os.environ.get(ENV_SOURCE)
-    return Path(env) if env else bpfsrc.include_dir() / "programs" / "tpf_programs.c"
-
-
-def exec_offsets(fmt: TracepointFormat) -> tuple[int, int, int]:
-    """Offsets of filename (data_loc), pid and old_pid in sched_process_exec's record."""
-    got = []
-    for name in ("filename", "pid", "old_pid"):
-        f = fmt.by_name(name)
-        if f is None:
-            raise ValueError(f"sched_process_exec has no field {name}")
-        got.append(f.offset)
-    return got[0], got[1], got[2]
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReport:
-    compile_seconds: float
-    load_seconds: float
-    rss_after_bytes: int  # peak RSS of the process after compiling and loading
-    rss_now_bytes: int = 0  # resident right after loading (what the agent keeps)
-
-
-def _rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _rss_now_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class Programs:
@@ -103,82 +48,15 @@ class Programs:
         a hook is compiled when an entry first needs it: tpfilter.programs.lsm_override);
         ``kernel``: the node's BTF (programs.btf.KernelBtf), whose offsets the kprobes' path
         walk is compiled with (tpfilter.programs.pathwalk)."""
-        from bcc import BPF
-
-        self._BPF = BPF
-        node_pidns = node_pid_namespace()
-        # Said once, because a wrong one fails quietly: run without hostPID, the agent's
-        # own namespace is not the node's, and the runtime's processes in a container's
-        # cgroup are then taken for the container's (bpf/policy_filter.h).
-        log.info(
-            "node PID namespace (the agent's own: the DaemonSet runs with hostPID): "
-            "inode %d on nsfs device %d",
-            node_pidns.ino,
-            node_pidns.dev,
-        )
-        paths = path_cflags(kernel)  # the path walk: file/path args, executables
-        paths += fd_cflags(kernel) if paths and kprobes else []  # ... and fd args (file table)
-        binary = binary_cflags(kernel)  # matchBinaries (tpf_binary.c)
-        nets = net_cflags(kernel) if kprobes else []  # sock/socket/sockaddr/skb args
-        src = bcc_source(
-            program_source(),
-            pin_dir=pin_dir,
-            node_pidns=node_pidns,
-            extra_cflags=(
-                *layout.cflags(exec_offsets=exec_offsets(exec_format)),
-                *(["-DTPF_WITH_KPROBES", *nets] if kprobes else []),
-                *paths,
-                *task_cflags(kernel),  # matchPIDs/matchNamespaces/matchCapabilities
-                *binary,
-            ),
-        )
-        t0 = time.monotonic()
-        text = src.text
-        if kprobes:  # bcc makes programs only of functions in its main text
-            # matchReturnArgs, kprobes, the kernel-object reader
-            for name in ("tpf_retsel.c", "tpf_kprobe.c", "tpf_obj.c"):
-                text += (program_source().parent / name).read_text()
-            if nets:
-                text += (program_source().parent / "tpf_net.c").read_text()
-        if binary:  # after tpf_kprobe.c: its kprobe stage uses tpf_kstages
-            text += (program_source().parent / "tpf_binary.c").read_text()
-        self.bpf: Any = BPF(text=text.encode(), cflags=src.cflags)
-        t1 = time.monotonic()
-        stages = self.bpf.get_table(b"tpf_stages")
-        for name, index in _STAGES:
-            fn = self.bpf.load_func(name.encode(), BPF.TRACEPOINT)
-            stages[ct.c_int(index)] = ct.c_int(fn.fd)
-        if binary:
-            fn = self.bpf.load_func(b"tpf_stage_binary", BPF.TRACEPOINT)
-            stages[ct.c_int(_STAGE_BINARY)] = ct.c_int(fn.fd)
-        self._exec_fn = self.bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
-        self._sys_fn = self.bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
+        built = build(pin_dir=pin_dir, exec_format=exec_format, kprobes=kprobes, kernel=kernel)
+        self.bpf: Any = built.bpf
         self.kprobes = kprobes
-        if kprobes:
-            kstages = self.bpf.get_table(b"tpf_kstages")
-            for name, index in _STAGES:
-                fn = self.bpf.load_func(name.replace("_stage", "_kstage").encode(), BPF.KPROBE)
-                kstages[ct.c_int(index)] = ct.c_int(fn.fd)
-            if paths:
-                fn = self.bpf.load_func(b"tpf_kstage_path", BPF.KPROBE)
-                kstages[ct.c_int(_KSTAGE_PATH)] = ct.c_int(fn.fd)
-            if nets:
-                fn = self.bpf.load_func(b"tpf_kstage_net", BPF.KPROBE)
-                kstages[ct.c_int(_KSTAGE_NET)] = ct.c_int(fn.fd)
-            fn = self.bpf.load_func(b"tpf_kstage_obj", BPF.KPROBE)
-            kstages[ct.c_int(_KSTAGE_OBJ)] = ct.c_int(fn.fd)
-            if binary:
-                fn = self.bpf.load_func(b"tpf_kstage_binary", BPF.KPROBE)
-                kstages[ct.c_int(_STAGE_BINARY)] = ct.c_int(fn.fd)
-            self.bpf.load_func(b"tpf_kprobe", BPF.KPROBE)
-            self.bpf.load_func(b"tpf_kretprobe", BPF.KPROBE)
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
         self.lsm_overrides = LsmOverrides()
         self.kretprobes: set[str] = set()  # functions whose return probe is attached
-        t2 = time.monotonic()
-        self.report = LoadReport(t1 - t0, t2 - t1, _rss_bytes(), _rss_now_bytes())
+        self.report = built.report
         # followForks' and matchBinaries' filter bits and their node-wide sets
-        self._task_sets = TaskSets(self.bpf.get_table, binaries=bool(binary))
+        self._task_sets = TaskSets(self.bpf.get_table, binaries=built.binaries)
         self._attached: set[str] = set()
         self.event_type: Any = self.bpf.get_table(b"tpf_event_layout").Leaf
         self._t = {
