@@ -184,6 +184,17 @@ def run_in_cgroup(
     return subprocess.run(command, check=check).returncode
 
 
+def binary_copies(where: Path) -> dict[str, str]:
+    """Copies of the node's python (``py``) and dash (``sh``) in ``where``: executables
+    whose paths differ from the originals' while they behave the same (matchBinaries)."""
+    out = {}
+    for name, source in (("py", "/usr/bin/python3"), ("sh", "/bin/sh")):
+        target = where / f"tpf-{name}-copy"
+        shutil.copy2(os.path.realpath(source), target)
+        out[name] = str(target)
+    return out
+
+
 # -- BPF maps and programs --------------------------------------------------------------------
 
 

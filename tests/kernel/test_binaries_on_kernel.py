@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelkit import Cgroups, Env, kernel_marks, run_in_cgroup, skip_reason
+from kernelkit import (
+    Cgroups,
+    Env,
+    binary_copies,
+    kernel_marks,
+    run_in_cgroup,
+    skip_reason,
+)
 from test_programs_syscalls import LSEEK_4444, PYTHON, tp_policy
 from test_tasksel_on_kernel import KILLED_CHILD, lseek_kill
 
@@ -44,14 +51,7 @@ def cg(loaded: Env, cgroups: Cgroups) -> Path:
 
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A copy of python and one of dash, in a directory of their own."""
-    where = tmp_path_factory.mktemp("tpf-binaries")
-    out = {}
-    for name, source in (("py", REAL_PYTHON), ("sh", os.path.realpath("/bin/sh"))):
-        target = where / f"tpf-{name}-copy"
-        shutil.copy2(source, target)
-        out[name] = str(target)
-    return out
+    return binary_copies(tmp_path_factory.mktemp("tpf-binaries"))
 
 
 def load(env: Env, name: str, *binaries: dict[str, Any]) -> None:

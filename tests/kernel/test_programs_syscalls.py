@@ -38,27 +38,43 @@ def tp_policy(name: str, tracepoint: dict[str, Any]) -> Policy:
     )
 
 
-LSEEK_4444 = "import os\ntry:\n    os.lseek(0, 12345, 4444)\nexcept OSError:\n    pass\n"
+def lseek_policy(
+    name: str,
+    *,
+    offset: tuple[str, str, list[str]] | None = None,
+    actions: list[dict[str, Any]] | None = None,
+    **filters: Any,
+) -> Policy:
+    """sys_enter_lseek when whence is 4444 (no normal program uses it); ``offset`` is
+    (type, operator, values) of a second matchArg, on the offset, reported first;
+    ``filters`` are the selector's others (matchPIDs=[...], matchBinaries=[...])."""
+    args: list[dict[str, Any]] = [{"index": 7, "type": "int32", "label": "whence"}]
+    matches: list[dict[str, Any]] = [{"index": 7, "operator": "Equal", "values": ["4444"]}]
+    if offset is not None:
+        int_type, operator, values = offset
+        args.insert(0, {"index": 6, "type": int_type, "label": "offset"})
+        matches.append({"index": 6, "operator": operator, "values": values})
+    selector: dict[str, Any] = {"matchArgs": matches, **filters}
+    if actions:
+        selector["matchActions"] = actions
+    hook = {"subsystem": "syscalls", "event": "sys_enter_lseek", "args": args}
+    return tp_policy(name, {**hook, "selectors": [selector]})
+
+
+def lseeks(*offsets: int) -> str:
+    """A snippet that calls lseek(0, offset, 4444) for each offset (each fails: EINVAL)."""
+    calls = (f"try:\n    os.lseek(0, {o}, 4444)\nexcept OSError:\n    pass\n" for o in offsets)
+    return "import os\n" + "".join(calls)
+
+
+LSEEK_4444 = lseeks(12345)
 
 
 def test_sigkill_on_an_integer_argument(loaded: Env, cgroups: Cgroups) -> None:
     env = loaded
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     env.maps.install(41, {cg_id}, max_entries=8)
-    policy = tp_policy(
-        "lseek-kill",
-        {
-            "subsystem": "syscalls",
-            "event": "sys_enter_lseek",
-            "args": [{"index": 7, "type": "int32", "label": "whence"}],
-            "selectors": [
-                {
-                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
-                    "matchActions": [{"action": "Sigkill"}],
-                }
-            ],
-        },
-    )
+    policy = lseek_policy("lseek-kill", actions=[{"action": "Sigkill"}])
     statuses = env.manager.sync([(policy, 41)])
     assert statuses["lseek-kill"].state == "loaded", statuses
     assert "syscalls/sys_enter_lseek" in env.manager._programs.attached
@@ -92,20 +108,7 @@ def test_signal_sends_argsig_to_the_process(loaded: Env, cgroups: Cgroups, sig: 
     (cg, cg_id), (other, _) = cgroups(), cgroups()
     env.pods[cg_id] = ("ns", "pod-signal", "c")
     env.maps.install(44, {cg_id}, max_entries=8)
-    policy = tp_policy(
-        "lseek-signal",
-        {
-            "subsystem": "syscalls",
-            "event": "sys_enter_lseek",
-            "args": [{"index": 7, "type": "int32", "label": "whence"}],
-            "selectors": [
-                {
-                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
-                    "matchActions": [{"action": "Signal", "argSig": sig}],
-                }
-            ],
-        },
-    )
+    policy = lseek_policy("lseek-signal", actions=[{"action": "Signal", "argSig": sig}])
     assert env.manager.sync([(policy, 44)])["lseek-signal"].state == "loaded"
     assert py(WAIT_USR, cg) == sig
     assert py(WAIT_USR, other) == 0
@@ -135,31 +138,9 @@ def test_post_on_integer_operators(
     cg, cg_id = cgroups()
     env.pods[cg_id] = ("ns", "pod-int", "c")
     env.maps.install(42, {cg_id}, max_entries=8)
-    policy = tp_policy(
-        "lseek-post",
-        {
-            "subsystem": "syscalls",
-            "event": "sys_enter_lseek",
-            "args": [
-                {"index": 6, "type": "int64", "label": "offset"},
-                {"index": 7, "type": "int32", "label": "whence"},
-            ],
-            "selectors": [
-                {
-                    "matchArgs": [
-                        {"index": 7, "operator": "Equal", "values": ["4444"]},
-                        {"index": 6, "operator": operator, "values": values},
-                    ]
-                }
-            ],
-        },
-    )
+    policy = lseek_policy("lseek-post", offset=("int64", operator, values))
     assert env.manager.sync([(policy, 42)])["lseek-post"].state == "loaded"
-    offsets = [5000, 7, 0x4007, 123, 0]
-    code = "import os\n" + "".join(
-        f"try:\n    os.lseek(0, {o}, 4444)\nexcept OSError:\n    pass\n" for o in offsets
-    )
-    assert py(code, cg) == 0
+    assert py(lseeks(5000, 7, 0x4007, 123, 0), cg) == 0
     events = env.lines()
     assert [e["args"][0] for e in events] == hits
     assert all(e["args"][1] == 4444 for e in events)
@@ -192,30 +173,9 @@ def test_small_integer_types_compare_and_report_their_low_bits(
     cg, cg_id = cgroups()
     env.pods[cg_id] = ("ns", "pod-small", "c")
     env.maps.install(43, {cg_id}, max_entries=8)
-    policy = tp_policy(
-        "lseek-small",
-        {
-            "subsystem": "syscalls",
-            "event": "sys_enter_lseek",
-            "args": [
-                {"index": 6, "type": int_type, "label": "offset"},
-                {"index": 7, "type": "int32", "label": "whence"},
-            ],
-            "selectors": [
-                {
-                    "matchArgs": [
-                        {"index": 7, "operator": "Equal", "values": ["4444"]},
-                        {"index": 6, "operator": operator, "values": [value]},
-                    ]
-                }
-            ],
-        },
-    )
+    policy = lseek_policy("lseek-small", offset=(int_type, operator, [value]))
     assert env.manager.sync([(policy, 43)])["lseek-small"].state == "loaded"
-    code = "import os\n" + "".join(
-        f"try:\n    os.lseek(0, {o}, 4444)\nexcept OSError:\n    pass\n" for o in offsets
-    )
-    assert py(code, cg) == 0
+    assert py(lseeks(*offsets), cg) == 0
     assert [e["args"][0] for e in env.lines()] == hits
 
 

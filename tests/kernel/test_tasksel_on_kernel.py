@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 from kernelkit import Cgroups, Env, kernel_marks, skip_reason
-from test_programs_syscalls import LSEEK_4444, PYTHON, tp_policy
+from test_programs_syscalls import LSEEK_4444, PYTHON, lseek_policy
 
+from tpfilter.models import Policy
 from tpfilter_dev import contain
 
 pytestmark = kernel_marks(
@@ -31,22 +32,8 @@ pytestmark = kernel_marks(
 POLICY_ID = 51
 
 
-def lseek_kill(name: str, **filters: Any) -> Any:
-    return tp_policy(
-        name,
-        {
-            "subsystem": "syscalls",
-            "event": "sys_enter_lseek",
-            "args": [{"index": 7, "type": "int32", "label": "whence"}],
-            "selectors": [
-                {
-                    "matchArgs": [{"index": 7, "operator": "Equal", "values": ["4444"]}],
-                    **filters,
-                    "matchActions": [{"action": "Sigkill"}],
-                }
-            ],
-        },
-    )
+def lseek_kill(name: str, **filters: Any) -> Policy:
+    return lseek_policy(name, actions=[{"action": "Sigkill"}], **filters)
 
 
 @pytest.fixture

@@ -14,23 +14,21 @@ does not; followChildren to reach a child and a grandchild.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kernelkit import Cgroups, Env, emptied_after
+from kernelkit import Cgroups, Env, binary_copies, emptied_after
+from test_programs_syscalls import LSEEK_4444, PYTHON
+from test_tasksel_on_kernel import KILLED_CHILD
 
 from tpfilter.models import parse_policy
 from tpfilter_dev import contain
 
 POLICY_ID = 38
-PYTHON = "/usr/bin/python3"
 REAL_PYTHON = os.path.realpath(PYTHON)
-LSEEK_4444 = "import os\ntry:\n    os.lseek(0, 12345, 4444)\nexcept OSError:\n    pass\n"
-KILLED_CHILD = 128 + 9
 
 
 @pytest.fixture
@@ -43,13 +41,7 @@ def cg(env: Env, cgroups: Cgroups) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    where = tmp_path_factory.mktemp("tpf-binaries")
-    out = {}
-    for name, source in (("py", REAL_PYTHON), ("sh", os.path.realpath("/bin/sh"))):
-        target = where / f"tpf-{name}-copy"
-        shutil.copy2(source, target)
-        out[name] = str(target)
-    return out
+    return binary_copies(tmp_path_factory.mktemp("tpf-binaries"))
 
 
 def load(env: Env, name: str, kprobe: dict[str, Any]) -> None:

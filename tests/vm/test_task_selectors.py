@@ -17,15 +17,13 @@ from typing import Any
 
 import pytest
 from kernelkit import Cgroups, Env, emptied_after
+from test_programs_syscalls import LSEEK_4444, PYTHON
+from test_tasksel_on_kernel import FORKED, KILLED_CHILD
 
 from tpfilter.models import parse_policy
 from tpfilter_dev import contain
 
 POLICY_ID = 37
-PYTHON = "/usr/bin/python3"
-LSEEK_4444 = "import os\ntry:\n    os.lseek(0, 12345, 4444)\nexcept OSError:\n    pass\n"
-FORKED = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]  # the command is PID 2 of its namespace
-KILLED_CHILD = 128 + 9
 
 
 @pytest.fixture
