@@ -22,9 +22,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tpfilter.programs.compiler import STRING_TYPES, NodeEnv, compile_spec
+from tpfilter.programs.argmatch import STRING_TYPES
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.netargs import NET_TYPES
 from tpfilter.programs.objargs import OBJ_TYPES
+from tpfilter.programs.plan import NodeEnv
 from tpfilter.programs.tasksel import NAMESPACES
 from tpfilter.programs.tracefs import Field, TracepointFormat
 

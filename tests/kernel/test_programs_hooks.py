@@ -16,8 +16,9 @@ import yaml
 
 from tpfilter.models import parse_policy
 from tpfilter.programs.btf import KernelBtf
-from tpfilter.programs.compiler import NodeEnv, compile_spec
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.kprobes import KprobeHooks
+from tpfilter.programs.plan import NodeEnv
 from tpfilter.programs.probe import NodeFeatures, probe_features
 from tpfilter.programs.tracefs import read_format, syscall_numbers
 

@@ -10,9 +10,11 @@ import yaml
 
 from tpfilter.models import parse_policy
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import NodeEnv, compile_spec, parse_int
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.layout import Action, BinOp, IntType, Kind, Op
+from tpfilter.programs.plan import NodeEnv
 from tpfilter.programs.tracefs import TracepointFormat, parse_format, parse_syscall_table
+from tpfilter.programs.values import parse_int
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -9,11 +9,12 @@ from typing import Any, ClassVar
 import pytest
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import NodeEnv, compile_spec
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.fileargs import FD_MEMBERS, fd_cflags
 from tpfilter.programs.kprobes import KprobeHooks
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.pathwalk import MEMBERS
+from tpfilter.programs.plan import NodeEnv
 
 
 class FakeKernel:

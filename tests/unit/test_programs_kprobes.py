@@ -11,10 +11,11 @@ import yaml
 
 from tpfilter.models import parse_policy
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import NodeEnv, compile_spec, hooks_of
+from tpfilter.programs.compiler import compile_spec, hooks_of
 from tpfilter.programs.kprobes import FIRST_HOOK, KprobeHooks
 from tpfilter.programs.layout import Action, IntType, Kind, Op
 from tpfilter.programs.pathwalk import MEMBERS, path_cflags
+from tpfilter.programs.plan import NodeEnv
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tpfilter.programs.compiler import NodeEnv, compile_spec
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.kprobes import KprobeHooks
 from tpfilter.programs.layout import Action, IntType, Kind, Op
+from tpfilter.programs.plan import NodeEnv
 from tpfilter.programs.tracefs import Field, TracepointFormat
 from unit.test_programs_kprobes import FakeKernel
 

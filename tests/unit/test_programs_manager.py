@@ -17,10 +17,10 @@ from test_programs_compiler import FORMATS, fmt
 
 from tpfilter.models import Policy, parse_policy
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import HookConfig
 from tpfilter.programs.events import RawEvent, event_record
 from tpfilter.programs.manager import ProgramManager
 from tpfilter.programs.metrics import Metrics, is_map_full
+from tpfilter.programs.plan import HookConfig
 from tpfilter.programs.probe import NodeFeatures
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tpfilter.programs.compiler import NodeEnv, compile_spec
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.kprobes import KprobeHooks
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.netargs import (
@@ -25,6 +25,7 @@ from tpfilter.programs.netargs import (
     net_values,
     port_prefixes,
 )
+from tpfilter.programs.plan import NodeEnv
 
 
 class NetKernel:

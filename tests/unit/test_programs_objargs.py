@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import NodeEnv, compile_spec
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.events import RawEvent, _arg_value
 from tpfilter.programs.kprobes import KprobeHooks
 from tpfilter.programs.layout import IntType, Kind, Op
@@ -27,6 +27,7 @@ from tpfilter.programs.objargs import (
 from tpfilter.programs.objargs import (
     layout as obj_layout,
 )
+from tpfilter.programs.plan import NodeEnv
 
 OFFSETS = {  # Debian 6.1 (x86-64) offsets
     ("cred", "uid"): 4, ("cred", "gid"): 8, ("cred", "suid"): 12, ("cred", "sgid"): 16,

@@ -11,9 +11,10 @@ import pytest
 from test_programs_kprobes import ENV
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import ArgMatch, compile_spec
+from tpfilter.programs.compiler import compile_spec
 from tpfilter.programs.events import RawEvent
 from tpfilter.programs.layout import Action, IntType, Kind, Op
+from tpfilter.programs.plan import ArgMatch
 from tpfilter.programs.retjoin import ReturnJoiner
 from tpfilter.programs.retsel import unsigned_order, write_return_filter
 

@@ -39,9 +39,9 @@ def test_past_the_bound_the_oldest_go_out_without_a_value() -> None:
 
 
 def test_the_record_shows_the_return_value_or_that_it_is_missing() -> None:
-    from tpfilter.programs.compiler import ArgSpec, HookConfig
     from tpfilter.programs.events import RETURN_ARG, ConfigInfo, event_record
     from tpfilter.programs.layout import IntType, Kind
+    from tpfilter.programs.plan import ArgSpec, HookConfig
 
     cfg = HookConfig(
         hook=600,

@@ -56,7 +56,7 @@ REFUSED: Mapping[str, str] = {
 
 
 class Reasons(Protocol):
-    """Where the compiler collects why a policy cannot run (compiler._Errors)."""
+    """Where the compiler collects why a policy cannot run (argmatch.Errors)."""
 
     def add(self, where: str, what: str) -> None: ...
 

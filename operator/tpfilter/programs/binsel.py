@@ -95,7 +95,7 @@ def compile_binaries(
     raw: Any, where: str, errors: Any, *, exec_hook: bool, kernel: Any
 ) -> Binaries | None:
     """A selector's ``matchBinaries`` (``where``: its path), or None after adding the
-    reasons to ``errors`` (a ``compiler._Errors``)."""
+    reasons to ``errors`` (a ``argmatch.Errors``)."""
     if not isinstance(raw, list) or not raw:
         errors.add(where, "must be a non-empty list")
         return None

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import ArgSpec, HookConfig
 from tpfilter.programs.layout import Action, IntType, Kind
 from tpfilter.programs.netargs import decode_tuple
 from tpfilter.programs.objargs import capability, decode_copy
+from tpfilter.programs.plan import ArgSpec, HookConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import HookConfig
+from tpfilter.programs.plan import HookConfig
 
 
 @dataclass(frozen=True, slots=True)

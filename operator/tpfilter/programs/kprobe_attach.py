@@ -15,7 +15,7 @@ import ctypes as ct
 from typing import Any
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import HookConfig
+from tpfilter.programs.plan import HookConfig
 
 # bpf_get_func_ip() of a kprobe is the probed address: the symbol's, or 4 bytes further
 # on kernels with IBT, where the probe goes after the function's ENDBR instruction.

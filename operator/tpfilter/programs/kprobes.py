@@ -27,27 +27,23 @@ from typing import Any
 
 from tpfilter.programs import fileargs, layout, netargs, objargs, unbuilt
 from tpfilter.programs.actions import compile_actions
-from tpfilter.programs.binsel import compile_binaries, with_binaries
-from tpfilter.programs.compiler import (
-    _ARG_DEFAULTS,
-    _ARG_KEYS,
-    _INT_TYPES,
+from tpfilter.programs.argmatch import (
+    ARG_DEFAULTS,
+    ARG_KEYS,
+    INT_TYPES,
     TASK_KEYS,
-    ArgMatch,
-    ArgSpec,
-    HookConfig,
-    NodeEnv,
-    Selector,
-    _Errors,
-    _Source,
-    parse_int,
+    Errors,
+    Source,
     selector_keys_ok,
 )
+from tpfilter.programs.binsel import compile_binaries, with_binaries
 from tpfilter.programs.events import RETURN_ARG
 from tpfilter.programs.layout import Action, IntType, Kind
 from tpfilter.programs.lists import FunctionList, expand_kprobe
+from tpfilter.programs.plan import ArgMatch, ArgSpec, HookConfig, NodeEnv, Selector
 from tpfilter.programs.retsel import compile_return_arg_action, compile_return_selector
 from tpfilter.programs.tasksel import compile_task_filters
+from tpfilter.programs.values import parse_int
 
 # The arch's syscall wrappers (CONFIG_ARCH_HAS_SYSCALL_WRAPPER), by os.uname().machine.
 SYSCALL_PREFIXES = {"x86_64": "__x64_", "aarch64": "__arm64_", "s390x": "__s390x_"}
@@ -58,7 +54,7 @@ _KPROBE_KEYS = frozenset(
 )
 _STRING_PARAMS = frozenset({"char *", "unsigned char *", "signed char *"})
 _BUFFER_PARAMS = {"string": _STRING_PARAMS, "char_buf": _STRING_PARAMS | {"void *"}}
-_SELECTOR_KEYS = (
+SELECTOR_KEYS = (
     frozenset({"matchBinaries", "matchArgs", "matchActions", "matchReturnArgs"}) | TASK_KEYS
 )
 # type -> (struct, member): a struct whose char * member is the string compared and reported
@@ -85,7 +81,7 @@ class KprobeHooks:
         return self._ids[func]
 
 
-def compile_options(options: Any, errors: _Errors) -> None:
+def compile_options(options: Any, errors: Errors) -> None:
     if not isinstance(options, list):
         errors.add("spec.options", "must be a list")
         return
@@ -96,7 +92,7 @@ def compile_options(options: Any, errors: _Errors) -> None:
 
 
 def compile_kprobes(
-    value: Any, env: NodeEnv, errors: _Errors, lists: Mapping[str, FunctionList] | None = None
+    value: Any, env: NodeEnv, errors: Errors, lists: Mapping[str, FunctionList] | None = None
 ) -> list[HookConfig]:
     if not isinstance(value, list):
         errors.add("spec.kprobes", "must be a list")
@@ -153,7 +149,7 @@ def resolve_call(call: str, syscall: bool, env: NodeEnv) -> tuple[str, str | Non
 
 def _arg_source(
     arg: Mapping[str, Any], params: tuple[str, ...] | None, env: NodeEnv
-) -> tuple[_Source, tuple[int, int, int] | None] | str:
+) -> tuple[Source, tuple[int, int, int] | None] | str:
     """Where argument ``index`` is (values[1 + index]) and, for a struct read as a string,
     the reader (index, member offset, layout.READ_*). ``params`` is None for a syscall (the
     wrapper's one parameter is pt_regs: the syscall's own six are read from it)."""
@@ -170,7 +166,7 @@ def _arg_source(
         offset = env.kernel.member_offset(struct_name, member)
         if offset is None:
             return f"struct {struct_name} has no member {member} in this kernel's BTF"
-        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset, layout.READ_MEMBER)
+        return Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, offset, layout.READ_MEMBER)
     if user_type is not None and user_type in fileargs.PATH_TYPES:
         reader = fileargs.path_reader(user_type, params, index, env.kernel)
         if isinstance(reader, str):
@@ -178,9 +174,9 @@ def _arg_source(
         filp = env.kernel.member_offset("kiocb", "ki_filp") if user_type == "kiocb" else 0
         if filp is None:
             return "type kiocb: struct kiocb has no member ki_filp in this kernel's BTF"
-        return _Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, filp, reader)
+        return Source(Kind.PATH, layout.PATH_STR, IntType.U64), (index, filp, reader)
     if user_type == "nop":
-        return _Source(Kind.NOP, index + 1, IntType.U64), None
+        return Source(Kind.NOP, index + 1, IntType.U64), None
     if user_type is not None and user_type in objargs.OBJ_TYPES:
         obj = objargs.obj_source(user_type, params, index, env.kernel)
         return obj if isinstance(obj, str) else (obj, None)
@@ -199,8 +195,8 @@ def _arg_source(
                     f"char_buf needs sizeArgIndex, the 1-based index of another of the "
                     f"{nparams} arguments holding its size (got {size!r})"
                 )
-        return _Source(Kind.USER_STR, index + 1, IntType.U64), None
-    int_type = _INT_TYPES.get(user_type or "")
+        return Source(Kind.USER_STR, index + 1, IntType.U64), None
+    int_type = INT_TYPES.get(user_type or "")
     if user_type is not None and user_type in unbuilt.ARG_TYPES:
         return f"argument type {user_type!r} is not supported: {unbuilt.ARG_TYPES[user_type]}"
     if int_type is None:
@@ -209,10 +205,10 @@ def _arg_source(
             "(integers, string, char_buf, file, path, fd, dentry, kiocb, linux_binprm, "
             f"filename, sock, socket, sockaddr, skb, {', '.join(objargs.OBJ_TYPES)}, nop)"
         )
-    return _Source(Kind.INT, index + 1, int_type), None
+    return Source(Kind.INT, index + 1, int_type), None
 
 
-def _return_arg(kp: Mapping[str, Any], where: str, errors: _Errors) -> ArgSpec | None:
+def _return_arg(kp: Mapping[str, Any], where: str, errors: Errors) -> ArgSpec | None:
     ret = kp.get("returnArg")
     if ret in (None, {}):
         return None
@@ -220,14 +216,14 @@ def _return_arg(kp: Mapping[str, Any], where: str, errors: _Errors) -> ArgSpec |
         errors.add(f"{where}.returnArg", "needs return: true")
         return None
     user_type = str(ret.get("type")) if isinstance(ret, Mapping) else None
-    int_type = _INT_TYPES.get(user_type or "")
+    int_type = INT_TYPES.get(user_type or "")
     if int_type is None:
         errors.add(f"{where}.returnArg", f"type {user_type!r} not supported (integers)")
         return None
     return ArgSpec(RETURN_ARG, "return", Kind.INT, 0, int_type)
 
 
-def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
+def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: Errors) -> HookConfig | None:
     if not isinstance(kp, Mapping):
         errors.add(where, "not a mapping")
         return None
@@ -254,7 +250,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
         errors.add(where, "no kprobe hook ID left on this node")
         return None
 
-    sources: dict[int, _Source] = {}
+    sources: dict[int, Source] = {}
     specs: list[ArgSpec] = []
     reader: tuple[int, int, int] | None = None
     capture = layout.NO_CAPTURE
@@ -266,8 +262,8 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
             continue
         bad = {
             k
-            for k in set(arg) - _ARG_KEYS - {"sizeArgIndex", "returnCopy"}
-            if _ARG_DEFAULTS.get(k, ...) != arg[k]
+            for k in set(arg) - ARG_KEYS - {"sizeArgIndex", "returnCopy"}
+            if ARG_DEFAULTS.get(k, ...) != arg[k]
         }
         got = (
             f"{', '.join(sorted(bad))} not supported"
@@ -307,7 +303,7 @@ def compile_kprobe(kp: Any, where: str, env: NodeEnv, errors: _Errors) -> HookCo
     override_lsm = ""
     for s, raw in enumerate(kp.get("selectors") or []):
         at = f"{where}.selectors[{s}]"
-        if not selector_keys_ok(raw, at, errors, _SELECTOR_KEYS, "not supported on kprobes"):
+        if not selector_keys_ok(raw, at, errors, SELECTOR_KEYS, "not supported on kprobes"):
             continue
         matches: list[ArgMatch | None] = [
             objargs.compile_match(

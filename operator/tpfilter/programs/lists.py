@@ -37,15 +37,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tpfilter.programs.compiler import (
-    ArgMatch,
-    NodeEnv,
-    _Errors,
-    _normalise,
-    _Source,
-    parse_int,
-)
+from tpfilter.programs.argmatch import Errors, Source, normalise
 from tpfilter.programs.layout import Kind, Op
+from tpfilter.programs.plan import ArgMatch, NodeEnv
+from tpfilter.programs.values import parse_int
 
 LIST_PREFIX = "list:"
 IN_MAP_OPS: Mapping[str, Op] = {"inmap": Op.EQ, "notinmap": Op.NE}
@@ -75,7 +70,7 @@ class FunctionList:
     values: tuple[str, ...]
 
 
-def parse_lists(value: Any, errors: _Errors) -> dict[str, FunctionList]:
+def parse_lists(value: Any, errors: Errors) -> dict[str, FunctionList]:
     """spec.lists by name. Every list is checked, used or not (as Tetragon validates them)."""
     if value in (None, [], {}):
         return {}
@@ -94,7 +89,7 @@ def parse_lists(value: Any, errors: _Errors) -> dict[str, FunctionList]:
     return out
 
 
-def _parse_list(raw: Any, where: str, errors: _Errors) -> FunctionList | None:
+def _parse_list(raw: Any, where: str, errors: Errors) -> FunctionList | None:
     if not isinstance(raw, Mapping):
         errors.add(where, "not a mapping")
         return None
@@ -136,7 +131,7 @@ def _parse_list(raw: Any, where: str, errors: _Errors) -> FunctionList | None:
 
 
 def expand_kprobe(
-    kp: Any, where: str, lists: Mapping[str, FunctionList], env: NodeEnv, errors: _Errors
+    kp: Any, where: str, lists: Mapping[str, FunctionList], env: NodeEnv, errors: Errors
 ) -> list[Any]:
     """The kprobe entries ``kp`` stands for: itself, or one per function of its list."""
     call = kp.get("call") if isinstance(kp, Mapping) else None
@@ -170,7 +165,7 @@ def expand_kprobe(
     return [{**kp, "call": value, "syscall": found.syscalls} for value in first.values()]
 
 
-def refuse_list_calls(spec: Mapping[str, Any], errors: _Errors) -> None:
+def refuse_list_calls(spec: Mapping[str, Any], errors: Errors) -> None:
     """``list:`` where it means nothing: lists name kernel functions, for kprobes only."""
     for key, field in (("tracepoints", "event"), ("lsmhooks", "hook")):
         entries = spec.get(key)
@@ -184,7 +179,7 @@ def refuse_list_calls(spec: Mapping[str, Any], errors: _Errors) -> None:
 
 
 def compile_in_map(
-    entry: Mapping[str, Any], where: str, source: _Source, values: Sequence[Any], errors: _Errors
+    entry: Mapping[str, Any], where: str, source: Source, values: Sequence[Any], errors: Errors
 ) -> ArgMatch | None:
     """InMap/NotInMap on an integer: its values (and ranges) as the Equal/NotEqual set."""
     name = str(entry.get("operator"))
@@ -218,7 +213,7 @@ def compile_in_map(
                 "entry (each is an entry of the node's integer set map)",
             )
             return None
-        nums.update(_normalise(n, source.int_type) for n in range(low, high + 1))
+        nums.update(normalise(n, source.int_type) for n in range(low, high + 1))
     if len(nums) > MAX_RANGE_VALUES:
         errors.add(where, f"{len(nums)} values, at most {MAX_RANGE_VALUES} per entry")
         return None

@@ -18,11 +18,11 @@ from typing import Any
 
 from tpfilter.programs import layout
 from tpfilter.programs.build import build
-from tpfilter.programs.compiler import ArgMatch, HookConfig
 from tpfilter.programs.kprobe_attach import kprobe_attach, kprobe_detach
 from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.netargs import write_sets
+from tpfilter.programs.plan import ArgMatch, HookConfig
 from tpfilter.programs.retsel import write_return_filter
 from tpfilter.programs.tasksel import fill_tsel
 from tpfilter.programs.tasksets import TaskSets

@@ -21,13 +21,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from tpfilter.programs.compiler import HookConfig, NodeEnv, _Errors
+from tpfilter.programs.argmatch import Errors
 from tpfilter.programs.kprobes import compile_kprobe
+from tpfilter.programs.plan import HookConfig, NodeEnv
 
 _LSM_KEYS = frozenset({"hook", "args", "selectors", "message", "tags"})
 
 
-def compile_lsmhooks(value: Any, env: NodeEnv, errors: _Errors) -> list[HookConfig]:
+def compile_lsmhooks(value: Any, env: NodeEnv, errors: Errors) -> list[HookConfig]:
     if not isinstance(value, list):
         errors.add("spec.lsmhooks", "must be a list")
         return []
@@ -45,7 +46,7 @@ def compile_lsmhooks(value: Any, env: NodeEnv, errors: _Errors) -> list[HookConf
     return out
 
 
-def _compile_lsmhook(entry: Any, where: str, env: NodeEnv, errors: _Errors) -> HookConfig | None:
+def _compile_lsmhook(entry: Any, where: str, env: NodeEnv, errors: Errors) -> HookConfig | None:
     if not isinstance(entry, Mapping):
         errors.add(where, "not a mapping")
         return None

@@ -34,7 +34,7 @@ from typing import Any, Literal, TextIO
 from tpfilter.models import Policy
 from tpfilter.programs import layout
 from tpfilter.programs.btf import KernelBtf
-from tpfilter.programs.compiler import HookConfig, NodeEnv, compile_spec, hooks_of
+from tpfilter.programs.compiler import compile_spec, hooks_of
 from tpfilter.programs.events import (
     ConfigInfo,
     EventWriter,
@@ -48,6 +48,7 @@ from tpfilter.programs.hostns import host_namespaces
 from tpfilter.programs.kprobes import SYSCALL_PREFIXES, KprobeHooks
 from tpfilter.programs.layout import Stat
 from tpfilter.programs.metrics import Metrics, filter_map_usage, index_metrics
+from tpfilter.programs.plan import HookConfig, NodeEnv
 from tpfilter.programs.probe import NodeFeatures, probe_features
 from tpfilter.programs.retjoin import ReturnJoiner
 from tpfilter.programs.tracefs import TracepointFormat, read_format, syscall_numbers

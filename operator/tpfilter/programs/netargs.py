@@ -26,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tpfilter.programs import btf
-from tpfilter.programs.compiler import ArgMatch, _compile_match_arg, _Errors, _Source
+from tpfilter.programs.argmatch import Errors, Source, compile_match_arg
 from tpfilter.programs.layout import IntType, Kind, Op
+from tpfilter.programs.plan import ArgMatch
 from tpfilter.programs.values import parse_int
 
 NR_NET = 2  # tpf_net.h TPF_NR_NET: network arguments read per hook
@@ -120,7 +121,7 @@ def net_slot(params: Sequence[str], index: int) -> int | None:
 
 def net_source(
     user_type: str, params: Sequence[str] | None, index: int, kernel: Any
-) -> _Source | str:
+) -> Source | str:
     """Where a declared network argument is read (its tuple), or why it cannot be."""
     ctype, _ = NET_TYPES[user_type]
     if params is None:
@@ -133,11 +134,11 @@ def net_source(
     slot = net_slot(params, index)
     if slot is None:
         return f"type {user_type}: only a function's first {NR_NET} network parameters are read"
-    return _Source(Kind.NET, slot, IntType.U64)
+    return Source(Kind.NET, slot, IntType.U64)
 
 
 def readers(
-    sources: Mapping[int, _Source], params: Sequence[str] | None
+    sources: Mapping[int, Source], params: Sequence[str] | None
 ) -> tuple[tuple[int, int, int], ...]:
     """(tuple slot, argument index, TPF_NET_*) of the network arguments a hook entry reads."""
     if params is None:
@@ -212,7 +213,7 @@ def net_values(op: Op, priv: bool, values: Sequence[Any]) -> tuple[tuple[int, in
 
 
 def _compile_net(
-    entry: Mapping[str, Any], where: str, source: _Source, net_type: str, errors: _Errors
+    entry: Mapping[str, Any], where: str, source: Source, net_type: str, errors: Errors
 ) -> ArgMatch | None:
     name = str(entry.get("operator", ""))
     got = _OPS.get(name.lower())
@@ -253,9 +254,9 @@ def _compile_net(
 def compile_match(
     entry: Any,
     where: str,
-    sources: Mapping[int, _Source],
+    sources: Mapping[int, Source],
     params: Sequence[str] | None,
-    errors: _Errors,
+    errors: Errors,
 ) -> ArgMatch | None:
     """A kprobe's matchArgs entry: a network argument's here, the others the compiler's."""
     if isinstance(entry, Mapping):
@@ -275,7 +276,7 @@ def compile_match(
                 f"argument (index {index} is not one)",
             )
             return None
-    return _compile_match_arg(entry, where, sources, errors)
+    return compile_match_arg(entry, where, sources, errors)
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tpfilter.programs.argmatch import Errors, Source, compile_match_arg
 from tpfilter.programs.btf import offsets, param_slot
-from tpfilter.programs.compiler import ArgMatch, _compile_match_arg, _Errors, _Source
 from tpfilter.programs.layout import IntType, Kind
+from tpfilter.programs.plan import ArgMatch
 from tpfilter.programs.tasksel import CAP_NUMBERS, CAPABILITIES
 
 NR_OBJ = 2  # tpf_obj.h TPF_NR_OBJ: object arguments read per hook
@@ -186,7 +187,7 @@ def obj_slot(params: Sequence[str], index: int) -> int | None:
 
 def obj_source(
     user_type: str, params: Sequence[str] | None, index: int, kernel: Any
-) -> _Source | str:
+) -> Source | str:
     """Where a declared object argument is reported from, or why it cannot be read."""
     obj = OBJ_TYPES[user_type]
     if params is None:
@@ -194,14 +195,14 @@ def obj_source(
     if params[index] != obj.ctype:
         return f"parameter {index} is {params[index]}, not {obj.ctype} (type {user_type})"
     if not obj.fields:  # capability: the integer itself
-        return _Source(Kind.OBJ, index + 1, IntType.S32)
+        return Source(Kind.OBJ, index + 1, IntType.S32)
     reads = field_reads(user_type, kernel)
     if isinstance(reads, str):
         return f"type {user_type} cannot be read on this node: {reads}"
     slot = obj_slot(params, index)
     if slot is None:
         return f"type {user_type}: only a function's first {NR_OBJ} object parameters are read"
-    return _Source(Kind.OBJ, slot, IntType.U64)
+    return Source(Kind.OBJ, slot, IntType.U64)
 
 
 def type_of(params: Sequence[str], index: int) -> str:
@@ -210,7 +211,7 @@ def type_of(params: Sequence[str], index: int) -> str:
 
 
 def readers(
-    sources: Mapping[int, _Source], params: Sequence[str] | None, kernel: Any
+    sources: Mapping[int, Source], params: Sequence[str] | None, kernel: Any
 ) -> tuple[tuple[int, int, tuple[Read, ...]], ...]:
     """(event copy, argument index, copies) of the object arguments a hook entry reads."""
     if params is None:
@@ -225,7 +226,7 @@ def readers(
 
 
 def string_adds(
-    sources: Mapping[int, _Source], params: Sequence[str] | None, kernel: Any
+    sources: Mapping[int, Source], params: Sequence[str] | None, kernel: Any
 ) -> tuple[tuple[int, int], ...]:
     """(strs[] k, offset): a net_device's name is the kernel string at values[k] + offset."""
     if params is None:
@@ -247,9 +248,9 @@ def _cap_value(raw: Any) -> Any:
 def compile_match(
     entry: Any,
     where: str,
-    sources: Mapping[int, _Source],
+    sources: Mapping[int, Source],
     params: Sequence[str] | None,
-    errors: _Errors,
+    errors: Errors,
     otherwise: Callable[..., ArgMatch | None],
 ) -> ArgMatch | None:
     """A kprobe's matchArgs entry on an object argument here, others by ``otherwise``."""
@@ -265,12 +266,12 @@ def compile_match(
         named = dict(entry)
         if isinstance(values, list):
             named["values"] = [_cap_value(v) for v in values]
-        return _compile_match_arg(
-            named, where, {index: _Source(Kind.INT, index + 1, IntType.S32)}, errors
+        return compile_match_arg(
+            named, where, {index: Source(Kind.INT, index + 1, IntType.S32)}, errors
         )
     if matched == "string":  # net_device: its name, a kernel string (tpf_work.str_add)
-        return _compile_match_arg(
-            entry, where, {index: _Source(Kind.USER_STR, index + 1, IntType.U64)}, errors
+        return compile_match_arg(
+            entry, where, {index: Source(Kind.USER_STR, index + 1, IntType.U64)}, errors
         )
     errors.add(
         where,

@@ -31,14 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tpfilter.programs import layout
-from tpfilter.programs.compiler import ArgMatch, ArgSpec, _compile_match_arg, _Errors, _Source
+from tpfilter.programs.argmatch import Errors, Source, compile_match_arg
 from tpfilter.programs.layout import Action, Kind, Op
+from tpfilter.programs.plan import ArgMatch, ArgSpec
 
 _SOCKET_TRACKING = frozenset({"tracksock", "untracksock"})
 _SIGN_BIT = 1 << 63
 
 
-def compile_return_arg_action(kp: Mapping[str, Any], where: str, errors: _Errors) -> None:
+def compile_return_arg_action(kp: Mapping[str, Any], where: str, errors: Errors) -> None:
     """Check ``returnArgAction`` (only ``Post``, the default, is accepted)."""
     raw = kp.get("returnArgAction")
     if raw in (None, ""):
@@ -87,7 +88,7 @@ def compile_return_selector(
     kp: Mapping[str, Any],
     ret: ArgSpec | None,
     actions: Action,
-    errors: _Errors,
+    errors: Errors,
 ) -> tuple[tuple[ArgMatch, ...], Action] | None:
     """A selector's ``matchReturnArgs`` (on values[0], the return value) and its actions
     (``RET_FILTER`` added when it has some); None when refused (reasons in ``errors``)."""
@@ -109,7 +110,7 @@ def compile_return_selector(
         errors.add(f"{at}.matchActions", why)
         ok = False
     index = _return_index(kp)
-    sources = {index: _Source(Kind.INT, 0, ret.int_type)}  # the value is values[0]
+    sources = {index: Source(Kind.INT, 0, ret.int_type)}  # the value is values[0]
     matches: list[ArgMatch] = []
     for j, entry in enumerate(entries):
         got = None
@@ -120,7 +121,7 @@ def compile_return_selector(
             )
         else:  # the index may be left out: there is one value
             entry = {**entry, "index": index} if isinstance(entry, Mapping) else entry
-            got = _compile_match_arg(entry, f"{where}[{j}]", sources, errors)
+            got = compile_match_arg(entry, f"{where}[{j}]", sources, errors)
         if got is None:
             ok = False
         else:

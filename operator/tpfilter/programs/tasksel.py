@@ -315,7 +315,7 @@ def compile_task_filters(
     raw: Mapping[str, Any], where: str, kernel: Any, host_ns: Mapping[str, Any] | None, errors: Any
 ) -> tuple[TaskFilter, ...] | None:
     """A selector's task filters (empty: none), or None after adding the reasons to
-    ``errors`` (a ``compiler._Errors``). ``host_ns``: namespace name -> the node's inode
+    ``errors`` (a ``argmatch.Errors``). ``host_ns``: namespace name -> the node's inode
     number, or why it is not known."""
     for key, why in REFUSED_KEYS.items():
         if raw.get(key):
