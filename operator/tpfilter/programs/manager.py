@@ -33,6 +33,7 @@ from typing import Any, Literal, TextIO
 
 from tpfilter.models import Policy
 from tpfilter.programs import layout
+from tpfilter.programs.actionstats import ActionTotals, metric_families
 from tpfilter.programs.btf import KernelBtf
 from tpfilter.programs.compiler import compile_spec, hooks_of
 from tpfilter.programs.events import (
@@ -46,8 +47,7 @@ from tpfilter.programs.hooktable import Entry as _Entry
 from tpfilter.programs.hooktable import over_capacity, write_hook
 from tpfilter.programs.hostns import host_namespaces
 from tpfilter.programs.kprobes import SYSCALL_PREFIXES, KprobeHooks
-from tpfilter.programs.layout import Stat
-from tpfilter.programs.metrics import Metrics, filter_map_usage, index_metrics
+from tpfilter.programs.metrics import Metrics
 from tpfilter.programs.plan import HookConfig, NodeEnv
 from tpfilter.programs.probe import NodeFeatures, probe_features
 from tpfilter.programs.retjoin import ReturnJoiner
@@ -58,14 +58,6 @@ log = logging.getLogger(__name__)
 State = Literal["loaded", "unsupported", "error", "pending"]
 Resolver = Callable[[int], "tuple[str, str, str] | None"]
 
-_STAT_NAMES = {
-    Stat.MATCH: "matched",
-    Stat.POST: "post",
-    Stat.SIGKILL: "sigkill",
-    Stat.DROP: "dropped",
-    Stat.ERROR: "failed",
-    Stat.SIGNAL: "signal",
-}
 EXEC_TRACEPOINT = "sched/sched_process_exec"
 
 
@@ -131,8 +123,7 @@ class ProgramManager:
         self._infos: dict[int, ConfigInfo] = {}
         self._retired: list[int] = []
         self._next_config = 1
-        self._totals: dict[tuple[str, str, str], int] = {}
-        self._seen: dict[tuple[int, int], int] = {}
+        self._actions = ActionTotals()  # what the programs did, per policy, hook and action
         self._statuses: dict[str, ProgramStatus] = {}
         self._writer: EventWriter | None = None
         self._wall_offset = boot_to_wall_offset_ns()
@@ -431,8 +422,7 @@ class ProgramManager:
                 programs.delete_stats([config_id])
             except Exception:
                 log.exception("deleting config %d failed", config_id)
-        for stat in Stat:
-            self._seen.pop((config_id, int(stat)), None)
+        self._actions.forget(config_id)
         # Keep the description a while: events of this config may still be in the ring.
         self._retired.append(config_id)
         while len(self._retired) > 4096:
@@ -463,65 +453,21 @@ class ProgramManager:
     # -- stats and metrics ----------------------------------------------------------------
 
     def _refresh_stats(self) -> None:
-        if self._programs is None:
-            return
-        for (config_id, stat), value in self._programs.read_stats().items():
-            info = self._infos.get(config_id)
-            name = _STAT_NAMES.get(Stat(stat)) if stat in iter(Stat) else None
-            if info is None or name is None:
-                continue
-            delta = value - self._seen.get((config_id, stat), 0)
-            self._seen[(config_id, stat)] = value
-            if delta > 0:
-                key = (info.policy, info.config.name, name)
-                self._totals[key] = self._totals.get(key, 0) + delta
+        if self._programs is not None:
+            self._actions.refresh(self._programs.read_stats(), self._infos)
 
     def action_totals(self) -> dict[tuple[str, str, str], int]:
         """(policy, hook, action) -> count since start, including removed policies."""
         with self._lock:
             self._refresh_stats()
-            return dict(self._totals)
+            return self._actions.totals()
 
     def _collect_metrics(self) -> Iterable[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        actions = CounterMetricFamily(
-            "tpfilter_policy_actions",
-            "What the policy programs did, per policy, hook and action",
-            labels=["policy", "hook", "action"],
-        )
-        for (policy, hook, action), n in sorted(self.action_totals().items()):
-            actions.add_metric([policy, hook, action], n)
-        yield actions
-
-        cgroups = GaugeMetricFamily(
-            "tpfilter_policy_map_cgroups",
-            "cgroup IDs in a policy's filter map",
-            labels=["policy", "policy_id"],
-        )
-        memlock = GaugeMetricFamily(
-            "tpfilter_policy_map_memlock_bytes",
-            "Kernel memory of a policy's filter map",
-            labels=["policy", "policy_id"],
-        )
+        totals = self.action_totals()
         with self._lock:
             names = {lo.policy_id: lo.policy for lo in self._loaded.values() if lo.policy_id}
             names.update({s.policy_id: s.policy for s in self._statuses.values() if s.policy_id})
-        for usage in filter_map_usage(self._pin_dir):
-            labels = [names.get(usage.policy_id, ""), str(usage.policy_id)]
-            cgroups.add_metric(labels, usage.entries)
-            memlock.add_metric(labels, usage.memlock)
-        yield cgroups
-        yield memlock
-        yield from index_metrics(self._pin_dir)
-
-        own = GaugeMetricFamily(
-            "tpfilter_program_map_memlock_bytes",
-            "Kernel memory of the programs' maps",
-            labels=["map"],
-        )
-        with self._lock:
             mem = self._programs.map_memlock() if self._programs is not None else {}
-        for name, n in sorted(mem.items()):
-            own.add_metric([name], n)
-        yield own
+        yield from metric_families(
+            totals=totals, policy_names=names, pin_dir=self._pin_dir, program_memlock=mem
+        )
