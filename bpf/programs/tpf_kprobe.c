@@ -73,6 +73,20 @@ struct tpf_khook {
 };
 BPF_ARRAY(tpf_khooks, struct tpf_khook, TPF_NR_HOOKS);
 
+/* The event's work and its hook's kprobe config, for the reader stages; false (the stage
+ * ends the chain) if either is missing. */
+static __always_inline bool tpf_khook_of(struct tpf_work **w, struct tpf_khook **kh)
+{
+	u32 zero = 0, hook;
+
+	*w = tpf_work.lookup(&zero);
+	if (!*w)
+		return false;
+	hook = (*w)->hook;
+	*kh = tpf_khooks.lookup(&hook);
+	return *kh != 0;
+}
+
 int tpf_kstage_filter(struct pt_regs *ctx)
 {
 	int next = tpf_filter_run();

@@ -130,15 +130,10 @@ static __always_inline void tpf_net_read(struct tpf_net_tuple *t, u8 kind, void 
 
 int tpf_kstage_net(struct pt_regs *ctx)
 {
-	u32 zero = 0, hook;
-	struct tpf_work *w = tpf_work.lookup(&zero);
+	struct tpf_work *w;
 	struct tpf_khook *kh;
 
-	if (!w)
-		return 0;
-	hook = w->hook;
-	kh = tpf_khooks.lookup(&hook);
-	if (!kh)
+	if (!tpf_khook_of(&w, &kh))
 		return 0;
 #pragma unroll
 	for (int k = 0; k < TPF_NR_NET; k++)

@@ -52,16 +52,11 @@ static __always_inline void tpf_obj_read(struct tpf_obj_copy *c, struct tpf_obj_
 
 int tpf_kstage_obj(struct pt_regs *ctx)
 {
-	u32 zero = 0, hook;
-	struct tpf_work *w = tpf_work.lookup(&zero);
+	struct tpf_work *w;
 	struct tpf_khook *kh;
 	int next;
 
-	if (!w)
-		return 0;
-	hook = w->hook;
-	kh = tpf_khooks.lookup(&hook);
-	if (!kh)
+	if (!tpf_khook_of(&w, &kh))
 		return 0;
 #pragma unroll
 	for (int k = 0; k < TPF_NR_OBJ; k++)
