@@ -195,6 +195,29 @@ BPF_TABLE_PINNED("array_of_maps$tpf_index_template", u32, int, tpf_index_maps, 1
 		 TPF_INDEX_PIN);
 
 /*
+ * Process records (tpf_task.h struct tpf_proc) of matchNamespaceChanges and
+ * matchCapabilityChanges: tgid -> record, in the inner map the agent puts in slot 0 only
+ * while a loaded policy has one of them (tpfilter/programs/procrecords.py; tpf_procs.c keeps
+ * it). An empty slot: no records, no change matches, and no node pays for the map. The
+ * agent makes the one-slot array itself and pins it only for bcc to open here (then
+ * unpins it): an inner map must match the array's template, and bcc's templates carry BTF
+ * that the agent's maps do not (Debian's 6.1 refuses that pair: EINVAL).
+ */
+#ifndef TPF_PROCS_PIN
+#define TPF_PROCS_PIN TPF_FILTER_PIN "_procs"
+#endif
+BPF_F_TABLE("hash", u32, struct tpf_proc, tpf_procs_template, 1, BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array_of_maps$tpf_procs_template", u32, int, tpf_procs_maps, 1,
+		 TPF_PROCS_PIN);
+
+static __always_inline void *tpf_procs(void)
+{
+	u32 zero = 0;
+
+	return tpf_procs_maps.lookup(&zero);
+}
+
+/*
  * The first value of `map` found for the task's cgroup, or for an ancestor at the levels
  * the agent put containers at (the same walk as policy_filter_check()'s, which decides).
  */
@@ -775,8 +798,13 @@ static __always_inline int tpf_strings_run(void)
 	if (!h)
 		return -1;
 	tpf_load_strings(w, h);
-	if (h->str_mask & TPF_STR_TASK)
+	if (h->str_mask & TPF_STR_TASK) {
+		void *recs = tpf_procs();
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
 		tpf_task_load(&w->task);
+		tpf_task_changes(&w->task, recs ? bpf_map_lookup_elem(recs, &tgid) : 0);
+	}
 	if (h->rev_mask & TPF_STR_TASK) /* followForks */
 		w->task.facts[TPF_F_FOLLOW] = tpf_follow_bits(&w->task);
 	if (h->bin_mask) /* matchBinaries: the executables' names (tpf_binary.c), then SELECT */
@@ -850,6 +878,7 @@ static __always_inline int tpf_select_run(void)
 				break; /* being rewritten: no decision rather than a wrong one */
 			if (tpf_sel_match(w, config, s, sel)) {
 				matched = s;
+				w->task.renew |= sel->task & TPF_SELT_RENEW;
 				actions = sel->actions;
 				error = sel->error;
 				sig = sel->sig;
@@ -863,6 +892,14 @@ static __always_inline int tpf_select_run(void)
 	if (base < n && base < TPF_MAX_KEPT) {
 		w->cursor = base;
 		return TPF_STAGE_SELECT;
+	}
+	if (w->task.renew) { /* a change was matched: reported once (Tetragon's) */
+		void *recs = tpf_procs();
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		if (recs)
+			bpf_map_update_elem(recs, &tgid, &w->task.now, BPF_EXIST);
+		w->task.renew = 0;
 	}
 	return -1;
 }
@@ -894,6 +931,7 @@ static __always_inline bool tpf_begin(struct tpf_work *w, u32 hook, struct tpf_h
 	w->ret_wait = 0;
 	w->path_kind = 0;
 	w->retwait = 0;
+	w->task.renew = 0; /* only this event's match renews this process's record */
 	__builtin_memset(w->buf_size, 0xff, sizeof(w->buf_size));
 	__builtin_memset(w->str_add, 0, sizeof(w->str_add));
 	w->ncand = h->npol ? tpf_gather(w) : 0;

@@ -113,6 +113,7 @@
 #define TPF_STAT_DROP 3    /* the ring buffer was full: event lost */
 #define TPF_STAT_ERROR 4   /* an action failed (e.g. bpf_send_signal) */
 #define TPF_STAT_SIGNAL 5  /* bpf_send_signal(tpf_sel.sig) succeeded */
+#define TPF_STAT_RECORD_LOST 6 /* config 0: a new process got no record (the map is full) */
 
 /* The argument index a string set entry uses for matchBinaries. */
 #define TPF_ARG_BINARY 0xff

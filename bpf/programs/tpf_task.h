@@ -58,6 +58,8 @@
 #define TPF_F_FOLLOW 15 /* followForks: bit k, the task or an ancestor is in filter k's set */
 #define TPF_F_BIN 16    /* matchBinaries: bit k, the task's binary is in filter k's set */
 #define TPF_F_BIN_FOLLOW 17 /* followChildren: ... the task's or an ancestor's (tpf_binary.c) */
+#define TPF_F_NS_CHANGED 18   /* bit i: namespace i differs from the process record */
+#define TPF_F_CAPS_CHANGED 19 /* + TPF_CAPS_*: the set's bits that differ from the record */
 #define TPF_NR_FACTS 32 /* a power of two: the index is masked */
 #define TPF_NO_FACT (~0ULL)
 
@@ -77,11 +79,24 @@ struct tpf_tfilter {
 	u64 vals[TPF_TVALUES]; /* unused ones repeat vals[0] (the agent fills them) */
 };
 
-/* tpf_tsels{config, sel}: a selector's task filters, ANDed. */
+/* tpf_tsels{config, sel}: a selector's task filters, ANDed. tpf_sel.task: */
+#define TPF_SELT_FILTERS 1 /* it has task filters */
+#define TPF_SELT_RENEW 2   /* ... on changes: a match renews the process record */
 struct tpf_tsel {
 	u32 n;
 	u32 pad;
 	struct tpf_tfilter f[TPF_MAX_TFILTERS];
+};
+
+/*
+ * A process record (matchNamespaceChanges, matchCapabilityChanges): what a process had when
+ * it was created, or when the agent started keeping records (tpf_procs_maps; the agent's
+ * tpfilter/programs/procrecords.py). 0: a namespace not read (never compared).
+ */
+struct tpf_proc {
+	u32 ns[TPF_NR_NS];
+	u32 pad[2];
+	u64 caps[3]; /* TPF_CAPS_* */
 };
 
 /* What the filters compare, read once per event from the current task. */
@@ -90,8 +105,9 @@ struct tpf_task {
 	u32 anc[TPF_ANC];    /* followForks: tgid of the task (0), its parent, ...; 0: none */
 	u32 anc_ns[TPF_ANC]; /* their PIDs in the task's PID namespace; 0: not seen from it */
 	u32 level;           /* of the task's PID namespace */
-	u32 pad;
+	u32 renew;           /* a selector matched on a change: the record becomes `now` */
 	u64 pidns;           /* the task's active struct pid_namespace */
+	struct tpf_proc now; /* the task as a record would have it */
 };
 
 /*
@@ -140,12 +156,16 @@ static __always_inline u64 tpf_upid(u64 pid, u32 level)
 	return pid + TPF_TOFF_PID_NUMBERS + (u64)(level & 31) * TPF_TSIZE_UPID;
 }
 
-static __always_inline void tpf_task_load(struct tpf_task *t)
+/*
+ * The namespaces and capability sets of `task` into f[TPF_F_NS + *] and f[TPF_F_CAPS + *]
+ * (the current task's for the filters, a new process's for its record); its struct pid
+ * and the level and namespace of its active PID namespace out.
+ */
+static __always_inline void tpf_task_ids(u64 *f, u64 task, u64 *pid_out, u32 *level_out,
+					 u64 *pidns_out)
 {
-	u64 task = bpf_get_current_task();
 	u64 nsproxy = tpf_rd_ptr(task, TPF_TOFF_TASK_NSPROXY);
 	u64 cred = tpf_rd_ptr(task, TPF_TOFF_TASK_CRED);
-	u64 *f = t->facts;
 	u64 pid, pidns;
 	u32 level;
 
@@ -182,6 +202,31 @@ static __always_inline void tpf_task_load(struct tpf_task *t)
 	pidns = pid ? tpf_rd_ptr(tpf_upid(pid, level), TPF_TOFF_UPID_NS) : 0;
 	f[TPF_F_NS + TPF_NS_PID] =
 		pidns ? tpf_rd_u32(pidns, TPF_TOFF_PIDNS_NS + TPF_TOFF_NS_INUM) : 0;
+	*pid_out = pid;
+	*level_out = level;
+	*pidns_out = pidns;
+}
+
+/* A record of what tpf_task_ids read. */
+static __always_inline void tpf_proc_of(struct tpf_proc *p, u64 *f)
+{
+#pragma unroll
+	for (int i = 0; i < TPF_NR_NS; i++)
+		p->ns[i] = f[TPF_F_NS + i];
+#pragma unroll
+	for (int k = 0; k < 3; k++)
+		p->caps[k] = f[TPF_F_CAPS + k];
+}
+
+static __always_inline void tpf_task_load(struct tpf_task *t)
+{
+	u64 *f = t->facts;
+	u64 pid, pidns;
+	u32 level;
+
+	tpf_task_ids(f, bpf_get_current_task(), &pid, &level, &pidns);
+	tpf_proc_of(&t->now, f);
+	t->renew = 0;
 	f[TPF_F_PID] = bpf_get_current_pid_tgid() >> 32;
 	f[TPF_F_NSPID] = pid ? tpf_rd_u32(tpf_upid(pid, level), TPF_TOFF_UPID_NR) : TPF_NO_FACT;
 	f[TPF_F_FOLLOW] = 0;
@@ -189,6 +234,34 @@ static __always_inline void tpf_task_load(struct tpf_task *t)
 	t->pidns = pidns;
 	t->anc[0] = f[TPF_F_PID];
 	t->anc_ns[0] = pid ? (u32)f[TPF_F_NSPID] : 0;
+}
+
+/*
+ * The change facts: bit i of TPF_F_NS_CHANGED, namespace i differs from the record (both
+ * read); TPF_F_CAPS_CHANGED + k, the bits of set k that do. No record: no change, so that
+ * neither In nor NotIn matches (Tetragon rejects a process it has no record of).
+ */
+static __always_inline void tpf_task_changes(struct tpf_task *t, struct tpf_proc *rec)
+{
+	u64 *f = t->facts, ns = 0;
+
+	if (!rec) {
+		f[TPF_F_NS_CHANGED] = 0;
+#pragma unroll
+		for (int k = 0; k < 3; k++)
+			f[TPF_F_CAPS_CHANGED + k] = 0;
+		return;
+	}
+#pragma unroll
+	for (int i = 0; i < TPF_NR_NS; i++) {
+		u32 was = rec->ns[i], is = t->now.ns[i];
+
+		ns |= (u64)(was && is && was != is) << i;
+	}
+	f[TPF_F_NS_CHANGED] = ns;
+#pragma unroll
+	for (int k = 0; k < 3; k++)
+		f[TPF_F_CAPS_CHANGED + k] = rec->caps[k] ^ t->now.caps[k];
 }
 
 /*
@@ -231,6 +304,10 @@ static __always_inline void tpf_task_walk(struct tpf_task *t)
 static __always_inline void tpf_task_load(struct tpf_task *t)
 {
 	/* No BTF offsets: the compiler refuses task filters on this node. */
+}
+
+static __always_inline void tpf_task_changes(struct tpf_task *t, struct tpf_proc *rec)
+{
 }
 
 static __always_inline void tpf_task_walk(struct tpf_task *t)

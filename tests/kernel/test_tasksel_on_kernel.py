@@ -148,16 +148,13 @@ def test_match_pids_in_its_own_pid_namespace(loaded: Env, cg: Path) -> None:
 
 
 # /proc is the node's: /proc/self names the process by its PID in the node's namespace
-WAIT_THEN_LSEEK = (
-    "import os, sys\nprint(os.readlink('/proc/self'), flush=True)\nsys.stdin.readline()\n"
-    + LSEEK_4444
-)
+WAIT = "import os, sys\nprint(os.readlink('/proc/self'), flush=True)\nsys.stdin.readline()\n"
 
 
-def waiting(cgroup: Path) -> tuple[subprocess.Popen[str], int]:
+def waiting(cgroup: Path, then: str = LSEEK_4444) -> tuple[subprocess.Popen[str], int]:
     """A process of the container that prints its PID in the node's PID namespace and
-    calls lseek(4444) when told to."""
-    argv = contain.argv(cgroup, [PYTHON, "-S", "-c", WAIT_THEN_LSEEK])
+    runs ``then`` (calls lseek(4444)) when told to."""
+    argv = contain.argv(cgroup, [PYTHON, "-S", "-c", WAIT + then])
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())

@@ -22,6 +22,23 @@ from tpfilter.programs.manager import ProgramManager
 from tpfilter.programs.metrics import Metrics, is_map_full
 from tpfilter.programs.plan import HookConfig
 from tpfilter.programs.probe import NodeFeatures
+from tpfilter.programs.tasksel import needs_records
+
+
+@dataclass
+class FakeRecords:
+    enabled: bool = False
+    switches: list[bool] = field(default_factory=list)
+
+    def enable(self) -> None:
+        if not self.enabled:
+            self.switches.append(True)
+        self.enabled = True
+
+    def disable(self) -> None:
+        if self.enabled:
+            self.switches.append(False)
+        self.enabled = False
 
 
 @dataclass
@@ -35,6 +52,7 @@ class FakePrograms:
     # policies that must stay visible, each as the set of its acceptable config IDs
     must_see: list[set[int]] = field(default_factory=list)
     writes: int = 0
+    records: FakeRecords = field(default_factory=FakeRecords)
 
     def reachable(self, hook: int) -> list[int | None]:
         """What a program sees on ``hook``: unfiltered slots, then filtered policies'."""
@@ -63,6 +81,8 @@ class FakePrograms:
         self.attached.discard(tp)
 
     def write_config(self, config_id: int, cfg: HookConfig) -> None:
+        # a change selector never runs without the process records it compares with
+        assert self.records.enabled or not needs_records([cfg])
         self.configs.add(config_id)
         self.check()
 
@@ -325,3 +345,22 @@ def test_pod_index_resolves_cgroups_to_pods() -> None:
     assert index(300) is None and len(index) == 2
     index.update([])
     assert index(100) is None
+
+
+def test_process_records_live_as_long_as_a_policy_compares_with_them() -> None:
+    from test_programs_tasksel import TaskKernel
+
+    m, fake = manager()
+    m._kernel = TaskKernel()
+    changes = policy("uts-changes", hook="lseek")
+    tp = changes.spec.model_extra["tracepoints"][0]  # type: ignore[index]
+    tp["selectors"] = [{"matchNamespaceChanges": [{"operator": "In", "values": ["Uts"]}]}]
+    plain = policy("plain")
+    assert m.sync([(plain, 1)])["plain"].state == "loaded"
+    assert fake.records.switches == []  # no change selector: no records, no cost
+    statuses = m.sync([(plain, 1), (changes, 2)])
+    assert statuses["uts-changes"].state == "loaded", statuses
+    assert fake.records.switches == [True]
+    m.sync([(plain, 1), (changes, 2)])  # unchanged: nothing switches
+    m.sync([(plain, 1)])
+    assert fake.records.switches == [True, False]

@@ -182,13 +182,20 @@ def test_no_task_filters_reads_no_task() -> None:
             "matchCapabilities[0].type: 'Bounding' is not supported",
         ),
         (
-            {"matchNamespaceChanges": [{"operator": "In", "values": ["Mnt"]}]},
-            "matchNamespaceChanges: not supported: it compares the task with what it had at "
-            "its last exec",
+            {"matchNamespaceChanges": [{"operator": "In", "values": ["Foo"]}]},
+            "matchNamespaceChanges[0].values: 'Foo' is not a namespace",
         ),
         (
-            {"matchCapabilityChanges": [{"operator": "In", "values": ["CAP_SETUID"]}]},
-            "matchCapabilityChanges: not supported",
+            {"matchNamespaceChanges": [{"operator": "NotIn", "values": list(NAMESPACES)}]},
+            "matchNamespaceChanges[0].values: NotIn every namespace",
+        ),
+        (
+            {"matchCapabilityChanges": [{"operator": "Equal", "values": ["CAP_SETUID"]}]},
+            "matchCapabilityChanges[0].operator: 'Equal' is not supported (In, NotIn)",
+        ),
+        (
+            {"matchCapabilityChanges": [{"operator": "In", "values": ["CAP_NOPE"]}]},
+            "matchCapabilityChanges[0].values: 'CAP_NOPE' is not a capability",
         ),
         (
             {
@@ -196,7 +203,7 @@ def test_no_task_filters_reads_no_task() -> None:
                     {"namespace": n, "operator": "In", "values": ["host_ns"]} for n in NAMESPACES
                 ]
             },
-            "more than 8 matchPIDs/matchNamespaces/matchCapabilities entries",
+            "more than 8 task filters",
         ),
     ],
 )

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kernelkit import Cgroups, Env, emptied_after
+from test_changes_on_kernel import drop_effective
 from test_programs_syscalls import LSEEK_4444, PYTHON
 from test_tasksel_on_kernel import FORKED, KILLED_CHILD
 
@@ -65,8 +66,10 @@ def load(env: Env, name: str, **filters: Any) -> None:
     assert any("kprobe" in h for h in status.hooks), status.hooks
 
 
-def lseek(cgroup: Path, wrapper: Sequence[str] = (), pid_ns: str = "new") -> int:
-    argv = contain.argv(cgroup, [*wrapper, PYTHON, "-S", "-c", LSEEK_4444], pid_ns=pid_ns)
+def lseek(cgroup: Path, wrapper: Sequence[str] = (), pid_ns: str = "new", before: str = "") -> int:
+    """lseek(4444) by python in the container, after the code ``before``."""
+    code = before + LSEEK_4444
+    argv = contain.argv(cgroup, [*wrapper, PYTHON, "-S", "-c", code], pid_ns=pid_ns)
     return subprocess.run(argv, timeout=300).returncode
 
 
@@ -78,6 +81,30 @@ def test_kprobe_match_namespaces_host_ns(env: Env, cg: Path) -> None:
     load(env, "kp-net-not-host", matchNamespaces=[{**net, "operator": "NotIn"}])
     assert lseek(cg) == 0
     assert lseek(cg, ["unshare", "--net"]) == -9
+
+
+def test_kprobe_namespace_changes(env: Env, cg: Path) -> None:
+    """matchNamespaceChanges on a kprobe, on Debian's kernel: the process records (made,
+    kept by the fork/exit raw tracepoints, freed) and the change facts of the kprobe stages.
+    `unshare` changes the namespace and then execs python: a change since the clone."""
+    load(env, "kp-uts-changed", matchNamespaceChanges=[{"operator": "In", "values": ["Uts"]}])
+    assert lseek(cg, ["unshare", "--uts"]) == -9
+    assert lseek(cg, ["unshare", "--ipc"]) == 0
+    assert lseek(cg) == 0
+    load(env, "kp-not-uts", matchNamespaceChanges=[{"operator": "NotIn", "values": ["Uts"]}])
+    assert lseek(cg, ["unshare", "--ipc"]) == -9
+    assert lseek(cg, ["unshare", "--uts"]) == 0
+    assert lseek(cg) == 0
+
+
+def test_kprobe_capability_changes(env: Env, cg: Path) -> None:
+    """matchCapabilityChanges on a kprobe: the process drops a capability from its effective
+    set (capset) after its clone, then calls lseek."""
+    admin = {"type": "Effective", "values": ["CAP_SYS_ADMIN"]}
+    load(env, "kp-admin-changed", matchCapabilityChanges=[{**admin, "operator": "In"}])
+    assert lseek(cg, before=drop_effective("CAP_SYS_ADMIN")) == -9
+    assert lseek(cg, before=drop_effective("CAP_NET_RAW")) == 0
+    assert lseek(cg) == 0
 
 
 def test_kprobe_match_capabilities(env: Env, cg: Path) -> None:

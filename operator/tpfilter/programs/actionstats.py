@@ -36,12 +36,16 @@ class ActionTotals:
     def __init__(self) -> None:
         self._seen: dict[tuple[int, int], int] = {}  # (config ID, stat) -> last value read
         self._totals: Totals = {}
+        self.records_lost = 0  # new processes the full process-record map could not take
 
     def refresh(
         self, stats: Mapping[tuple[int, int], int], infos: Mapping[int, ConfigInfo]
     ) -> None:
         """Add what ``stats`` (a read of tpf_stats) counted since the last read."""
         for (config_id, stat), value in stats.items():
+            if (config_id, stat) == (0, Stat.RECORD_LOST):  # config 0 is never a policy's
+                self.records_lost = value
+                continue
             info = infos.get(config_id)
             name = _NAME_OF.get(stat)
             if info is None or name is None:
@@ -64,6 +68,7 @@ class ActionTotals:
 def metric_families(
     *,
     totals: Totals,
+    records_lost: int,
     policy_names: Mapping[int, str],
     pin_dir: Path,
     program_memlock: Mapping[str, int],
@@ -79,6 +84,12 @@ def metric_families(
     for (policy, hook, action), n in sorted(totals.items()):
         actions.add_metric([policy, hook, action], n)
     yield actions
+    yield CounterMetricFamily(
+        "tpfilter_process_records_lost",
+        "New processes without a process record (the map was full): their"
+        " matchNamespaceChanges/matchCapabilityChanges selectors cannot match",
+        value=records_lost,
+    )
 
     cgroups = GaugeMetricFamily(
         "tpfilter_policy_map_cgroups",

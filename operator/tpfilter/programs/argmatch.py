@@ -16,10 +16,10 @@ from typing import Any
 from tpfilter.programs import layout, unbuilt
 from tpfilter.programs.layout import IntType, Kind, Op
 from tpfilter.programs.plan import ArgMatch
-from tpfilter.programs.tasksel import FILTER_KEYS, REFUSED_KEYS
+from tpfilter.programs.tasksel import FILTER_KEYS
 from tpfilter.programs.values import parse_int
 
-TASK_KEYS = FILTER_KEYS | set(REFUSED_KEYS)  # tasksel.py compiles (or refuses) them
+TASK_KEYS = FILTER_KEYS  # tasksel.py compiles them
 ARG_KEYS = frozenset({"index", "type", "label"})
 # What the API server fills in from the CRD's defaults: present with these values, a key
 # asks for nothing, so it is no unsupported feature.

@@ -40,6 +40,8 @@ _KSTAGE_PATH = 3  # kprobes only, when the path walk is compiled
 _KSTAGE_NET = 4  # kprobes only, when the network readers are
 _KSTAGE_OBJ = 5  # kprobes only, the kernel-object reader
 _STAGE_BINARY = 6  # every hook type, when matchBinaries is compiled in
+# raw tracepoint -> the program that keeps the process records there (tpf_procs.c)
+RECORD_KEEPERS = {"sched_process_fork": "tpf_rec_fork", "sched_process_exit": "tpf_rec_exit"}
 
 
 def program_source() -> Path:
@@ -116,6 +118,8 @@ def build(*, pin_dir: Path, exec_format: TracepointFormat, kprobes: bool, kernel
     _fill(bpf, b"tpf_stages", BPF.TRACEPOINT, tracepoint_stages)
     bpf.load_func(b"tpf_exec", BPF.TRACEPOINT)
     bpf.load_func(b"tpf_sys_enter", BPF.TRACEPOINT)
+    for keeper in RECORD_KEEPERS.values():
+        bpf.load_func(keeper.encode(), BPF.RAW_TRACEPOINT)
     if kprobes:
         kprobe_stages = [(n.replace("_stage", "_kstage"), i, True) for n, i in _STAGES]
         kprobe_stages += [
@@ -139,6 +143,7 @@ def _extra_sources(kprobes: bool, nets: bool, binary: bool) -> list[tuple[str, b
         ("tpf_obj.c", kprobes),  # the kernel-object reader
         ("tpf_net.c", kprobes and nets),
         ("tpf_binary.c", binary),  # after tpf_kprobe.c: its kprobe stage uses tpf_kstages
+        ("tpf_procs.c", True),  # the process records' keepers (procrecords.py attaches them)
     ]
 
 

@@ -144,6 +144,7 @@ class Stat(IntEnum):
     DROP = 3
     ERROR = 4
     SIGNAL = 5
+    RECORD_LOST = 6  # config 0: a new process got no process record (the map is full)
 
 
 EV_PATH_LONG = 1

@@ -23,8 +23,9 @@ from tpfilter.programs.layout import Kind, Op
 from tpfilter.programs.lsm_override import LsmOverrides
 from tpfilter.programs.netargs import write_sets
 from tpfilter.programs.plan import ArgMatch, HookConfig
+from tpfilter.programs.procrecords import ProcRecords
 from tpfilter.programs.retsel import write_return_filter
-from tpfilter.programs.tasksel import fill_tsel
+from tpfilter.programs.tasksel import fill_tsel, sel_task_flags
 from tpfilter.programs.tasksets import TaskSets
 from tpfilter.programs.tracefs import TracepointFormat
 
@@ -48,7 +49,15 @@ class Programs:
         a hook is compiled when an entry first needs it: tpfilter.programs.lsm_override);
         ``kernel``: the node's BTF (programs.btf.KernelBtf), whose offsets the kprobes' path
         walk is compiled with (tpfilter.programs.pathwalk)."""
-        built = build(pin_dir=pin_dir, exec_format=exec_format, kprobes=kprobes, kernel=kernel)
+        # matchNamespaceChanges/matchCapabilityChanges' records: their array before the
+        # programs that open it, the record map itself only while needed
+        self.records = ProcRecords(pin_dir)
+        try:
+            built = build(pin_dir=pin_dir, exec_format=exec_format, kprobes=kprobes, kernel=kernel)
+        except BaseException:
+            self.records.close()
+            raise
+        self.records.bind(built.bpf)
         self.bpf: Any = built.bpf
         self.kprobes = kprobes
         # Override programs of BPF LSM hooks, one module per hook in use (lsm=False: none)
@@ -119,7 +128,7 @@ class Programs:
             leaf.actions = int(sel.actions)
             leaf.error = sel.error
             leaf.sig = sel.signal
-            leaf.task = 1 if sel.task else 0
+            leaf.task = sel_task_flags(sel.task)
             if sel.task:  # before the selector that points to them
                 ids, bids = self._task_sets.assign(config_id, sel.task)
                 tsels = self._t["tpf_tsels"]
@@ -281,6 +290,7 @@ class Programs:
             except Exception:  # best effort: cleanup detaches the rest
                 log.exception("detach %s", tp)
         self.lsm_overrides.close()
+        self.records.close()
         self.bpf.cleanup()
 
 

@@ -51,6 +51,7 @@ from tpfilter.programs.metrics import Metrics
 from tpfilter.programs.plan import HookConfig, NodeEnv
 from tpfilter.programs.probe import NodeFeatures, probe_features
 from tpfilter.programs.retjoin import ReturnJoiner
+from tpfilter.programs.tasksel import needs_records
 from tpfilter.programs.tracefs import TracepointFormat, read_format, syscall_numbers
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,10 @@ class ProgramManager:
                 uid, loaded.policy, loaded.policy_id, "loaded", (), hooks_of(loaded.fingerprint[1])
             )
 
+        # Process records first, so that a change selector never runs without them.
+        records = needs_records(c for _, _, configs in wanted.values() for c in configs)
+        if programs is not None and records:
+            programs.records.enable()
         # New and changed policies, in a stable order (capacity errors are deterministic).
         added: dict[str, _Loaded] = {}
         for uid in sorted((u for u in wanted if u not in keep), key=lambda u: wanted[u][0]):
@@ -405,6 +410,8 @@ class ProgramManager:
             for loaded in retire:
                 for config_id, cfg in loaded.configs:
                     self._forget_config(config_id, cfg)
+            if not records:
+                programs.records.disable()  # after the configs that compared with them
             in_use = {e.cfg.attach for entries in new_hooks.values() for e in entries}
             for tp in programs.attached - in_use - {EXEC_TRACEPOINT}:
                 programs.detach(tp)
@@ -453,8 +460,16 @@ class ProgramManager:
     # -- stats and metrics ----------------------------------------------------------------
 
     def _refresh_stats(self) -> None:
-        if self._programs is not None:
-            self._actions.refresh(self._programs.read_stats(), self._infos)
+        if self._programs is None:
+            return
+        lost = self._actions.records_lost
+        self._actions.refresh(self._programs.read_stats(), self._infos)
+        if self._actions.records_lost > lost:
+            log.warning(
+                "process record map full: %d new processes in all have no record, their "
+                "change selectors cannot match (tpfilter_process_records_lost_total)",
+                self._actions.records_lost,
+            )
 
     def action_totals(self) -> dict[tuple[str, str, str], int]:
         """(policy, hook, action) -> count since start, including removed policies."""
@@ -469,5 +484,9 @@ class ProgramManager:
             names.update({s.policy_id: s.policy for s in self._statuses.values() if s.policy_id})
             mem = self._programs.map_memlock() if self._programs is not None else {}
         yield from metric_families(
-            totals=totals, policy_names=names, pin_dir=self._pin_dir, program_memlock=mem
+            totals=totals,
+            records_lost=self._actions.records_lost,
+            policy_names=names,
+            pin_dir=self._pin_dir,
+            program_memlock=mem,
         )

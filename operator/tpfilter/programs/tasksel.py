@@ -19,14 +19,13 @@ BTF, and compared in the selector stage). Tetragon's semantics (its selectors pa
   only a task outside the node's user namespace matches;
 * the entries of each filter, and the filters, are ANDed with the rest of the selector.
 
-``matchNamespaceChanges`` and ``matchCapabilityChanges`` are refused: they compare the
-task with what it had at its last exec, which needs a per-process record kept from every
-exec on the node (Tetragon's execve_map); tpfilter's programs keep none.
+``matchNamespaceChanges`` and ``matchCapabilityChanges`` compare the task with its process
+record (:mod:`tpfilter.programs.changesel`): filters on facts of their own, built the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +40,7 @@ F_NS, F_PID, F_NSPID, F_CAPS, F_FOLLOW = 0, 10, 11, 12, 15
 FOLLOW_HOST, FOLLOW_NS = 1, 2  # tpf_follow_key.kind
 ANCESTORS = 8  # TPF_ANC
 TFF_NOTIN, TFF_MASK = 1, 2
+SELT_FILTERS, SELT_RENEW = 1, 2  # tpf_sel.task: TPF_SELT_*
 NO_FACT = (1 << 64) - 1  # TPF_NO_FACT
 
 NAMESPACES = (
@@ -116,13 +116,8 @@ CAPABILITIES = (
 )
 CAP_NUMBERS = {name: bit for bit, name in enumerate(CAPABILITIES)}
 
-FILTER_KEYS = frozenset({"matchPIDs", "matchNamespaces", "matchCapabilities"})
-REFUSED_KEYS: Mapping[str, str] = {
-    key: "not supported: it compares the task with what it had at its last exec, which needs "
-    "a record of every process kept from its exec (Tetragon's execve_map); tpfilter's "
-    "programs keep none"
-    for key in ("matchNamespaceChanges", "matchCapabilityChanges")
-}
+CHANGE_KEYS = ("matchNamespaceChanges", "matchCapabilityChanges")  # changesel.py
+FILTER_KEYS = frozenset({"matchPIDs", "matchNamespaces", "matchCapabilities", *CHANGE_KEYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +130,7 @@ class TaskFilter:
     follow: int = 0  # followForks: FOLLOW_HOST/FOLLOW_NS, values are its PIDs (tpf_follow)
     binary: int = 0  # matchBinaries (binsel.py): the set kind of ``strings`` (tpf_bin_*)
     strings: tuple[bytes, ...] = ()  # matchBinaries: its values
+    changes: bool = False  # against the process record (changesel.py): renewed on a match
 
 
 def _missing_namespace(name: str, offsets: Mapping[str, int]) -> str | None:
@@ -317,10 +313,6 @@ def compile_task_filters(
     """A selector's task filters (empty: none), or None after adding the reasons to
     ``errors`` (a ``argmatch.Errors``). ``host_ns``: namespace name -> the node's inode
     number, or why it is not known."""
-    for key, why in REFUSED_KEYS.items():
-        if raw.get(key):
-            errors.add(f"{where}.{key}", why)
-            return None
     if not any(raw.get(k) for k in FILTER_KEYS):
         return ()
     offsets = task_offsets(kernel)
@@ -330,7 +322,9 @@ def compile_task_filters(
         return None
     hosts = host_ns or {}
     out: list[TaskFilter] = []
-    for key in ("matchPIDs", "matchNamespaces", "matchCapabilities"):
+    from tpfilter.programs import changesel  # it builds on this module's filters
+
+    for key in ("matchPIDs", "matchNamespaces", "matchCapabilities", *CHANGE_KEYS):
         if not raw.get(key):
             continue
         at = f"{where}.{key}"
@@ -338,16 +332,32 @@ def compile_task_filters(
             got = _pids(raw[key], at, errors)
         elif key == "matchNamespaces":
             got = _namespaces(raw[key], at, errors, offsets, hosts)
-        else:
+        elif key == "matchCapabilities":
             got = _capabilities(raw[key], at, errors, hosts)
+        elif key == "matchNamespaceChanges":
+            got = changesel.namespace_changes(raw[key], at, errors)
+        else:
+            got = changesel.capability_changes(raw[key], at, errors, hosts)
         if got is None:
             return None
         out += got
     if len(out) > MAX_FILTERS:
-        why = f"more than {MAX_FILTERS} matchPIDs/matchNamespaces/matchCapabilities entries"
+        why = f"more than {MAX_FILTERS} task filters (matchPIDs, matchNamespaces, ...) in all"
         errors.add(where, why)
         return None
     return tuple(out)
+
+
+def sel_task_flags(filters: Sequence[TaskFilter]) -> int:
+    """tpf_sel.task: whether the selector has task filters, and whether a match renews the
+    process record (it compared the task with it: changesel.py)."""
+    renew = SELT_RENEW if any(f.changes for f in filters) else 0
+    return (SELT_FILTERS | renew) if filters else 0
+
+
+def needs_records(configs: Iterable[Any]) -> bool:
+    """Whether any selector of these hook entries compares with the process records."""
+    return any(f.changes for cfg in configs for sel in cfg.selectors for f in sel.task)
 
 
 def fill_tsel(
