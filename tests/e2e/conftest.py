@@ -100,8 +100,12 @@ def pytest_runtest_makereport(
     setattr(item, f"report_{report.when}", report)
 
 
+# Module, not session: the node (kubelet, containerd, the agent with its programs on every
+# exec) goes when the e2e tests are done, instead of living on through the rest of the run
+# (about an hour of kernel tests and the VM, which it slowed and one of which it blocked:
+# two real nodes cannot run on one machine).
 @pytest.fixture(
-    scope="session",
+    scope="module",
     params=[
         pytest.param("realnode", marks=pytest.mark.realnode),
         pytest.param("kind", marks=pytest.mark.kind),
