@@ -29,8 +29,11 @@ from tpfilter.programs.tasksel import needs_records
 class FakeRecords:
     enabled: bool = False
     switches: list[bool] = field(default_factory=list)
+    fail: str = ""
 
     def enable(self) -> None:
+        if self.fail:
+            raise OSError(self.fail)
         if not self.enabled:
             self.switches.append(True)
         self.enabled = True
@@ -364,3 +367,18 @@ def test_process_records_live_as_long_as_a_policy_compares_with_them() -> None:
     m.sync([(plain, 1), (changes, 2)])  # unchanged: nothing switches
     m.sync([(plain, 1)])
     assert fake.records.switches == [True, False]
+
+
+def test_records_that_cannot_be_made_fail_only_the_policies_that_need_them() -> None:
+    from test_programs_tasksel import TaskKernel
+
+    m, fake = manager()
+    m._kernel = TaskKernel()
+    fake.records.fail = "raw tracepoints refused"
+    changes = policy("uts-changes", hook="lseek")
+    tp = changes.spec.model_extra["tracepoints"][0]  # type: ignore[index]
+    tp["selectors"] = [{"matchNamespaceChanges": [{"operator": "In", "values": ["Uts"]}]}]
+    statuses = m.sync([(policy("plain"), 1), (changes, 2)])
+    assert statuses["plain"].state == "loaded"
+    assert statuses["uts-changes"].state == "error"
+    assert "raw tracepoints refused" in statuses["uts-changes"].reasons[0]

@@ -366,8 +366,13 @@ class ProgramManager:
 
         # Process records first, so that a change selector never runs without them.
         records = needs_records(c for _, _, configs in wanted.values() for c in configs)
+        records_error = ""
         if programs is not None and records:
-            programs.records.enable()
+            try:
+                programs.records.enable()
+            except Exception as exc:  # reported by the policies that need them, not raised
+                log.exception("process records could not be made")
+                records_error = f"the process records of change selectors failed: {exc}"
         # New and changed policies, in a stable order (capacity errors are deterministic).
         added: dict[str, _Loaded] = {}
         for uid in sorted((u for u in wanted if u not in keep), key=lambda u: wanted[u][0]):
@@ -380,6 +385,9 @@ class ProgramManager:
             full = over_capacity(configs, policy_id, new_hooks)
             if full:
                 statuses[uid] = ProgramStatus(uid, name, policy_id, "error", full)
+                continue
+            if records_error and needs_records(configs):
+                statuses[uid] = ProgramStatus(uid, name, policy_id, "error", (records_error,))
                 continue
             loaded = _Loaded(uid, name, policy_id, (policy_id, configs))
             try:
