@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         with program_bench(["in", "out", *others]) as bench:
             manager, programs = bench.manager, bench.manager._programs
             inside, outside = bench.cgroups["in"], bench.cgroups["out"]
-            fd = programs._exec_fn.fd if hook == "exec" else programs._sys_fn.fd
+            fd = programs.program_fd("tpf_exec" if hook == "exec" else "tpf_sys_enter")
             # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
             top = max([*counts, *one])
             desired = {

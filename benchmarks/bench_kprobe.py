@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("bench_kprobe: the kprobe program was not loaded")
             compile_seconds = manager.load_report.compile_seconds
             progress(f"programs compiled and loaded ({compile_seconds:.0f} s of compile)")
-            stats = ProgStats(programs.bpf.funcs[b"tpf_kprobe"].fd)
+            stats = ProgStats(programs.program_fd("tpf_kprobe"))
             # Policy i selects one of the other cgroups; policy 1 also selects `inside`.
             desired = {
                 i: frozenset({bench.cgroup_id(others[i % OTHER_CGROUPS])})

@@ -9,7 +9,9 @@ passes its first matchArgs (whence == 0) and fails on its last filter, so every 
 the whole selector and nothing is killed. Rows: the selector's last filter is a second
 matchArgs (offset == 12345: the baseline); matchNamespaces + matchCapabilities (the task's
 facts read once per event in STRINGS, compared in SELECT); matchPIDs followForks (also the
-walk of 8 ancestors and their tpf_follow lookups); matchBinaries (the BINARY stage: the
+walk of 8 ancestors and their tpf_follow lookups); matchNamespaceChanges +
+matchCapabilityChanges (the facts and the caller's process record, looked up once per
+event: the records are made for this row); matchBinaries (the BINARY stage: the
 caller's executable walked to a path name and looked up in the three tpf_bin_* sets, one
 more tail call); matchBinaries followChildren (also each ancestor's executable, up to 8 in
 all, as many as the caller has). BPF run time per event from the
@@ -47,6 +49,11 @@ ROWS: dict[str, dict[str, Any]] = {
         "matchPIDs": [
             {"operator": "NotIn", "values": [1], "isNamespacePID": True, "followForks": True}
         ],
+    },
+    "matchArgs + matchNamespaceChanges + matchCapabilityChanges": {
+        "matchArgs": [WHENCE_0],
+        "matchNamespaceChanges": [{"operator": "In", "values": ["Uts", "Net"]}],
+        "matchCapabilityChanges": [{"operator": "In", "values": ["CAP_SYS_ADMIN"]}],
     },
     "matchArgs + matchBinaries": {
         "matchArgs": [WHENCE_0],
@@ -87,7 +94,7 @@ def main() -> int:
         return 2
     kernel: dict[str, list[float]] = {}
     with program_bench(["in"]) as bench:
-        fd = bench.manager._programs._sys_fn.fd
+        fd = bench.manager._programs.program_fd("tpf_sys_enter")
         inside = bench.cgroups["in"]
         bench.select({1: frozenset({bench.cgroup_id("in")})})
         for _ in range(args.rounds):

@@ -116,6 +116,11 @@ class Programs:
     def attached(self) -> frozenset[str]:
         return frozenset(self._attached)
 
+    def program_fd(self, name: str) -> int:
+        """The fd of a loaded program (``tpf_exec``, ``tpf_sys_enter``, ...): benchmarks read
+        its run-time statistics from it."""
+        return int(self.bpf.funcs[name.encode()].fd)
+
     # -- config writes ---------------------------------------------------------------------
 
     def write_config(self, config_id: int, cfg: HookConfig) -> None:
