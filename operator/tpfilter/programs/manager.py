@@ -21,7 +21,6 @@ event in flight). Changes are effective when ``sync`` returns.
 
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import os
 import threading
@@ -36,13 +35,8 @@ from tpfilter.programs import layout
 from tpfilter.programs.actionstats import ActionTotals, metric_families
 from tpfilter.programs.btf import KernelBtf
 from tpfilter.programs.compiler import compile_spec, hooks_of
-from tpfilter.programs.events import (
-    ConfigInfo,
-    EventWriter,
-    RawEvent,
-    boot_to_wall_offset_ns,
-    event_record,
-)
+from tpfilter.programs.eventpump import EventPump
+from tpfilter.programs.events import ConfigInfo
 from tpfilter.programs.hooktable import Entry as _Entry
 from tpfilter.programs.hooktable import over_capacity, write_hook
 from tpfilter.programs.hostns import host_namespaces
@@ -50,7 +44,6 @@ from tpfilter.programs.kprobes import SYSCALL_PREFIXES, KprobeHooks
 from tpfilter.programs.metrics import Metrics
 from tpfilter.programs.plan import HookConfig, NodeEnv
 from tpfilter.programs.probe import NodeFeatures, probe_features
-from tpfilter.programs.retjoin import ReturnJoiner
 from tpfilter.programs.tasksel import needs_records
 from tpfilter.programs.tracefs import TracepointFormat, read_format, syscall_numbers
 
@@ -117,7 +110,6 @@ class ProgramManager:
         self._kernel: KernelBtf | None = None  # the node's BTF (kprobes)
         self._host_ns = host_namespaces()  # what host_ns means in matchNamespaces
         self._khooks = KprobeHooks()
-        self._returns = ReturnJoiner()  # return: true events wait for their return value
         self._formats: dict[tuple[str, str], TracepointFormat | None] = {}
         self._loaded: dict[str, _Loaded] = {}
         self._hooks: dict[int, list[_Entry]] = {}
@@ -126,12 +118,9 @@ class ProgramManager:
         self._next_config = 1
         self._actions = ActionTotals()  # what the programs did, per policy, hook and action
         self._statuses: dict[str, ProgramStatus] = {}
-        self._writer: EventWriter | None = None
-        self._wall_offset = boot_to_wall_offset_ns()
+        self._pump: EventPump | None = None  # ring buffer -> JSON lines (eventpump.py)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._resolve_failed = False
-        self.events_written = 0
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -173,7 +162,9 @@ class ProgramManager:
         self._programs = programs
         try:
             programs.attach(EXEC_TRACEPOINT)
-            self._writer = EventWriter(self._events_out)
+            self._pump = EventPump(
+                node=self._node, resolve=self._resolve, out=self._events_out, info=self._info_of
+            )
             programs.open_events(self._on_event)
         except Exception:
             self.close()
@@ -221,9 +212,9 @@ class ProgramManager:
                     log.debug("final ring buffer read failed", exc_info=True)
                 self._programs.close()
                 self._programs = None
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            if self._pump is not None:
+                self._pump.close()
+                self._pump = None
             self._loaded.clear()
             self._hooks.clear()
 
@@ -247,32 +238,20 @@ class ProgramManager:
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
         try:
-            programs = self._programs
-            if programs is None:
-                return 0
-            raw = RawEvent.from_ctypes(ct.cast(data, ct.POINTER(programs.event_type)).contents)
-            for ev in self._returns.feed(raw):
-                self._write_event(ev)
+            programs, pump = self._programs, self._pump
+            if programs is not None and pump is not None:
+                pump.feed(programs.event_type, data)
         except Exception:  # never let an exception unwind into bcc's C callback
             log.exception("event handling failed")
         return 0
 
-    def _write_event(self, raw: RawEvent) -> None:
+    def _info_of(self, config: int) -> ConfigInfo | None:
         with self._lock:
-            info = self._infos.get(raw.config)
-        pod = None
-        try:
-            pod = self._resolve(raw.cgroup_id)
-        except Exception:
-            if not self._resolve_failed:
-                log.exception("resolve(cgroup_id) failed; events go out without pods")
-                self._resolve_failed = True
-        record = event_record(
-            raw, node=self._node, info=info, pod=pod, wall_offset_ns=self._wall_offset
-        )
-        if self._writer is not None:
-            self._writer.write(record)
-            self.events_written += 1
+            return self._infos.get(config)
+
+    @property
+    def events_written(self) -> int:
+        return self._pump.written if self._pump is not None else 0
 
     # -- sync -------------------------------------------------------------------------------
 
