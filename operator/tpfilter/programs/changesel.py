@@ -28,13 +28,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from tpfilter.programs.tasksel import (
-    CAP_NUMBERS,
-    CAP_SETS,
-    F_NS,
     NAMESPACES,
     TFF_MASK,
     TFF_NOTIN,
     TaskFilter,
+    capability_mask,
+    capability_set,
+    entries,
+    extra_keys,
+    namespace_capability,
+    op_flag,
 )
 
 F_NS_CHANGED = 18  # tpf_task.h TPF_F_NS_CHANGED
@@ -43,46 +46,22 @@ ALL_NAMESPACES = (1 << len(NAMESPACES)) - 1
 ALL_CAPS = (1 << 64) - 1
 
 
-def _entries(raw: Any, where: str, errors: Any) -> list[tuple[str, Mapping[str, Any]]] | None:
-    if not isinstance(raw, list) or not raw:
-        errors.add(where, "must be a non-empty list")
-        return None
-    bad = [i for i, e in enumerate(raw) if not isinstance(e, Mapping)]
-    if bad:
-        errors.add(f"{where}[{bad[0]}]", "not a mapping")
-        return None
-    return [(f"{where}[{i}]", e) for i, e in enumerate(raw)]
-
-
-def _notin(entry: Mapping[str, Any], at: str, errors: Any) -> bool | None:
-    op = str(entry.get("operator", ""))
-    if op.lower() not in ("in", "notin"):
-        errors.add(f"{at}.operator", f"{op!r} is not supported (In, NotIn)")
-        return None
-    return op.lower() == "notin"
-
-
-def _values(entry: Mapping[str, Any], at: str, errors: Any) -> list[Any] | None:
-    values = entry.get("values")
-    if not isinstance(values, list) or not values:
-        errors.add(f"{at}.values", "must be a non-empty list")
-        return None
-    return values
-
-
 def namespace_changes(raw: Any, where: str, errors: Any) -> list[TaskFilter] | None:
-    entries = _entries(raw, where, errors)
-    if entries is None:
+    found = entries(raw, where, errors)
+    if found is None:
         return None
     out = []
-    for at, entry in entries:
-        extra = sorted(set(entry) - {"operator", "values"})
-        if extra:
-            errors.add(at, f"{', '.join(extra)} not supported")
+    for at, entry in found:
+        if extra_keys(entry, at, {"operator", "values"}, errors):
             return None
-        notin, values = _notin(entry, at, errors), _values(entry, at, errors)
-        if notin is None or values is None:
+        flag = op_flag(entry, at, errors)
+        values = entry.get("values")
+        if flag is None:
             return None
+        if not isinstance(values, list) or not values:
+            errors.add(f"{at}.values", "must be a non-empty list")
+            return None
+        notin = flag == TFF_NOTIN
         canon = {n.lower(): n for n in NAMESPACES}
         mask = 0
         for v in values:
@@ -103,47 +82,27 @@ def namespace_changes(raw: Any, where: str, errors: Any) -> list[TaskFilter] | N
 def capability_changes(
     raw: Any, where: str, errors: Any, host_ns: Mapping[str, Any]
 ) -> list[TaskFilter] | None:
-    entries = _entries(raw, where, errors)
-    if entries is None:
+    found = entries(raw, where, errors)
+    if found is None:
         return None
     out = []
-    for at, entry in entries:
-        extra = sorted(set(entry) - {"type", "operator", "values", "isNamespaceCapability"})
-        if extra:
-            errors.add(at, f"{', '.join(extra)} not supported")
+    for at, entry in found:
+        if extra_keys(entry, at, {"type", "operator", "values", "isNamespaceCapability"}, errors):
             return None
-        ctype = str(entry.get("type") or "Effective")
-        cap_set = CAP_SETS.get(ctype.lower())
+        cap_set = capability_set(entry, at, errors)
         if cap_set is None:
-            errors.add(
-                f"{at}.type", f"{ctype!r} is not supported (Effective, Inheritable, Permitted)"
-            )
             return None
-        notin, values = _notin(entry, at, errors), _values(entry, at, errors)
-        if notin is None or values is None:
+        flag = op_flag(entry, at, errors)
+        if flag is None:
             return None
-        mask = 0
-        for v in values:
-            bit = CAP_NUMBERS.get(str(v).upper())
-            if bit is None:
-                errors.add(
-                    f"{at}.values",
-                    f"{v!r} is not a capability (CAP_CHOWN ... CAP_CHECKPOINT_RESTORE)",
-                )
-                return None
-            mask |= 1 << bit
-        nscap = entry.get("isNamespaceCapability", False)
-        if not isinstance(nscap, bool):
-            errors.add(f"{at}.isNamespaceCapability", "must be true or false")
+        mask = capability_mask(entry, at, errors)
+        if mask is None:
             return None
-        if nscap:
-            host = host_ns.get("User")
-            if not isinstance(host, int):
-                errors.add(
-                    f"{at}.isNamespaceCapability", f"needs the node's user namespace: {host}"
-                )
-                return None
-            out.append(TaskFilter(F_NS + NAMESPACES.index("User"), TFF_NOTIN, (host,)))
+        nscap = namespace_capability(entry, at, errors, host_ns)
+        if nscap is None:
+            return None
+        out += nscap
+        notin = flag == TFF_NOTIN
         fact = F_CAPS_CHANGED + cap_set
         if notin:  # none of them changed (the mask test fails) and another did
             out.append(TaskFilter(fact, TFF_MASK | TFF_NOTIN, (mask,), changes=True))

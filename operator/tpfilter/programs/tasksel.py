@@ -140,7 +140,7 @@ def _missing_namespace(name: str, offsets: Mapping[str, int]) -> str | None:
     return None
 
 
-def _entries(raw: Any, where: str, errors: Any) -> list[tuple[str, Mapping[str, Any]]] | None:
+def entries(raw: Any, where: str, errors: Any) -> list[tuple[str, Mapping[str, Any]]] | None:
     if not isinstance(raw, list) or not raw:
         errors.add(where, "must be a non-empty list")
         return None
@@ -153,7 +153,7 @@ def _entries(raw: Any, where: str, errors: Any) -> list[tuple[str, Mapping[str, 
     return out
 
 
-def _op_flag(entry: Mapping[str, Any], at: str, errors: Any) -> int | None:
+def op_flag(entry: Mapping[str, Any], at: str, errors: Any) -> int | None:
     op = str(entry.get("operator", ""))
     if op.lower() not in ("in", "notin"):
         errors.add(f"{at}.operator", f"{op!r} is not supported (In, NotIn)")
@@ -172,7 +172,7 @@ def _values(entry: Mapping[str, Any], at: str, errors: Any) -> list[Any] | None:
     return values
 
 
-def _extra(entry: Mapping[str, Any], at: str, allowed: set[str], errors: Any) -> bool:
+def extra_keys(entry: Mapping[str, Any], at: str, allowed: set[str], errors: Any) -> bool:
     extra = sorted(set(entry) - allowed)
     if extra:
         errors.add(at, f"{', '.join(extra)} not supported")
@@ -180,15 +180,15 @@ def _extra(entry: Mapping[str, Any], at: str, allowed: set[str], errors: Any) ->
 
 
 def _pids(raw: Any, where: str, errors: Any) -> list[TaskFilter] | None:
-    entries = _entries(raw, where, errors)
-    if entries is None:
+    found = entries(raw, where, errors)
+    if found is None:
         return None
     out = []
-    for at, entry in entries:
+    for at, entry in found:
         keys = {"operator", "values", "followForks", "isNamespacePID"}
-        if _extra(entry, at, keys, errors):
+        if extra_keys(entry, at, keys, errors):
             return None
-        flag = _op_flag(entry, at, errors)
+        flag = op_flag(entry, at, errors)
         values = _values(entry, at, errors)
         if flag is None or values is None:
             return None
@@ -218,12 +218,12 @@ def _pids(raw: Any, where: str, errors: Any) -> list[TaskFilter] | None:
 def _namespaces(
     raw: Any, where: str, errors: Any, offsets: Mapping[str, int], host_ns: Mapping[str, Any]
 ) -> list[TaskFilter] | None:
-    entries = _entries(raw, where, errors)
-    if entries is None:
+    found = entries(raw, where, errors)
+    if found is None:
         return None
     out = []
-    for at, entry in entries:
-        if _extra(entry, at, {"namespace", "operator", "values"}, errors):
+    for at, entry in found:
+        if extra_keys(entry, at, {"namespace", "operator", "values"}, errors):
             return None
         name = str(entry.get("namespace", ""))
         canon = {n.lower(): n for n in NAMESPACES}.get(name.lower())
@@ -234,7 +234,7 @@ def _namespaces(
         if why:
             errors.add(f"{at}.namespace", why)
             return None
-        flag = _op_flag(entry, at, errors)
+        flag = op_flag(entry, at, errors)
         values = _values(entry, at, errors)
         if flag is None or values is None:
             return None
@@ -259,50 +259,74 @@ def _namespaces(
     return out
 
 
+def capability_set(entry: Mapping[str, Any], at: str, errors: Any) -> int | None:
+    """TPF_CAPS_* of an entry's ``type`` (Effective when absent)."""
+    ctype = str(entry.get("type") or "Effective")
+    cap_set = CAP_SETS.get(ctype.lower())
+    if cap_set is None:
+        why = f"{ctype!r} is not supported (Effective, Inheritable, Permitted)"
+        errors.add(f"{at}.type", why)
+    return cap_set
+
+
+def capability_mask(entry: Mapping[str, Any], at: str, errors: Any) -> int | None:
+    """The bits of an entry's ``values``, CAP_* names (matchCapabilities and its changes)."""
+    values = entry.get("values")
+    if not isinstance(values, list) or not values:
+        errors.add(f"{at}.values", "must be a non-empty list")
+        return None
+    mask = 0
+    for v in values:
+        bit = CAP_NUMBERS.get(str(v).upper())
+        if bit is None:
+            why = f"{v!r} is not a capability (CAP_CHOWN ... CAP_CHECKPOINT_RESTORE)"
+            errors.add(f"{at}.values", why)
+            return None
+        mask |= 1 << bit
+    return mask
+
+
+def namespace_capability(
+    entry: Mapping[str, Any], at: str, errors: Any, host_ns: Mapping[str, Any]
+) -> list[TaskFilter] | None:
+    """``isNamespaceCapability: true``: the filter that keeps the node's user namespace out
+    (Tetragon: never matches there, In or NotIn); none when false."""
+    nscap = entry.get("isNamespaceCapability", False)
+    if not isinstance(nscap, bool):
+        errors.add(f"{at}.isNamespaceCapability", "must be true or false")
+        return None
+    if not nscap:
+        return []
+    host = host_ns.get("User")
+    if not isinstance(host, int):
+        errors.add(f"{at}.isNamespaceCapability", f"needs the node's user namespace: {host}")
+        return None
+    return [TaskFilter(F_NS + NAMESPACES.index("User"), TFF_NOTIN, (host,))]
+
+
 def _capabilities(
     raw: Any, where: str, errors: Any, host_ns: Mapping[str, Any]
 ) -> list[TaskFilter] | None:
-    entries = _entries(raw, where, errors)
-    if entries is None:
+    found = entries(raw, where, errors)
+    if found is None:
         return None
     out = []
-    for at, entry in entries:
-        if _extra(entry, at, {"type", "operator", "values", "isNamespaceCapability"}, errors):
+    for at, entry in found:
+        if extra_keys(entry, at, {"type", "operator", "values", "isNamespaceCapability"}, errors):
             return None
-        ctype = str(entry.get("type") or "Effective")
-        cap_set = CAP_SETS.get(ctype.lower())
+        cap_set = capability_set(entry, at, errors)
         if cap_set is None:
-            why = f"{ctype!r} is not supported (Effective, Inheritable, Permitted)"
-            errors.add(f"{at}.type", why)
             return None
-        flag = _op_flag(entry, at, errors)
-        values = entry.get("values")
+        flag = op_flag(entry, at, errors)
         if flag is None:
             return None
-        if not isinstance(values, list) or not values:
-            errors.add(f"{at}.values", "must be a non-empty list")
+        mask = capability_mask(entry, at, errors)
+        if mask is None:
             return None
-        mask = 0
-        for v in values:
-            bit = CAP_NUMBERS.get(str(v).upper())
-            if bit is None:
-                why = f"{v!r} is not a capability (CAP_CHOWN ... CAP_CHECKPOINT_RESTORE)"
-                errors.add(f"{at}.values", why)
-                return None
-            mask |= 1 << bit
-        nscap = entry.get("isNamespaceCapability", False)
-        if not isinstance(nscap, bool):
-            errors.add(f"{at}.isNamespaceCapability", "must be true or false")
+        nscap = namespace_capability(entry, at, errors, host_ns)
+        if nscap is None:
             return None
-        if nscap:
-            host = host_ns.get("User")
-            if not isinstance(host, int):
-                errors.add(
-                    f"{at}.isNamespaceCapability", f"needs the node's user namespace: {host}"
-                )
-                return None
-            # Tetragon: never matches in the node's user namespace, In or NotIn
-            out.append(TaskFilter(F_NS + NAMESPACES.index("User"), TFF_NOTIN, (host,)))
+        out += nscap
         out.append(TaskFilter(F_CAPS + cap_set, flag | TFF_MASK, (mask,)))
     return out
 
